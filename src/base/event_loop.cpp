@@ -1,0 +1,129 @@
+#include "base/event_loop.h"
+
+#include <sys/eventfd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+
+namespace vhost_vsock::base {
+namespace {
+
+[[noreturn]] void throw_errno(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
+
+uint64_t pack(int fd, uint32_t generation) {
+  return (static_cast<uint64_t>(generation) << 32) | static_cast<uint32_t>(fd);
+}
+
+}  // namespace
+
+EventLoop::EventLoop() : events_(256) {
+  epoll_fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_fd_) throw_errno("epoll_create1");
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd_) throw_errno("eventfd");
+  add(wake_fd_.get(), EPOLLIN, [this](uint32_t) {
+    uint64_t value = 0;
+    [[maybe_unused]] auto n = ::read(wake_fd_.get(), &value, sizeof(value));
+  });
+}
+
+void EventLoop::add(int fd, uint32_t events, FdCallback callback) {
+  uint32_t generation = next_generation_++;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = pack(fd, generation);
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl(ADD)");
+  handlers_[fd] = Handler{generation, std::move(callback)};
+}
+
+void EventLoop::modify(int fd, uint32_t events) {
+  auto it = handlers_.find(fd);
+  if (it == handlers_.end()) return;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = pack(fd, it->second.generation);
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) throw_errno("epoll_ctl(MOD)");
+}
+
+void EventLoop::remove(int fd) {
+  if (handlers_.erase(fd) == 0) return;
+  // The fd may already be closed by its owner; that removes it from epoll too.
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+EventLoop::TimerId EventLoop::add_timer(std::chrono::milliseconds delay, TimerCallback callback) {
+  TimerId id = next_timer_id_++;
+  timers_.push(Timer{Clock::now() + delay, id});
+  timer_callbacks_.emplace(id, std::move(callback));
+  return id;
+}
+
+void EventLoop::cancel_timer(TimerId id) { timer_callbacks_.erase(id); }
+
+void EventLoop::defer(TimerCallback callback) { deferred_.push_back(std::move(callback)); }
+
+int EventLoop::next_timeout_ms(std::chrono::milliseconds max_wait) const {
+  if (!deferred_.empty()) return 0;
+  int wait = max_wait.count() < 0 ? -1 : static_cast<int>(max_wait.count());
+  if (!timers_.empty()) {
+    auto until = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.top().due - Clock::now()).count();
+    int timer_wait = until <= 0 ? 0 : static_cast<int>(until + 1);
+    if (wait < 0 || timer_wait < wait) wait = timer_wait;
+  }
+  return wait;
+}
+
+void EventLoop::run_due_timers() {
+  auto now = Clock::now();
+  // Bounded by the number of timers present now; timers added by callbacks wait.
+  size_t budget = timers_.size();
+  while (budget-- > 0 && !timers_.empty() && timers_.top().due <= now) {
+    TimerId id = timers_.top().id;
+    timers_.pop();
+    auto it = timer_callbacks_.find(id);
+    if (it == timer_callbacks_.end()) continue;  // cancelled
+    TimerCallback callback = std::move(it->second);
+    timer_callbacks_.erase(it);
+    callback();
+  }
+}
+
+void EventLoop::run_deferred() {
+  // Callbacks may defer more work; that runs in the next round, so this is bounded.
+  std::vector<TimerCallback> batch;
+  batch.swap(deferred_);
+  for (auto& callback : batch) callback();
+}
+
+void EventLoop::run_once(std::chrono::milliseconds max_wait) {
+  int n = ::epoll_wait(epoll_fd_.get(), events_.data(), static_cast<int>(events_.size()), next_timeout_ms(max_wait));
+  if (n < 0) {
+    if (errno == EINTR) return;
+    throw_errno("epoll_wait");
+  }
+  for (int i = 0; i < n; ++i) {
+    int fd = static_cast<int>(static_cast<uint32_t>(events_[i].data.u64));
+    uint32_t generation = static_cast<uint32_t>(events_[i].data.u64 >> 32);
+    auto it = handlers_.find(fd);
+    if (it == handlers_.end() || it->second.generation != generation) continue;  // removed this round
+    // Copy: the callback may remove (and so destroy) its own handler.
+    FdCallback callback = it->second.callback;
+    callback(events_[i].events);
+  }
+  run_due_timers();
+  run_deferred();
+}
+
+void EventLoop::run() {
+  while (!stop_requested_) run_once();
+}
+
+void EventLoop::stop() {
+  stop_requested_ = true;
+  uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+}  // namespace vhost_vsock::base

@@ -1,0 +1,83 @@
+// One epoll loop per VM worker: fd readiness callbacks, one-shot timers and a
+// thread-safe stop. Everything registered here runs on the loop's thread.
+#pragma once
+
+#include <sys/epoll.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <queue>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "base/unique_fd.h"
+
+namespace vhost_vsock::base {
+
+class EventLoop {
+ public:
+  using FdCallback = std::function<void(uint32_t epoll_events)>;
+  using TimerCallback = std::function<void()>;
+  using Clock = std::chrono::steady_clock;
+  using TimerId = uint64_t;
+
+  EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Registers `fd` for `events` (EPOLLIN, EPOLLOUT, EPOLLET, ...). The loop
+  // does not own the fd; call remove() before closing it. Throws
+  // std::system_error on failure.
+  void add(int fd, uint32_t events, FdCallback callback);
+  void modify(int fd, uint32_t events);
+  // Safe to call from inside any callback, including the fd's own: a removed
+  // fd's pending events from the current batch are not delivered.
+  void remove(int fd);
+  [[nodiscard]] bool watching(int fd) const { return handlers_.contains(fd); }
+
+  // One-shot timer. Cancelling an expired or unknown id is a no-op.
+  TimerId add_timer(std::chrono::milliseconds delay, TimerCallback callback);
+  void cancel_timer(TimerId id);
+
+  // Runs callbacks for ready fds and due timers, waiting at most `max_wait`
+  // (negative: until something happens).
+  void run_once(std::chrono::milliseconds max_wait = std::chrono::milliseconds(-1));
+  // Loops until stop() is called (from any thread).
+  void run();
+  void stop();
+  [[nodiscard]] bool stopping() const { return stop_requested_; }
+
+  // Queues a callback to run on the loop thread after the current batch of
+  // events (used to coalesce work such as "flush RX once per kick batch").
+  void defer(TimerCallback callback);
+
+ private:
+  struct Handler {
+    uint32_t generation;
+    FdCallback callback;
+  };
+  struct Timer {
+    Clock::time_point due;
+    TimerId id;
+    bool operator>(const Timer& other) const { return due > other.due || (due == other.due && id > other.id); }
+  };
+
+  int next_timeout_ms(std::chrono::milliseconds max_wait) const;
+  void run_due_timers();
+  void run_deferred();
+
+  UniqueFd epoll_fd_;
+  UniqueFd wake_fd_;
+  uint32_t next_generation_ = 1;
+  std::unordered_map<int, Handler> handlers_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
+  std::unordered_map<TimerId, TimerCallback> timer_callbacks_;
+  TimerId next_timer_id_ = 1;
+  std::vector<TimerCallback> deferred_;
+  std::vector<epoll_event> events_;
+  volatile bool stop_requested_ = false;
+};
+
+}  // namespace vhost_vsock::base

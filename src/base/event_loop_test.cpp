@@ -1,0 +1,91 @@
+#include "base/event_loop.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <thread>
+
+namespace vhost_vsock::base {
+namespace {
+
+struct SocketPair {
+  UniqueFd a, b;
+  SocketPair() {
+    int fds[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds), 0);
+    a.reset(fds[0]);
+    b.reset(fds[1]);
+  }
+};
+
+TEST(EventLoop, DeliversReadinessToTheRegisteredCallback) {
+  EventLoop loop;
+  SocketPair pair;
+  int calls = 0;
+  loop.add(pair.a.get(), EPOLLIN, [&](uint32_t events) {
+    EXPECT_TRUE(events & EPOLLIN);
+    char c;
+    EXPECT_EQ(::read(pair.a.get(), &c, 1), 1);
+    ++calls;
+  });
+  ASSERT_EQ(::write(pair.b.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(EventLoop, RemovedFdInSameBatchIsNotDelivered) {
+  EventLoop loop;
+  SocketPair first, second;
+  int delivered = 0;
+  // Whichever callback runs first removes the other; exactly one must run.
+  loop.add(first.a.get(), EPOLLIN, [&](uint32_t) {
+    ++delivered;
+    loop.remove(second.a.get());
+    loop.remove(first.a.get());
+  });
+  loop.add(second.a.get(), EPOLLIN, [&](uint32_t) {
+    ++delivered;
+    loop.remove(first.a.get());
+    loop.remove(second.a.get());
+  });
+  ASSERT_EQ(::write(first.b.get(), "x", 1), 1);
+  ASSERT_EQ(::write(second.b.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(delivered, 1);
+}
+
+TEST(EventLoop, TimersFireInOrderAndCancelledOnesDoNot) {
+  EventLoop loop;
+  std::vector<int> fired;
+  loop.add_timer(std::chrono::milliseconds(20), [&] { fired.push_back(2); });
+  loop.add_timer(std::chrono::milliseconds(1), [&] { fired.push_back(1); });
+  auto cancelled = loop.add_timer(std::chrono::milliseconds(5), [&] { fired.push_back(99); });
+  loop.cancel_timer(cancelled);
+  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(2);
+  while (fired.size() < 2 && EventLoop::Clock::now() < deadline) loop.run_once(std::chrono::milliseconds(50));
+  EXPECT_EQ(fired, (std::vector<int>{1, 2}));
+}
+
+TEST(EventLoop, StopFromAnotherThreadEndsRun) {
+  EventLoop loop;
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    loop.stop();
+  });
+  loop.run();
+  stopper.join();
+  EXPECT_TRUE(loop.stopping());
+}
+
+TEST(EventLoop, DeferredWorkRunsAfterTheBatch) {
+  EventLoop loop;
+  int runs = 0;
+  loop.defer([&] { ++runs; });
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 1);
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 1);
+}
+
+}  // namespace
+}  // namespace vhost_vsock::base
