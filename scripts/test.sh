@@ -78,7 +78,7 @@ stage_build() {
 
 stage_unit() { ctest_label build unit -j "$jobs"; }
 stage_integration() { ctest_label build integration; }
-stage_e2e() { ctest_label build e2e; }
+stage_e2e() { ctest_label build e2e -V; }
 
 # ASan+UBSan: unit and integration suites (the integration tests drive the
 # sanitized daemon binary from the same build tree).

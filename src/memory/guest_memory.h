@@ -36,7 +36,8 @@ class GuestMemory {
   // that wrap past 2^64, overlapping guest-physical or user ranges, mmap failure.
   static std::shared_ptr<const GuestMemory> map(std::vector<RegionSpec> regions, std::string* error);
   // For tests and the simulator: wraps memory this process already has mapped
-  // (not unmapped on destruction).
+  // (not unmapped on destruction). Its user address is the host pointer, as if
+  // this process were the front-end. nullptr if empty or the range wraps.
   static std::shared_ptr<const GuestMemory> wrap_existing(uint64_t guest_phys_addr, std::span<uint8_t> host);
 
   ~GuestMemory();
@@ -48,7 +49,8 @@ class GuestMemory {
   [[nodiscard]] uint8_t* translate(uint64_t gpa, uint64_t len) const;
   // Appends iovecs covering [gpa, gpa+len), which may span adjacent regions.
   // Returns false (appending nothing) if any byte is unmapped, on wrap-around,
-  // or if it would need more than `max_iovecs` entries.
+  // or if it would need more than `max_iovecs` entries. An empty range appends
+  // nothing and succeeds. A range may not end exactly at 2^64 (treated as wrap).
   bool translate_to_iovecs(uint64_t gpa, uint64_t len, base::IovecList& out, size_t max_iovecs = 8) const;
   // Converts a front-end virtual address range (as in SET_VRING_ADDR) to a
   // guest physical address; nullopt if not inside one region.

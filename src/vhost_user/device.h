@@ -32,6 +32,8 @@ class Device {
   [[nodiscard]] virtual uint16_t queue_count() const = 0;
   // Config space as the guest sees it (vsock: le64 guest_cid).
   [[nodiscard]] virtual std::vector<uint8_t> config_space() const = 0;
+  // Largest ring size SET_VRING_NUM may set (the daemon's --queue-size).
+  [[nodiscard]] virtual uint16_t max_queue_size() const { return virtio::kMaxQueueSize; }
 
   virtual void on_features_negotiated(uint64_t features) = 0;
   // Queue `index` is configured, enabled and has a kick fd: the device may use

@@ -71,25 +71,33 @@ class SplitVirtqueue {
   SplitVirtqueue() = default;
 
   // Attaches the rings. Checks size (power of two, 1..32768), alignment
-  // (desc 16, avail 2, used 4) and that each ring lies inside guest memory.
-  // Keeps next_avail/used indices: call reset() for a fresh queue.
+  // (desc 16, avail 2, used 4, in guest and host addresses) and that each ring,
+  // event fields included, lies inside one region of guest memory.
+  // Keeps next_avail; takes the used index from the ring's used->idx (what the
+  // driver has seen so far), after publishing any entries still pending.
   bool configure(std::shared_ptr<const memory::GuestMemory> memory, uint16_t size, uint64_t desc_gpa,
                  uint64_t avail_gpa, uint64_t used_gpa, std::string* error);
   // Negotiated features that change ring behaviour.
   void set_features(uint64_t features);
-  // Forgets rings and indices.
+  // Forgets rings, indices, broken state and stats; keeps features and name.
   void reset();
+  // Label for log messages, e.g. "cid 3 tx".
+  void set_log_name(std::string name) { log_name_ = std::move(name); }
   [[nodiscard]] bool configured() const { return memory_ != nullptr; }
   [[nodiscard]] bool broken() const { return broken_; }
   [[nodiscard]] uint16_t size() const { return size_; }
 
   // VHOST_USER_SET/GET_VRING_BASE: the next avail index we will consume.
+  // The used index follows the ring's used->idx when configured, else `index`
+  // (configure() then reads it from the ring). Clears the broken state.
   void set_next_avail(uint16_t index);
   [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
 
   PopStatus pop(DescriptorChain& out);
   // Gives back the last `count` popped chains (not yet used): they will be
   // popped again, e.g. RX buffers reserved for a read that came up short.
+  // Only chains popped as kChain since the last kInvalidChain can be given
+  // back; a larger count is clamped (and logged).
   void unpop(uint16_t count);
   // True when the driver has made chains available that we have not popped.
   [[nodiscard]] bool has_available() const;
@@ -112,7 +120,12 @@ class SplitVirtqueue {
 
  private:
   // Implementation details belong to the owner of virtio/ (see virtqueue.cpp).
-  bool walk_chain(uint16_t head, DescriptorChain& out);
+  // nullptr when `out` holds a valid chain, else why it is invalid.
+  const char* walk_chain(uint16_t head, DescriptorChain& out);
+  [[nodiscard]] uint16_t read_avail_idx() const;
+  [[nodiscard]] uint16_t read_used_idx_from_ring() const;
+  void write_used_flags(uint16_t flags);
+  void mark_broken(const char* why);
 
   std::shared_ptr<const memory::GuestMemory> memory_;
   uint16_t size_ = 0;
@@ -125,9 +138,13 @@ class SplitVirtqueue {
   bool indirect_ = false;
   bool broken_ = false;
   uint16_t next_avail_ = 0;
-  uint16_t next_used_ = 0;             // shadow of used->idx including unflushed entries
-  uint16_t last_notified_used_ = 0;    // used idx at the last should_notify()
+  uint16_t next_used_ = 0;           // shadow of used->idx including unflushed entries
+  uint16_t published_used_ = 0;      // used->idx as last stored to the ring
+  uint16_t last_notified_used_ = 0;  // used idx at the last should_notify()
   bool notified_once_ = false;
+  uint16_t used_flags_ = 0;  // our copy of used->flags (never read back from the guest)
+  uint16_t returnable_ = 0;  // chains unpop() may give back
+  std::string log_name_ = "virtqueue";
   QueueStats stats_;
 };
 

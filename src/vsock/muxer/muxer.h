@@ -29,7 +29,9 @@ struct MuxerLimits {
 
 struct MuxerOptions {
   uint64_t guest_cid = 0;
-  std::string uds_path;  // host listener; guest connects go to uds_path + "_" + port
+  // Host listener; guest connects go to uds_path + "_" + port. Empty: no
+  // listener (host-initiated connections disabled), for tests.
+  std::string uds_path;
   MuxerLimits limits;
 };
 
@@ -46,6 +48,9 @@ struct MuxerStats {
   uint64_t dropped_malformed = 0;    // unparseable chains, unknown type/op
   uint64_t resets_sent = 0;
   uint64_t credit_violations = 0;    // guest sent beyond our advertised credit
+  uint64_t protocol_violations = 0;  // op not valid in the connection's state
+  uint64_t rx_chains_too_small = 0;  // RX chains returned unused (no room for a header, or for data)
+  uint64_t orphan_rsts_dropped = 0;  // RST replies lost because their bounded queue was full
 };
 
 class Muxer {

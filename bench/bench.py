@@ -1,0 +1,267 @@
+"""bench/run: measures the ceiling, the simulated guest, a real VM and its
+alternatives in one run, prints a table, writes docs/benchmarks.md + .png.
+Run through bench/run (it picks a python3 that has matplotlib)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import local_suite  # noqa: E402
+import report  # noqa: E402
+import vm_suite  # noqa: E402
+from benchlib import Context, Result, mark_not_measured, run_round  # noqa: E402
+from report import Goal  # noqa: E402
+
+GROUPS = ["ceiling", "sim", "vm", "profile"]
+SMOKE_GROUPS = ["ceiling", "sim"]
+TARGETS = {
+    "ceiling": [local_suite.CEILING_BINARY],
+    "sim": [local_suite.SIM_BINARY, local_suite.DAEMON_BINARY],
+    "vm": [local_suite.DAEMON_BINARY, vm_suite.XFER_BINARY],
+    "profile": [local_suite.SIM_BINARY, local_suite.DAEMON_BINARY],
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="a few seconds: one small run per figure, data checked, nothing written under docs/")
+    p.add_argument("--only", default="",
+                   help=f"comma-separated groups out of {','.join(GROUPS)} (default: all; --smoke: ceiling,sim)")
+    p.add_argument("--runs", type=int, default=0, help="runs per figure (default 5; --smoke 1)")
+    p.add_argument("--pin", default="", help="pinning modes, comma-separated: one (all processes on CPU 0), "
+                   "free (unpinned) (default one,free; --smoke free)")
+    p.add_argument("--build-dir", default="build", help="CMake build directory (default build)")
+    p.add_argument("--no-build", action="store_true", help="do not configure or build; use what is there")
+    p.add_argument("--output", default="", help="markdown path (default docs/benchmarks.md; --smoke <build>/bench-smoke.md)")
+    p.add_argument("--chart", default="", help="PNG path (default docs/benchmarks.png; --smoke none)")
+    p.add_argument("--profile-output", default="docs/profile.md", help="callgrind summary path (profile group)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each command")
+    args = p.parse_args()
+    args.groups = [g for g in (args.only.split(",") if args.only else (SMOKE_GROUPS if args.smoke else GROUPS)) if g]
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        p.error(f"unknown group(s) {','.join(unknown)}; choose from {','.join(GROUPS)}")
+    args.runs = args.runs or (1 if args.smoke else 5)
+    args.pins = [x for x in (args.pin or ("free" if args.smoke else "one,free")).split(",") if x]
+    if any(x not in ("one", "free") for x in args.pins):
+        p.error("--pin takes one and/or free")
+    return args
+
+
+def build(ctx: Context, groups: list[str]) -> dict[str, str]:
+    """Configures and builds what the groups need. Returns group -> reason it cannot run."""
+    blocked: dict[str, str] = {}
+    if not (ctx.build_dir / "build.ninja").exists():
+        ctx.log(f"configuring {ctx.build_dir}")
+        proc = subprocess.run(["cmake", "-S", str(ctx.root), "-B", str(ctx.build_dir), "-G", "Ninja"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            reason = "cmake configure failed: " + proc.stderr.strip().splitlines()[-1:][0] if proc.stderr else "cmake failed"
+            return {g: reason for g in groups}
+    proc = subprocess.run(["ninja", "-C", str(ctx.build_dir), "-t", "targets", "all"], capture_output=True, text=True)
+    known = {line.split(":")[0] for line in proc.stdout.splitlines()}
+    wanted: list[str] = []
+    for g in groups:
+        missing = [t for t in TARGETS[g] if t not in known]
+        if missing:
+            blocked[g] = f"build target {', '.join(missing)} is not defined in {ctx.build_dir.name}/"
+        else:
+            wanted += [t for t in TARGETS[g] if t not in wanted]
+    if wanted:
+        jobs = os.environ.get("VUV_JOBS", str(os.cpu_count() or 2))
+        ctx.log(f"building {' '.join(wanted)}")
+        proc = subprocess.run(["ninja", "-C", str(ctx.build_dir), "-j", jobs] + wanted, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-4000:], file=sys.stderr)
+            for g in groups:
+                blocked.setdefault(g, "build failed (see the ninja output above)")
+    return blocked
+
+
+def machine_lines(ctx: Context) -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    except (OSError, AttributeError):
+        mem_kib = 0
+    compiler, build_type = "unknown", "unknown"
+    cache = ctx.build_dir / "CMakeCache.txt"
+    if cache.exists():
+        text = cache.read_text(errors="replace")
+        m = re.search(r"^CMAKE_CXX_COMPILER:\w+=(.*)$", text, re.M)
+        if m:
+            try:
+                compiler = subprocess.run([m.group(1), "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+            except (OSError, IndexError):
+                compiler = m.group(1)
+        m = re.search(r"^CMAKE_BUILD_TYPE:\w+=(.*)$", text, re.M)
+        build_type = m.group(1) if m else build_type
+    commit = subprocess.run(["git", "-C", str(ctx.root), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ctx.root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return [
+        f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"CPU: {cpu}, {os.cpu_count()} vCPUs (nproc); memory {mem_kib / 1048576:.1f} GiB",
+        f"Kernel: {platform.release()}",
+        f"Build: {compiler}, CMAKE_BUILD_TYPE={build_type}",
+        f"Source: commit {commit}" + (" plus uncommitted changes" if dirty else ""),
+    ]
+
+
+def local_goals(pins: list[str]) -> list[Goal]:
+    goals: list[Goal] = []
+    for pin in pins:
+        where = report.PIN_TEXT[pin]
+        for direction, name in (("g2h", "guest→host"), ("h2g", "host→guest")):
+            for tag, size, target in (("64k", "64 KiB", 0.6), ("4k", "4 KiB", 0.5)):
+                goals.append(Goal(f"sim {name} {size} writes, 1 stream ÷ ceiling [{where}]",
+                                  f"sim.{direction}.{tag}.1.{pin}", f"ceiling.tput.{tag}.1.{pin}",
+                                  target, True, f"≥ {target}×"))
+        for direction, name in (("g2h", "guest→host"), ("h2g", "host→guest")):
+            for tag, size in (("64k", "64 KiB"), ("4k", "4 KiB")):
+                goals.append(Goal(f"sim {name} {size} writes, 8 streams ÷ ceiling 8 streams [{where}]",
+                                  f"sim.{direction}.{tag}.8.{pin}", f"ceiling.tput.{tag}.8.{pin}"))
+        goals.append(Goal(f"sim 1-byte round trip ÷ ceiling round trip [{where}] (lower is better)",
+                          f"sim.rtt.{pin}", f"ceiling.rtt.{pin}", None, False))
+    goals.append(Goal("sim host-initiated connects per second [unpinned]", "sim.connect.host.free", None,
+                      20000, True, "≥ 20,000/s"))
+    goals.append(Goal("sim guest-initiated connects per second [unpinned]", "sim.connect.guest.free", None))
+    return goals
+
+
+def vm_goals() -> list[Goal]:
+    goals = []
+    for alt, name in (("net", "virtio-net (user net)"), ("serial", "virtio-serial")):
+        for direction, text in (("g2h", "guest→host"), ("h2g", "host→guest")):
+            goals.append(Goal(f"VM vsock ÷ {name}, {text} throughput", f"vm.vsock.{direction}",
+                              f"vm.{alt}.{direction}", 2.0, True, "≥ 2×"))
+    goals.append(Goal("VM vsock ÷ virtio-net (user net), 1-byte round trip (lower is better)", "vm.vsock.rtt",
+                      "vm.net.rtt", 0.7, False, "≤ 0.7×"))
+    goals.append(Goal("VM vsock ÷ virtio-serial, 1-byte round trip (lower is better)", "vm.vsock.rtt",
+                      "vm.serial.rtt", None, False))
+    goals.append(Goal("VM vsock ÷ virtio-net (user net), host-initiated connects per second", "vm.vsock.connect",
+                      "vm.net.connect"))
+    return goals
+
+
+METHOD = [
+    "- **ceiling** (`bench/unix_ceiling.cpp`): a `socketpair(AF_UNIX, SOCK_STREAM)` between two processes",
+    "  (fork). The child writes a deterministic pattern in 4 KiB or 64 KiB writes; the parent reads with",
+    "  the same size and compares every byte with the pattern (position-dependent, period 1 MiB + 7, so",
+    "  lost, duplicated or reordered bytes are caught). 8 streams: 8 socketpairs served with `poll`.",
+    "  Round trip: 1 byte sent and echoed back, mean of 20,000 after 100 warm-up round trips.",
+    "- **sim** (`bench/sim_bench.cpp`): the real daemon (`build/vhost-user-vsock`) driven by the in-process",
+    "  guest simulator of `src/testing/` (vhost-user front-end + virtio-vsock driver on memfd memory) in",
+    "  the benchmark process, and a forked host process on the AF_UNIX side; so the same three hops as",
+    "  production, with the simulator standing in for the guest kernel. The same pattern and checks as",
+    "  the ceiling. Guest→host: the guest sends, the host peer (listening on `<uds>_<port>`) reads;",
+    "  host→guest: the host peer connects through `CONNECT <port>` and writes, the guest reads.",
+    "  Round trip: the host sends 1 byte, the guest echoes it. Connects: host peers doing",
+    "  CONNECT→OK→close back to back, and guest REQUEST→RESPONSE→close back to back. Memory: `VmRSS`",
+    "  of the daemon from `/proc/<pid>/status` with N idle connections open, minus the RSS before.",
+    "- **Pinning**: *all on CPU 0* runs every process of a figure (`taskset -c 0`) on one CPU, so",
+    "  throughput is the inverse of the total CPU cost per byte (steady, compares work done);",
+    "  *unpinned* lets the scheduler use both vCPUs (what a deployment sees, noisier).",
+]
+
+
+def main() -> int:
+    args = parse_args()
+    root = Path(__file__).resolve().parent.parent
+    os.chdir(root)
+    build_dir = (root / args.build_dir).resolve()
+    scratch = Path(tempfile.mkdtemp(prefix="vuvb.", dir="/tmp"))
+    ctx = Context(root=root, build_dir=build_dir, smoke=args.smoke, runs=args.runs, pins=args.pins,
+                  verbose=args.verbose, scratch=scratch)
+    try:
+        return run(ctx, args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    blocked = {} if args.no_build else build(ctx, args.groups)
+    results: dict[str, Result] = {}
+    local = []
+    if "ceiling" in args.groups:
+        local += local_suite.ceiling_measurements(ctx)
+    if "sim" in args.groups:
+        local += local_suite.sim_measurements(ctx)
+    for m in local:
+        reason = blocked.get(m.group)
+        if reason is None and m.argv and not Path(m.argv[0]).exists():
+            reason = f"{Path(m.argv[0]).relative_to(ctx.root) if m.argv[0].startswith(str(ctx.root)) else m.argv[0]} not built"
+        if reason:
+            mark_not_measured([m], results, reason)
+    runnable = [m for m in local if m.id not in results]
+    for round_index in range(ctx.runs):
+        ctx.log(f"round {round_index + 1}/{ctx.runs}")
+        run_round(runnable, results, ctx)
+
+    if "vm" in args.groups:
+        if "vm" in blocked:
+            mark_not_measured(vm_suite.measurements(ctx), results, blocked["vm"])
+        else:
+            try:
+                vm_suite.run(ctx, results)
+            except RuntimeError as exc:
+                ctx.log(f"VM group stopped: {exc}")
+
+    goals = local_goals(ctx.pins) + vm_goals()
+    # Goals whose figures belong to groups not selected are left out, not listed as missing.
+    outcomes = [report.evaluate(g, results) for g in goals
+                if g.ours in results and (g.reference is None or g.reference in results)]
+    report.print_tables(results, outcomes)
+
+    out_md = Path(args.output) if args.output else (
+        ctx.build_dir / "bench-smoke.md" if args.smoke else root_path(ctx, "docs/benchmarks.md"))
+    chart_path = Path(args.chart) if args.chart else (None if args.smoke else root_path(ctx, "docs/benchmarks.png"))
+    notes = list(ctx.notes)
+    chart_rel = None
+    if chart_path:
+        error = report.write_chart(chart_path, results, outcomes, title=machine_lines(ctx)[1])
+        if error:
+            notes.append(error)
+        else:
+            chart_rel = os.path.relpath(chart_path, out_md.parent)
+    command = "bench/run" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    report.write_markdown(out_md, machine=machine_lines(ctx), command=command, method=METHOD, results=results,
+                          outcomes=outcomes, chart=chart_rel, notes=notes)
+    ctx.log(f"wrote {out_md}" + (f" and {chart_path}" if chart_rel else ""))
+
+    broken = [r.measurement.id for r in results.values() if r.errors]
+    if broken:
+        ctx.log(f"BROKEN: {', '.join(broken)}")
+        return 1
+    if args.smoke:
+        skipped = sorted({r.measurement.group for r in results.values() if r.not_measured})
+        if skipped:
+            ctx.log(f"smoke: group(s) {', '.join(skipped)} could not run")
+            return 1
+    return 0
+
+
+def root_path(ctx: Context, rel: str) -> Path:
+    return ctx.root / rel
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The groups that need no VM: the AF_UNIX ceiling and the simulated guest
+driving the real daemon (src/testing/ through build/vhost-user-vsock)."""
+from __future__ import annotations
+
+from benchlib import Context, Measurement
+
+CEILING_BINARY = "bench/bench_unix_ceiling"
+SIM_BINARY = "bench/bench_sim"
+DAEMON_BINARY = "vhost-user-vsock"
+
+WRITE_SIZES = [("64k", "64K"), ("4k", "4K")]
+STREAM_COUNTS = [1, 8]
+
+
+def stream_bytes(ctx: Context, write_size: str, streams: int) -> str:
+    """Bytes per stream: enough for ~0.5-2 s per run at the ceiling's speed."""
+    if ctx.smoke:
+        return "16M" if streams > 1 else "64M"
+    total_mib = 2048 if write_size == "64K" else 1024
+    return f"{total_mib // streams}M"
+
+
+def ceiling_measurements(ctx: Context) -> list[Measurement]:
+    exe = str(ctx.binary(CEILING_BINARY))
+    out: list[Measurement] = []
+    for pin in ctx.pins:
+        for tag, size in WRITE_SIZES:
+            for streams in STREAM_COUNTS:
+                out.append(Measurement(
+                    id=f"ceiling.tput.{tag}.{streams}.{pin}", group="ceiling",
+                    label=f"AF_UNIX stream, {size} writes, {streams} stream{'s' if streams > 1 else ''}",
+                    unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
+                    argv=[exe, "stream", "--write-size", size, "--streams", str(streams),
+                          "--bytes", stream_bytes(ctx, size, streams)]))
+        out.append(Measurement(
+            id=f"ceiling.rtt.{pin}", group="ceiling", label="AF_UNIX 1-byte round trip",
+            unit="µs", higher_is_better=False, pin=pin, key="mean_us",
+            argv=[exe, "rtt", "--count", "2000" if ctx.smoke else "20000"]))
+    return out
+
+
+def sim_measurements(ctx: Context) -> list[Measurement]:
+    exe = str(ctx.binary(SIM_BINARY))
+    common = ["--daemon", str(ctx.binary(DAEMON_BINARY)), "--dir", str(ctx.scratch)]
+    out: list[Measurement] = []
+    for pin in ctx.pins:
+        for direction, name in (("g2h", "guest→host"), ("h2g", "host→guest")):
+            for tag, size in WRITE_SIZES:
+                for streams in STREAM_COUNTS:
+                    out.append(Measurement(
+                        id=f"sim.{direction}.{tag}.{streams}.{pin}", group="sim",
+                        label=f"sim {name}, {size} writes, {streams} stream{'s' if streams > 1 else ''}",
+                        unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
+                        argv=[exe, "stream", "--direction", direction, "--write-size", size,
+                              "--streams", str(streams), "--bytes", stream_bytes(ctx, size, streams)] + common))
+        out.append(Measurement(
+            id=f"sim.rtt.{pin}", group="sim", label="sim 1-byte round trip (host→guest→host)",
+            unit="µs", higher_is_better=False, pin=pin, key="mean_us",
+            argv=[exe, "rtt", "--count", "2000" if ctx.smoke else "20000"] + common))
+    # Connection setup and memory are about the daemon's bookkeeping, not
+    # scheduling: measured unpinned only.
+    count = "1000" if ctx.smoke else "20000"
+    out.append(Measurement(
+        id="sim.connect.host.free", group="sim", label="sim host-initiated connects (CONNECT→OK→close)",
+        unit="conn/s", higher_is_better=True, key="per_second",
+        argv=[exe, "connect-host", "--count", count] + common))
+    out.append(Measurement(
+        id="sim.connect.guest.free", group="sim", label="sim guest-initiated connects (REQUEST→RESPONSE→close)",
+        unit="conn/s", higher_is_better=True, key="per_second",
+        argv=[exe, "connect-guest", "--count", count] + common))
+    idle = "500" if ctx.smoke else "10000"
+    out.append(Measurement(
+        id="sim.idle.rss.free", group="sim", label=f"daemon VmRSS with {int(idle):,} idle connections",
+        unit="MiB", higher_is_better=False, key="rss_kib", extract=lambda o: o["rss_kib"] / 1024.0,
+        argv=[exe, "idle", "--conns", idle] + common, timeout=300))
+    out.append(Measurement(
+        id="sim.idle.per_conn.free", group="sim", label="daemon memory per idle connection (RSS growth ÷ conns)",
+        unit="KiB", higher_is_better=False, key="per_conn_bytes", extract=lambda o: o["per_conn_bytes"] / 1024.0,
+        argv=[], derived_from="sim.idle.rss.free"))
+    return out

@@ -1,0 +1,482 @@
+// The simulated guest through the real daemon: this process starts
+// build/vhost-user-vsock, drives it as the guest with the src/testing/
+// simulator (vhost-user front-end + virtio-vsock driver on memfd memory), and
+// re-executes itself as the AF_UNIX host peer (sim_host_peer.cpp).
+//
+//   bench_sim stream --direction g2h|h2g --write-size 64K --bytes 1G [--streams N]
+//   bench_sim rtt --count N            1-byte round trips, host -> guest -> host
+//   bench_sim connect-host --count N   CONNECT -> OK -> close per second
+//   bench_sim connect-guest --count N  guest connect -> close per second
+//   bench_sim idle --conns N           daemon VmRSS with N idle connections
+// Common: --daemon PATH --dir DIR [--daemon-wrapper "valgrind --tool=..."]
+// Prints one JSON line; exits 1 if data differs, the simulator saw a protocol
+// violation, or the daemon died.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "sim_host_peer.h"
+#include "testing/vsock_driver.h"
+
+namespace vhost_vsock::bench {
+namespace {
+
+using testing::GuestVsockDriver;
+using testing::Millis;
+using testing::Stream;
+
+constexpr uint64_t kGuestCid = 3;
+
+void raise_fd_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+// fork + exec at once (the simulator has threads: nothing else may run in
+// the child). `keep_fd` becomes fd 3 in the child.
+pid_t spawn(const std::vector<std::string>& args, int keep_fd = -1) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid < 0) die("fork");
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed benchmark
+    if (keep_fd == 3) fcntl(3, F_SETFD, 0);
+    else if (keep_fd >= 0 && dup2(keep_fd, 3) < 0) _exit(127);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+uint64_t vm_rss_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  return 0;
+}
+
+pid_t g_daemon_pid = -1;
+
+// On failure: SIGTERM the daemon and give it a moment, so its shutdown
+// statistics reach the log next to our error message.
+void stop_daemon_on_failure() {
+  if (g_daemon_pid <= 0) return;
+  kill(g_daemon_pid, SIGTERM);
+  for (int i = 0; i < 100 && waitpid(g_daemon_pid, nullptr, WNOHANG) == 0; ++i) usleep(50000);
+}
+
+class DaemonProcess {
+ public:
+  DaemonProcess(const Options& options, const std::string& dir, uint32_t max_connections)
+      : socket_path_(dir + "/vhost.sock"), uds_path_(dir + "/v") {
+    std::vector<std::string> args = split_words(options.text("daemon-wrapper", ""));
+    args.insert(args.end(), {options.text("daemon", "build/vhost-user-vsock"), "--guest-cid", std::to_string(kGuestCid),
+                             "--socket", socket_path_, "--uds-path", uds_path_, "--log-level",
+                             options.text("log-level", "warn"), "--max-connections", std::to_string(max_connections)});
+    if (args[0].find('/') == std::string::npos) {  // a wrapper named without a path
+      std::string found;
+      for (const auto& dirname : split_path(getenv("PATH") ? getenv("PATH") : ""))
+        if (access((dirname + "/" + args[0]).c_str(), X_OK) == 0) {
+          found = dirname + "/" + args[0];
+          break;
+        }
+      if (found.empty()) fail("cannot find " + args[0] + " on PATH");
+      args[0] = found;
+    }
+    pid_ = spawn(args);
+    g_daemon_pid = pid_;
+    g_before_failure_exit = stop_daemon_on_failure;
+    const double deadline = now_seconds() + options.integer("start-timeout", 60);
+    struct stat st{};
+    while (stat(socket_path_.c_str(), &st) != 0) {
+      if (now_seconds() > deadline) fail("daemon did not create " + socket_path_);
+      if (!alive()) fail("daemon exited at start (see its messages above)");
+      usleep(2000);
+    }
+  }
+  ~DaemonProcess() { stop(); }
+
+  [[nodiscard]] pid_t pid() const { return pid_; }
+  [[nodiscard]] const std::string& socket_path() const { return socket_path_; }
+  [[nodiscard]] const std::string& uds_path() const { return uds_path_; }
+  bool alive() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exit_status_ = status;
+      pid_ = -1;
+      return false;
+    }
+    return true;
+  }
+  // SIGTERM, then wait (valgrind needs a while to write its profile).
+  // Returns an error message if the daemon did not exit cleanly.
+  std::string stop() {
+    g_daemon_pid = -1;
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      for (int i = 0; i < 1200 && alive(); ++i) usleep(50000);
+      if (pid_ > 0) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, &exit_status_, 0);
+        pid_ = -1;
+        return "daemon did not exit within 60 s of SIGTERM";
+      }
+    }
+    if (WIFSIGNALED(exit_status_)) return "daemon died of signal " + std::to_string(WTERMSIG(exit_status_));
+    if (WIFEXITED(exit_status_) && WEXITSTATUS(exit_status_) != 0)
+      return "daemon exited with status " + std::to_string(WEXITSTATUS(exit_status_));
+    return "";
+  }
+
+ private:
+  static std::vector<std::string> split_path(const std::string& text) {
+    std::vector<std::string> out;
+    std::string cur;
+    for (char c : text + ':') {
+      if (c == ':') {
+        if (!cur.empty()) out.push_back(cur);
+        cur.clear();
+      } else {
+        cur.push_back(c);
+      }
+    }
+    return out;
+  }
+
+  std::string socket_path_;
+  std::string uds_path_;
+  pid_t pid_ = -1;
+  int exit_status_ = 0;
+};
+
+// The host peer process and its control socket.
+class HostPeer {
+ public:
+  HostPeer(const std::string& self, const std::string& role, const std::string& uds,
+           const std::vector<std::string>& extra) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) die("socketpair");
+    control_ = pair[0];
+    std::vector<std::string> args = {self, "host-peer", "--control-fd", "3", "--role", role, "--uds", uds};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = spawn(args, pair[1]);
+    close(pair[1]);
+  }
+  ~HostPeer() {
+    if (control_ >= 0) close(control_);
+    if (pid_ > 0) waitpid(pid_, nullptr, 0);
+  }
+  // Waits for "ready" / "done <json>"; fails the benchmark on "error ...".
+  std::string expect(const std::string& word) {
+    std::string line;
+    if (!read_line(control_, line)) fail("host peer exited before '" + word + "'");
+    if (line.rfind("error ", 0) == 0) fail("host peer: " + line.substr(6));
+    if (line.rfind(word, 0) != 0) fail("host peer said '" + line + "', expected '" + word + "'");
+    return line.size() > word.size() ? line.substr(word.size() + 1) : "";
+  }
+  void go() {
+    if (!send_line(control_, "go")) fail("host peer is gone");
+  }
+  void finish() {
+    close(control_);
+    control_ = -1;
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) fail("host peer process failed");
+  }
+
+ private:
+  int control_ = -1;
+  pid_t pid_ = -1;
+};
+
+// Crude: pulls "key": number out of the peer's flat JSON.
+double json_number(const std::string& json, const std::string& key) {
+  auto at = json.find("\"" + key + "\":");
+  if (at == std::string::npos) fail("no " + key + " in " + json);
+  return std::strtod(json.c_str() + at + key.size() + 3, nullptr);
+}
+
+struct Bench {
+  const Options& options;
+  std::string self;
+  DaemonProcess& daemon;
+  GuestVsockDriver& guest;
+
+  JsonLine stream() {
+    const std::string direction = options.text("direction", "g2h");
+    const size_t write_size = static_cast<size_t>(options.size("write-size", 64 * 1024));
+    const uint64_t bytes = options.size("bytes", 256ull << 20);
+    const int streams = options.integer("streams", 1);
+    if (write_size == 0 || write_size > (1u << 20) || streams < 1 || streams > 64) fail("option out of range");
+    const std::vector<std::string> extra = {"--streams", std::to_string(streams), "--bytes", std::to_string(bytes),
+                                            "--io-size", std::to_string(write_size)};
+    std::vector<Stream> socks;
+    std::vector<std::unique_ptr<Pattern>> patterns;
+    for (int i = 0; i < streams; ++i) patterns.push_back(std::make_unique<Pattern>(1 + i, write_size));
+    double elapsed = 0;
+    if (direction == "g2h") {
+      HostPeer peer(self, "recv", daemon.uds_path(), extra);
+      peer.expect("ready");
+      for (int i = 0; i < streams; ++i) {
+        Stream s = guest.connect(kBasePort + static_cast<uint32_t>(i));
+        if (!s.established()) fail("guest connect to port " + std::to_string(kBasePort + i) + " failed");
+        socks.push_back(s);
+      }
+      const double t0 = now_seconds();
+      for (uint64_t off = 0; off < bytes; off += write_size) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - off));
+        for (int i = 0; i < streams; ++i)
+          if (!socks[i].send(std::span(patterns[i]->at(off), len)))
+            fail("guest send failed on stream " + std::to_string(i) + " at byte " + std::to_string(off));
+      }
+      peer.expect("done");
+      elapsed = now_seconds() - t0;
+      peer.finish();
+    } else if (direction == "h2g") {
+      for (int i = 0; i < streams; ++i) guest.listen(kBasePort + static_cast<uint32_t>(i));
+      HostPeer peer(self, "send", daemon.uds_path(), extra);
+      for (int i = 0; i < streams; ++i) {
+        auto s = guest.accept(kBasePort + static_cast<uint32_t>(i), Millis(10000));
+        if (!s) fail("guest accept on port " + std::to_string(kBasePort + i) + " timed out");
+        socks.push_back(*s);
+      }
+      peer.expect("ready");
+      std::vector<uint8_t> buffer(write_size);
+      std::vector<uint64_t> received(streams, 0);
+      const double t0 = now_seconds();
+      peer.go();
+      for (int left = streams; left > 0;) {
+        for (int i = 0; i < streams; ++i) {
+          if (received[i] == bytes) continue;
+          const size_t n = socks[i].recv_into(buffer, Millis(10000));
+          if (n == 0) fail(stall_report(i, received[i], socks[i]));
+          if (received[i] + n > bytes || !patterns[i]->matches(received[i], buffer.data(), n))
+            fail("guest stream " + std::to_string(i) + " data mismatch near byte " + std::to_string(received[i]));
+          received[i] += n;
+          if (received[i] == bytes) --left;
+        }
+      }
+      elapsed = now_seconds() - t0;
+      peer.expect("done");
+      peer.finish();
+    } else {
+      fail("--direction must be g2h or h2g");
+    }
+    for (auto& s : socks) s.close();
+    const uint64_t total = bytes * static_cast<uint64_t>(streams);
+    JsonLine out;
+    out.add("bench", "sim_stream").add("direction", direction).add("write_size", uint64_t{write_size})
+        .add("streams", streams).add("bytes", total).add("seconds", elapsed)
+        .add("gbit_per_s", gbit_per_second(total, elapsed));
+    return out;
+  }
+
+  // What the simulator knows when a stream stops moving: for a bug report.
+  std::string stall_report(int index, uint64_t at, const Stream& s) const {
+    const testing::DriverStats st = guest.stats();
+    std::ostringstream out;
+    out << "guest stream " << index << " stalled at byte " << at << " (state " << static_cast<int>(s.state())
+        << ", readable " << s.readable_bytes() << ", rx packets " << st.packets_received << ", rx bytes "
+        << st.bytes_received << ", credit updates sent " << st.credit_updates_sent << ", rx interrupts "
+        << st.rx_interrupts << ", rx kicks " << st.rx_kicks << ", used found by polling "
+        << st.used_found_on_timeout << ", violations " << st.violations << ")\n" << guest.debug_state();
+    return out.str();
+  }
+
+  JsonLine rtt() {
+    const int count = options.integer("count", 20000);
+    guest.listen(kBasePort);
+    HostPeer peer(self, "rtt", daemon.uds_path(), {"--count", std::to_string(count)});
+    auto s = guest.accept(kBasePort, Millis(10000));
+    if (!s) fail("guest accept timed out");
+    peer.expect("ready");
+    peer.go();
+    uint8_t byte = 0;
+    for (int i = 0; i < count + 100; ++i) {
+      if (s->recv_into(std::span(&byte, 1), Millis(10000)) != 1 || !s->send(std::span<const uint8_t>(&byte, 1)))
+        fail("guest echo failed at round trip " + std::to_string(i));
+    }
+    const std::string json = peer.expect("done");
+    peer.finish();
+    s->close();
+    JsonLine out;
+    out.add("bench", "sim_rtt").add("count", count).add("mean_us", json_number(json, "mean_us"))
+        .add("p50_us", json_number(json, "p50_us")).add("p99_us", json_number(json, "p99_us"));
+    return out;
+  }
+
+  JsonLine connect_host() {
+    const int count = options.integer("count", 10000);
+    guest.listen(kBasePort);
+    HostPeer peer(self, "connect", daemon.uds_path(), {"--count", std::to_string(count)});
+    std::atomic<bool> accept_failed{false};
+    std::thread acceptor([&] {
+      for (int i = 0; i < count; ++i) {
+        auto s = guest.accept(kBasePort, Millis(10000));
+        if (!s) {
+          accept_failed = true;
+          return;
+        }
+        s->close();
+      }
+    });
+    peer.expect("ready");
+    peer.go();
+    const std::string json = peer.expect("done");
+    acceptor.join();
+    peer.finish();
+    if (accept_failed) fail("guest accept timed out");
+    JsonLine out;
+    out.add("bench", "sim_connect_host").add("count", count).add("per_second", json_number(json, "per_second"));
+    return out;
+  }
+
+  JsonLine connect_guest() {
+    const int count = options.integer("count", 10000);
+    HostPeer peer(self, "accept", daemon.uds_path(), {"--count", std::to_string(count)});
+    peer.expect("ready");
+    const double t0 = now_seconds();
+    for (int i = 0; i < count; ++i) {
+      Stream s = guest.connect(kBasePort);
+      // The host peer closes at once, so the stream may already be closing:
+      // what counts is that the daemon answered with RESPONSE, not RST.
+      if (s.state() == testing::StreamState::kConnecting || s.refused())
+        fail("guest connect " + std::to_string(i) + (s.refused() ? " refused" : " timed out"));
+      s.close();
+    }
+    const double elapsed = now_seconds() - t0;
+    peer.expect("done");
+    peer.finish();
+    JsonLine out;
+    out.add("bench", "sim_connect_guest").add("count", count).add("per_second", count / elapsed);
+    return out;
+  }
+
+  JsonLine idle() {
+    const int conns = options.integer("conns", 10000);
+    guest.listen(kBasePort);
+    HostPeer peer(self, "idle", daemon.uds_path(), {"--count", std::to_string(conns)});
+    peer.expect("ready");
+    usleep(100000);
+    const uint64_t before = vm_rss_kib(daemon.pid());
+    std::vector<Stream> held;
+    held.reserve(static_cast<size_t>(conns));
+    std::atomic<bool> accept_failed{false};
+    std::thread acceptor([&] {
+      for (int i = 0; i < conns; ++i) {
+        auto s = guest.accept(kBasePort, Millis(10000));
+        if (!s) {
+          accept_failed = true;
+          return;
+        }
+        held.push_back(*s);
+      }
+    });
+    peer.go();
+    peer.expect("done");
+    acceptor.join();
+    if (accept_failed) fail("guest accept timed out");
+    usleep(200000);  // let the daemon settle before sampling
+    const uint64_t after = vm_rss_kib(daemon.pid());
+    peer.finish();
+    for (auto& s : held) s.reset();
+    JsonLine out;
+    out.add("bench", "sim_idle").add("conns", conns).add("baseline_rss_kib", before).add("rss_kib", after)
+        .add("per_conn_bytes", after > before ? static_cast<double>(after - before) * 1024.0 / conns : 0.0);
+    return out;
+  }
+};
+
+std::string make_run_dir(const std::string& parent) {
+  std::string pattern = parent + "/s.XXXXXX";
+  if (!mkdtemp(pattern.data())) die("mkdtemp");
+  return pattern;
+}
+
+void remove_run_dir(const std::string& dir) {
+  for (const char* name : {"/vhost.sock", "/v"}) unlink((dir + name).c_str());
+  for (uint32_t i = 0; i < 64; ++i) unlink((dir + "/v_" + std::to_string(kBasePort + i)).c_str());
+  rmdir(dir.c_str());
+}
+
+int run(const std::string& mode, const Options& options) {
+  raise_fd_limit();
+  signal(SIGPIPE, SIG_IGN);
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) die("readlink /proc/self/exe");
+  self[n] = '\0';
+  const std::string dir = make_run_dir(options.text("dir", "/tmp"));
+  const int conns = mode == "idle" ? options.integer("conns", 10000) : 0;
+  std::optional<JsonLine> result;
+  std::string daemon_error;
+  std::vector<std::string> violations;
+  {
+    DaemonProcess daemon(options, dir, static_cast<uint32_t>(std::max(4096, conns + 1024)));
+    {
+      testing::GuestOptions guest_options;
+      guest_options.queue_size = static_cast<uint16_t>(options.integer("queue-size", guest_options.queue_size));
+      guest_options.event_idx = options.integer("event-idx", 1) != 0;
+      guest_options.buf_alloc = static_cast<uint32_t>(options.size("buf-alloc", guest_options.buf_alloc));
+      GuestVsockDriver guest(daemon.socket_path(), guest_options);
+      Bench bench{options, self, daemon, guest};
+      if (mode == "stream") result = bench.stream();
+      else if (mode == "rtt") result = bench.rtt();
+      else if (mode == "connect-host") result = bench.connect_host();
+      else if (mode == "connect-guest") result = bench.connect_guest();
+      else if (mode == "idle") result = bench.idle();
+      else fail("unknown mode '" + mode + "'");
+      violations = guest.violations();
+      guest.disconnect();
+    }
+    daemon_error = daemon.stop();
+  }
+  remove_run_dir(dir);
+  if (!violations.empty()) fail("guest simulator saw a device protocol violation: " + violations.front());
+  if (!daemon_error.empty()) fail(daemon_error);
+  result->add("verified", true).print();
+  return 0;
+}
+
+}  // namespace
+}  // namespace vhost_vsock::bench
+
+int main(int argc, char** argv) {
+  using namespace vhost_vsock::bench;
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench_sim stream|rtt|connect-host|connect-guest|idle [--option value]...\n");
+    return 2;
+  }
+  const std::string mode = argv[1];
+  Options options(argc, argv, 2);
+  if (mode == "host-peer") return run_host_peer(options);
+  try {
+    return run(mode, options);
+  } catch (const std::exception& e) {  // simulator setup throws
+    fail(std::string("setup failed: ") + e.what());
+  }
+}

@@ -1,0 +1,276 @@
+#include "sim_host_peer.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/un.h>
+
+#include <memory>
+
+namespace vhost_vsock::bench {
+
+bool send_line(int fd, const std::string& line) {
+  std::string text = line + "\n";
+  return write_all(fd, text.data(), text.size());
+}
+
+bool read_line(int fd, std::string& line) {
+  line.clear();
+  char c = 0;
+  while (line.size() < 4096) {
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    if (c == '\n') return true;
+    line.push_back(c);
+  }
+  return false;
+}
+
+namespace {
+
+[[noreturn]] void peer_fail(int control, const std::string& message) {
+  send_line(control, "error " + message);
+  _exit(1);
+}
+
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) fail("socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+int unix_listen(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr = unix_address(path);
+  ::unlink(path.c_str());
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 4096) != 0)
+    die("listen");
+  return fd;
+}
+
+// Connects through the hybrid listener: "CONNECT <port>\n" then "OK <n>\n".
+// Returns -1 (errno-free message in `error`) on failure.
+int hybrid_connect(const std::string& uds, uint32_t port, std::string& error) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr = unix_address(uds);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    error = std::string("connect ") + uds + ": " + std::strerror(errno);
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  const std::string request = "CONNECT " + std::to_string(port) + "\n";
+  char reply[64];
+  size_t got = 0;
+  if (!write_all(fd, request.data(), request.size())) {
+    error = "sending CONNECT failed";
+    close(fd);
+    return -1;
+  }
+  // Nothing follows the OK line in these roles (the guest speaks only when
+  // spoken to), so reading in chunks cannot swallow payload.
+  while (got == 0 || reply[got - 1] != '\n') {
+    ssize_t n = ::read(fd, reply + got, sizeof(reply) - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || got + static_cast<size_t>(n) >= sizeof(reply)) {
+      error = "no OK line for CONNECT " + std::to_string(port) + (n == 0 ? " (closed)" : "");
+      close(fd);
+      return -1;
+    }
+    got += static_cast<size_t>(n);
+  }
+  if (got < 4 || std::memcmp(reply, "OK ", 3) != 0) {
+    error = "bad handshake reply: " + std::string(reply, got - 1);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void wait_go(int control) {
+  std::string line;
+  if (!read_line(control, line) || line != "go") _exit(1);
+}
+
+// Reads and verifies `bytes` on every fd (stream i carries pattern 1+i).
+void receive_streams(int control, const std::vector<int>& fds, uint64_t bytes, size_t read_size) {
+  std::vector<std::unique_ptr<Pattern>> patterns;
+  for (size_t i = 0; i < fds.size(); ++i) patterns.push_back(std::make_unique<Pattern>(1 + i, read_size));
+  std::vector<uint8_t> buffer(read_size);
+  std::vector<uint64_t> received(fds.size(), 0);
+  if (fds.size() > 1)
+    for (int fd : fds) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  size_t remaining = fds.size();
+  std::vector<pollfd> polls;
+  std::vector<size_t> index;
+  while (remaining > 0) {
+    polls.clear();
+    index.clear();
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (received[i] < bytes) {
+        polls.push_back({fds[i], POLLIN, 0});
+        index.push_back(i);
+      }
+    if (fds.size() > 1 && ::poll(polls.data(), polls.size(), 20000) <= 0) peer_fail(control, "receive stalled");
+    for (size_t k = 0; k < polls.size(); ++k) {
+      if (fds.size() > 1 && !(polls[k].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      const size_t s = index[k];
+      while (received[s] < bytes) {
+        ssize_t n = ::read(fds[s], buffer.data(), buffer.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) break;
+        if (n <= 0) peer_fail(control, "stream " + std::to_string(s) + " ended at byte " + std::to_string(received[s]));
+        if (received[s] + static_cast<uint64_t>(n) > bytes ||
+            !patterns[s]->matches(received[s], buffer.data(), static_cast<size_t>(n)))
+          peer_fail(control, "stream " + std::to_string(s) + " data mismatch near byte " + std::to_string(received[s]));
+        received[s] += static_cast<uint64_t>(n);
+      }
+      if (received[s] == bytes) --remaining;
+    }
+  }
+}
+
+// Writes `bytes` of pattern 1+i on every fd, `write_size` per call.
+void send_streams(int control, const std::vector<int>& fds, uint64_t bytes, size_t write_size) {
+  std::vector<std::unique_ptr<Pattern>> patterns;
+  for (size_t i = 0; i < fds.size(); ++i) patterns.push_back(std::make_unique<Pattern>(1 + i, write_size));
+  if (fds.size() == 1) {
+    for (uint64_t off = 0; off < bytes;) {
+      size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - off));
+      if (!write_all(fds[0], patterns[0]->at(off), len)) peer_fail(control, "write failed at byte " + std::to_string(off));
+      off += len;
+    }
+    return;
+  }
+  for (int fd : fds) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  std::vector<uint64_t> sent(fds.size(), 0);
+  size_t remaining = fds.size();
+  std::vector<pollfd> polls;
+  std::vector<size_t> index;
+  while (remaining > 0) {
+    polls.clear();
+    index.clear();
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (sent[i] < bytes) {
+        polls.push_back({fds[i], POLLOUT, 0});
+        index.push_back(i);
+      }
+    if (::poll(polls.data(), polls.size(), 20000) <= 0) peer_fail(control, "send stalled");
+    for (size_t k = 0; k < polls.size(); ++k) {
+      if (!(polls[k].revents & (POLLOUT | POLLERR | POLLHUP))) continue;
+      const size_t i = index[k];
+      while (sent[i] < bytes) {
+        size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - sent[i]));
+        ssize_t n = ::send(fds[i], patterns[i]->at(sent[i]), len, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        if (n <= 0) peer_fail(control, "stream " + std::to_string(i) + " write failed: " + std::strerror(errno));
+        sent[i] += static_cast<uint64_t>(n);
+      }
+      if (sent[i] == bytes) --remaining;
+    }
+  }
+}
+
+}  // namespace
+
+int run_host_peer(const Options& options) {
+  const int control = options.integer("control-fd", -1);
+  const std::string role = options.text("role", "");
+  const std::string uds = options.text("uds", "");
+  const int streams = options.integer("streams", 1);
+  const uint64_t bytes = options.size("bytes", 0);
+  const size_t io_size = static_cast<size_t>(options.size("io-size", 64 * 1024));
+  const int count = options.integer("count", 0);
+  if (control < 0 || uds.empty() || streams < 1 || streams > 1024 || io_size == 0 || io_size > (16u << 20))
+    fail("host-peer: bad options");
+  std::string error;
+  std::vector<int> fds;
+
+  if (role == "recv") {
+    std::vector<int> listeners;
+    for (int i = 0; i < streams; ++i) listeners.push_back(unix_listen(uds + "_" + std::to_string(kBasePort + i)));
+    send_line(control, "ready");
+    for (int l : listeners) {
+      int fd = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) peer_fail(control, "accept failed");
+      fds.push_back(fd);
+    }
+    receive_streams(control, fds, bytes, io_size);
+    send_line(control, "done {}");
+  } else if (role == "send") {
+    for (int i = 0; i < streams; ++i) {
+      int fd = hybrid_connect(uds, kBasePort + static_cast<uint32_t>(i), error);
+      if (fd < 0) peer_fail(control, error);
+      fds.push_back(fd);
+    }
+    send_line(control, "ready");
+    wait_go(control);
+    send_streams(control, fds, bytes, io_size);
+    send_line(control, "done {}");
+  } else if (role == "rtt") {
+    int fd = hybrid_connect(uds, kBasePort, error);
+    if (fd < 0) peer_fail(control, error);
+    send_line(control, "ready");
+    wait_go(control);
+    Pattern pattern(7, 1);
+    std::vector<double> samples;
+    char reply = 0;
+    for (int i = -100; i < count; ++i) {
+      const double t0 = now_seconds();
+      if (!write_all(fd, pattern.at(static_cast<uint64_t>(i + 100)), 1) || !read_exact(fd, &reply, 1))
+        peer_fail(control, "round trip " + std::to_string(i) + " failed");
+      const double t1 = now_seconds();
+      if (!pattern.matches(static_cast<uint64_t>(i + 100), reinterpret_cast<uint8_t*>(&reply), 1))
+        peer_fail(control, "echoed byte differs");
+      if (i >= 0) samples.push_back(t1 - t0);
+    }
+    double sum = 0;
+    for (double s : samples) sum += s;
+    std::sort(samples.begin(), samples.end());
+    char json[256];
+    std::snprintf(json, sizeof(json), "{\"mean_us\": %.4f, \"p50_us\": %.4f, \"p99_us\": %.4f}",
+                  sum / static_cast<double>(samples.size()) * 1e6, samples[samples.size() / 2] * 1e6,
+                  samples[samples.size() * 99 / 100] * 1e6);
+    send_line(control, std::string("done ") + json);
+  } else if (role == "connect") {
+    send_line(control, "ready");
+    wait_go(control);
+    const double t0 = now_seconds();
+    for (int i = 0; i < count; ++i) {
+      int fd = hybrid_connect(uds, kBasePort, error);
+      if (fd < 0) peer_fail(control, "connect " + std::to_string(i) + ": " + error);
+      close(fd);
+    }
+    const double elapsed = now_seconds() - t0;
+    char json[128];
+    std::snprintf(json, sizeof(json), "{\"per_second\": %.1f, \"seconds\": %.4f}", count / elapsed, elapsed);
+    send_line(control, std::string("done ") + json);
+  } else if (role == "accept") {
+    int l = unix_listen(uds + "_" + std::to_string(kBasePort));
+    send_line(control, "ready");
+    for (int i = 0; i < count; ++i) {
+      int fd = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) peer_fail(control, "accept failed");
+      close(fd);
+    }
+    send_line(control, "done {}");
+  } else if (role == "idle") {
+    send_line(control, "ready");
+    wait_go(control);
+    for (int i = 0; i < count; ++i) {
+      int fd = hybrid_connect(uds, kBasePort, error);
+      if (fd < 0) peer_fail(control, "connection " + std::to_string(i) + ": " + error);
+      fds.push_back(fd);
+    }
+    send_line(control, "done {}");
+    std::string line;
+    read_line(control, line);  // hold everything open until the parent is done measuring
+  } else {
+    fail("host-peer: unknown role '" + role + "'");
+  }
+  for (int fd : fds) close(fd);
+  return 0;
+}
+
+}  // namespace vhost_vsock::bench

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Builds the end-to-end test guest, or reuses the cached one:
+#   vmlinux            Debian 12's 6.1 kernel, unpacked from its bzImage to a plain ELF
+#   initramfs.cpio.gz  busybox-static, socat (+ its libraries), our vsock_tool,
+#                      the virtio/vsock modules and tests/e2e/guest/init
+#   vsock_tool         the same static test tool, for use on the host
+#
+# The image lives in ${VUV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vhost-user-vsock}/guest-<hash>,
+# where <hash> covers this script, the guest sources and the package versions
+# used, so it is rebuilt only when one of them changes. The kernel .deb is
+# fetched with `apt-get download` and unpacked with `dpkg-deb -x` into the
+# cache; nothing is installed into /boot.
+#
+# usage: scripts/guest-image.sh [--force]
+# The last line printed is the image directory.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${VUV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vhost-user-vsock}
+guest_src=$root/tests/e2e/guest
+image_tools=$root/tests/e2e/image
+force=0
+[[ ${1:-} == --force ]] && force=1
+
+log() { echo "guest-image: $*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+mkdir -p "$cache/debs"
+exec 9>"$cache/guest-image.lock"
+flock 9 # one builder at a time; the others then find the finished image
+
+for tool in apt-cache apt-get dpkg-deb dpkg-query depmod modprobe gcc python3 flock; do
+  command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"
+done
+if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
+  die "/bin/busybox missing or not static; install busybox-static (scripts/install-deps.sh)"
+fi
+socat_bin=$(command -v socat) || die "socat not found; run scripts/install-deps.sh"
+
+installed_version() {
+  dpkg-query -W -f='${Version}' "$1" 2>/dev/null || die "package $1 is not installed; run scripts/install-deps.sh"
+}
+
+# The versioned kernel package that linux-image-amd64 currently depends on.
+resolve_kernel() {
+  { apt-cache depends linux-image-amd64 2>/dev/null || true; } |
+    sed -n 's/^ *Depends: \(linux-image-6\.1\.[^ ]*-amd64\(-unsigned\)\?\)$/\1/p' | head -1
+}
+kernel_pkg=$(resolve_kernel)
+if [[ -z $kernel_pkg && $(id -u) -eq 0 ]]; then
+  log "refreshing apt lists to find the kernel package"
+  apt-get update -q >&2 || true
+  kernel_pkg=$(resolve_kernel)
+fi
+kernel_version=""
+if [[ -n $kernel_pkg ]]; then
+  kernel_version=$({ apt-cache policy "$kernel_pkg" 2>/dev/null || true; } | sed -n 's/^ *Candidate: //p')
+fi
+if [[ -z $kernel_pkg || -z $kernel_version || $kernel_version == "(none)" ]]; then
+  # Offline: fall back to the newest image already built, if any.
+  newest=$(find "$cache" -maxdepth 1 -type d -name 'guest-*' -printf '%T@ %p\n' | sort -rn | head -1 | cut -d' ' -f2-)
+  if [[ -n $newest && -f $newest/stamp ]]; then
+    log "cannot resolve linux-image-amd64 with apt-cache; reusing $newest"
+    echo "$newest"
+    exit 0
+  fi
+  die "cannot resolve the Debian 6.1 kernel package (apt-cache depends linux-image-amd64)"
+fi
+
+inputs=$(
+  cat "$0" "$guest_src"/* "$image_tools"/*
+  echo "kernel $kernel_pkg $kernel_version"
+  echo "busybox-static $(installed_version busybox-static)"
+  echo "socat $(installed_version socat)"
+  echo "libc6 $(installed_version libc6)"
+  gcc --version | head -1
+)
+hash=$(sha256sum <<<"$inputs" | cut -c1-16)
+out=$cache/guest-$hash
+if [[ $force -eq 0 && -f $out/stamp ]]; then
+  log "cached: $out"
+  echo "$out"
+  exit 0
+fi
+
+log "building $out ($kernel_pkg $kernel_version)"
+work=$(mktemp -d "$cache/build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# Kernel: download once per version, unpack, resolve module dependencies.
+shopt -s nullglob
+debs=("$cache/debs/${kernel_pkg}_${kernel_version//:/%3a}_"*.deb)
+if ((${#debs[@]} == 0)); then
+  (cd "$cache/debs" && apt-get download "$kernel_pkg=$kernel_version" >&2) ||
+    die "apt-get download $kernel_pkg=$kernel_version failed"
+  debs=("$cache/debs/${kernel_pkg}_${kernel_version//:/%3a}_"*.deb)
+  ((${#debs[@]} > 0)) || die "apt-get download left no ${kernel_pkg} .deb in $cache/debs"
+fi
+deb=${debs[0]}
+dpkg-deb -x "$deb" "$work/kernel"
+module_dirs=("$work/kernel/lib/modules"/*)
+((${#module_dirs[@]} > 0)) || die "no lib/modules in $deb"
+kver=$(basename "${module_dirs[0]}")
+[[ -n $kver && -f $work/kernel/boot/vmlinuz-$kver ]] || die "no kernel found in $deb"
+depmod -b "$work/kernel" "$kver"
+
+stage=$work/initramfs
+mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,lib/modules}
+# Bus drivers first so the device exists when the vsock transport loads.
+modules=()
+for top in virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev vmw_vsock_virtio_transport; do
+  while read -r _ path; do
+    rel=${path#"$work/kernel/lib/modules/"}
+    [[ " ${modules[*]} " == *" $rel "* ]] || modules+=("$rel")
+  done < <(modprobe -d "$work/kernel" -S "$kver" --show-depends "$top" | grep '^insmod ')
+done
+for rel in "${modules[@]}"; do
+  mkdir -p "$stage/lib/modules/$(dirname "$rel")"
+  cp "$work/kernel/lib/modules/$rel" "$stage/lib/modules/$rel"
+done
+printf '%s\n' "${modules[@]}" >"$stage/etc/modules.order"
+log "modules: $(printf '%s ' "${modules[@]##*/}")"
+python3 "$image_tools/extract_vmlinux.py" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux" >&2
+rm -rf "$work/kernel"
+
+# Userland: static busybox with an applet link per command, socat with the
+# libraries ldd names, our tool.
+cp /bin/busybox "$stage/bin/busybox"
+while read -r applet; do
+  [[ -e $stage/$applet || -L $stage/$applet ]] || ln -s /bin/busybox "$stage/$applet"
+done < <(/bin/busybox --list-full)
+cp "$socat_bin" "$stage/usr/bin/socat"
+while read -r lib; do
+  mkdir -p "$stage$(dirname "$lib")"
+  cp -L "$lib" "$stage$lib"
+done < <(ldd "$socat_bin" | grep -oE '/[^ ]+\.so[^ ]*')
+gcc -static -O2 -Wall -Wextra -Werror -o "$work/vsock_tool" "$guest_src/vsock_tool.c"
+"$work/vsock_tool" selftest >&2
+cp "$work/vsock_tool" "$stage/bin/vsock_tool"
+cp "$guest_src/init" "$stage/init"
+chmod 0755 "$stage/init"
+echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
+echo "root:x:0:" >"$stage/etc/group"
+python3 "$image_tools/mkinitramfs.py" "$stage" "$work/initramfs.cpio.gz" >&2
+
+mkdir -p "$work/image"
+mv "$work/vmlinux" "$work/initramfs.cpio.gz" "$work/vsock_tool" "$work/image/"
+cat >"$work/image/stamp" <<EOF
+kernel $kernel_pkg $kernel_version ($kver)
+busybox-static $(installed_version busybox-static)
+socat $(installed_version socat)
+built $(date -u +%Y-%m-%dT%H:%M:%SZ)
+EOF
+rm -rf "$out"
+mv "$work/image" "$out"
+# Older images and kernel debs are dead weight once a new one is built.
+for old in "$cache"/guest-*; do
+  [[ $old == "$out" || ! -d $old ]] || rm -rf "$old"
+done
+for old in "$cache"/debs/*.deb; do
+  [[ $old == "$deb" ]] || rm -f "$old"
+done
+log "done: $(du -sh "$out" | cut -f1) in $out"
+echo "$out"

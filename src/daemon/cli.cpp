@@ -1,0 +1,252 @@
+#include "daemon/cli.h"
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <limits>
+#include <sstream>
+
+#ifndef VUV_VERSION
+#define VUV_VERSION "unknown"
+#endif
+
+namespace vhost_vsock::daemon {
+namespace {
+
+constexpr const char* kProgramName = "vhost-user-vsock";
+
+constexpr const char* kDescription =
+    "virtio-vsock device for QEMU (vhost-user backend) with the Firecracker/Cloud Hypervisor hybrid vsock host "
+    "side: host programs connect to <uds-path> and send \"CONNECT <port>\\n\"; guest connects to CID 2 port P reach "
+    "the host listener <uds-path>_<P>.\n\nGive the VMs in exactly one form: --guest-cid/--socket/--uds-path for one "
+    "VM, --vm (repeatable), or --config FILE.yaml.";
+
+constexpr const char* kVmHelp =
+    "One VM as comma-separated key=value pairs; repeat for more VMs. Keys (spelled with '-' or '_'): guest-cid, "
+    "socket, uds-path, tx-buffer-size, queue-size, groups. Example: "
+    "--vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock";
+
+// Values are taken as text and parsed by config.cpp, so every form reports
+// malformed numbers the same way, naming the field.
+struct RawFlags {
+  std::string guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups;
+  std::vector<std::string> vm_specs;
+  std::string config_file;
+  std::string log_level = "info";
+  std::string max_connections, handshake_timeout, request_timeout, shutdown_timeout;
+};
+
+struct Options {
+  CLI::Option* guest_cid;
+  CLI::Option* socket;
+  CLI::Option* uds_path;
+  CLI::Option* tx_buffer_size;
+  CLI::Option* queue_size;
+  CLI::Option* groups;
+  CLI::Option* vm;
+  CLI::Option* config;
+  CLI::Option* max_connections;
+  CLI::Option* handshake_timeout;
+  CLI::Option* request_timeout;
+  CLI::Option* shutdown_timeout;
+};
+
+Options define_options(CLI::App& app, RawFlags& raw) {
+  Options o{};
+  o.guest_cid = app.add_option("--guest-cid", raw.guest_cid,
+                               fmt::format("Guest CID, >= 3 (default {}; single-VM form)", kDefaultGuestCid))
+                    ->type_name("N");
+  o.socket = app.add_option("--socket", raw.socket, "vhost-user socket the VMM connects to (single-VM form)")
+                 ->type_name("PATH");
+  o.uds_path = app.add_option("--uds-path", raw.uds_path,
+                              "Hybrid vsock Unix socket for host programs; guest connects to port P go to "
+                              "<uds-path>_<P> (single-VM form)")
+                   ->type_name("PATH");
+  o.tx_buffer_size =
+      app.add_option(
+             "--tx-buffer-size", raw.tx_buffer_size,
+             fmt::format(
+                 "Bytes buffered per connection for guest->host data, the credit the guest gets (default {}, max {})",
+                 kDefaultTxBufferSize, kMaxTxBufferSize))
+          ->type_name("BYTES");
+  o.queue_size = app.add_option("--queue-size", raw.queue_size,
+                                fmt::format("Largest vring size accepted, a power of two (default {}, max {})",
+                                            kDefaultQueueSize, kMaxQueueSize))
+                     ->type_name("N");
+  o.groups = app.add_option("--groups", raw.groups,
+                            "Sibling-VM groups joined by '+' (default \"default\"; stored, routing not implemented)")
+                 ->type_name("NAME[+NAME...]");
+  // One value per occurrence, so --vm can repeat like in vhost-device-vsock.
+  o.vm = app.add_option("--vm", raw.vm_specs, kVmHelp)->allow_extra_args(false)->type_name("KEY=VALUE,...");
+  o.config = app.add_option("--config", raw.config_file, "YAML file with a 'vms' list (see docs/configuration.md)")
+                 ->type_name("FILE");
+  app.add_option("--log-level", raw.log_level, "trace, debug, info, warn or error (default info)")->type_name("LEVEL");
+  o.max_connections = app.add_option("--max-connections", raw.max_connections,
+                                     fmt::format("Connections per VM, both directions (default {}, max {})",
+                                                 kDefaultMaxConnections, kMaxMaxConnections))
+                          ->type_name("N");
+  o.handshake_timeout = app.add_option("--handshake-timeout", raw.handshake_timeout,
+                                       "ms a host program has to finish its CONNECT line (default 5000)")
+                            ->type_name("MS");
+  o.request_timeout = app.add_option("--request-timeout", raw.request_timeout,
+                                     "ms the guest has to accept a host-initiated connection (default 2000)")
+                          ->type_name("MS");
+  o.shutdown_timeout = app.add_option("--shutdown-timeout", raw.shutdown_timeout,
+                                      "ms the guest has to close after a full shutdown before it is reset "
+                                      "(default 2000)")
+                           ->type_name("MS");
+  // Seam: --seccomp and --user (SandboxOptions) are added here by the sandbox task.
+  app.set_version_flag("--version", version_string(), "Print the version and exit");
+  return o;
+}
+
+void parse_timeout(const CLI::Option* option, const std::string& text, std::chrono::milliseconds* out,
+                   ConfigErrors* errors) {
+  if (option->count() == 0) return;
+  uint64_t value = 0;
+  std::string error;
+  if (!parse_unsigned(text, static_cast<uint64_t>(kMaxTimeout.count()), &value, &error)) {
+    errors->push_back({option->get_name(), error});
+    return;
+  }
+  *out = std::chrono::milliseconds(value);
+}
+
+RuntimeOptions parse_runtime(const Options& o, const RawFlags& raw, ConfigErrors* errors) {
+  RuntimeOptions runtime;
+  if (!parse_log_level(raw.log_level, &runtime.log_level)) {
+    errors->push_back(
+        {"--log-level", fmt::format("'{}' is not one of trace, debug, info, warn, error", raw.log_level)});
+  }
+  if (o.max_connections->count() > 0) {
+    uint64_t value = 0;
+    std::string error;
+    if (parse_unsigned(raw.max_connections, std::numeric_limits<uint32_t>::max(), &value, &error)) {
+      runtime.max_connections = static_cast<uint32_t>(value);
+    } else {
+      errors->push_back({"--max-connections", error});
+    }
+  }
+  parse_timeout(o.handshake_timeout, raw.handshake_timeout, &runtime.handshake_timeout, errors);
+  parse_timeout(o.request_timeout, raw.request_timeout, &runtime.request_timeout, errors);
+  parse_timeout(o.shutdown_timeout, raw.shutdown_timeout, &runtime.shutdown_timeout, errors);
+  return runtime;
+}
+
+// The single-VM form (vhost-device-vsock's flat flags); errors use flag names.
+bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, ConfigErrors* errors) {
+  VmConfig vm;  // source kFlags
+  bool ok = true;
+  std::string error;
+  uint64_t number = 0;
+  if (o.guest_cid->count() > 0) {
+    if (parse_unsigned(raw.guest_cid, std::numeric_limits<uint64_t>::max(), &number, &error)) {
+      vm.guest_cid = number;
+    } else {
+      errors->push_back({"--guest-cid", error});
+      ok = false;
+    }
+  }
+  for (auto [option, text, target] : {std::tuple{o.tx_buffer_size, &raw.tx_buffer_size, &vm.tx_buffer_size},
+                                      std::tuple{o.queue_size, &raw.queue_size, &vm.queue_size}}) {
+    if (option->count() == 0) continue;
+    if (parse_unsigned(*text, std::numeric_limits<uint32_t>::max(), &number, &error)) {
+      *target = static_cast<uint32_t>(number);
+    } else {
+      errors->push_back({option->get_name(), error});
+      ok = false;
+    }
+  }
+  if (o.groups->count() > 0 && !parse_groups(raw.groups, &vm.groups, &error)) {
+    errors->push_back({"--groups", error});
+    ok = false;
+  }
+  if (o.socket->count() == 0) {
+    errors->push_back({"--socket", "required (with --guest-cid/--uds-path; or use --vm or --config)"});
+    ok = false;
+  }
+  if (o.uds_path->count() == 0) {
+    errors->push_back({"--uds-path", "required (with --guest-cid/--socket; or use --vm or --config)"});
+    ok = false;
+  }
+  vm.socket_path = raw.socket;
+  vm.uds_path = raw.uds_path;
+  if (ok) *out = std::move(vm);
+  return ok;
+}
+
+CliOutcome usage_failure(const ConfigErrors& errors) {
+  CliOutcome outcome;
+  outcome.exit_code = kExitUsage;
+  for (const auto& error : errors) outcome.errors.push_back("error: " + error.to_string());
+  return outcome;
+}
+
+}  // namespace
+
+std::string version_string() {
+  return std::string(kProgramName) + " " + VUV_VERSION;
+}
+
+CliOutcome parse_command_line(const std::vector<std::string>& args) {
+  CLI::App app{kDescription, kProgramName};
+  RawFlags raw;
+  const Options o = define_options(app, raw);
+
+  std::vector<const char*> argv{kProgramName};
+  for (const auto& arg : args) argv.push_back(arg.c_str());
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::ParseError& e) {
+    CliOutcome outcome;
+    std::ostringstream out;
+    std::ostringstream err;
+    const int code = app.exit(e, out, err);
+    outcome.output = out.str();
+    if (code == 0) return outcome;  // --help, --version
+    outcome.exit_code = kExitUsage;
+    outcome.errors.push_back(fmt::format("error: {} (see --help)", e.what()));
+    return outcome;
+  }
+
+  ConfigErrors errors;
+  DaemonConfig config;
+  config.runtime = parse_runtime(o, raw, &errors);
+
+  const bool single_form = o.guest_cid->count() + o.socket->count() + o.uds_path->count() + o.tx_buffer_size->count() +
+                               o.queue_size->count() + o.groups->count() >
+                           0;
+  const bool vm_form = o.vm->count() > 0;
+  const bool config_form = o.config->count() > 0;
+  if (int(single_form) + int(vm_form) + int(config_form) > 1) {
+    errors.push_back({"", "give the VMs in exactly one form: --guest-cid/--socket/--uds-path, --vm, or --config"});
+    return usage_failure(errors);
+  }
+
+  if (single_form) {
+    VmConfig vm;
+    if (parse_single_vm(o, raw, &vm, &errors)) config.vms.push_back(std::move(vm));
+  } else if (vm_form) {
+    for (size_t i = 0; i < raw.vm_specs.size(); ++i) {
+      VmConfig vm;
+      if (parse_vm_spec(raw.vm_specs[i], i, &vm, &errors)) config.vms.push_back(std::move(vm));
+    }
+  } else if (config_form) {
+    load_yaml_config_file(raw.config_file, &config.vms, &errors);
+  }
+  // Range and filesystem checks only make sense on fully parsed VMs.
+  if (errors.empty()) validate_config(config, &errors);
+  if (!errors.empty()) return usage_failure(errors);
+
+  CliOutcome outcome;
+  outcome.config = std::move(config);
+  return outcome;
+}
+
+CliOutcome parse_command_line(int argc, const char* const* argv) {
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  return parse_command_line(args);
+}
+
+}  // namespace vhost_vsock::daemon

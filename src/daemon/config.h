@@ -1,0 +1,114 @@
+// Daemon configuration: what the three command-line forms (single-VM flags,
+// repeated --vm, --config YAML) parse into, and the checks run on it before
+// anything is bound. Everything here is pure (apart from the filesystem
+// checks in validate_config) and reports problems as a list of errors that
+// name the offending field, so one run shows every mistake at once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace vhost_vsock::daemon {
+
+// Defaults and limits of vhost-device-vsock's command line, plus our own caps.
+inline constexpr uint64_t kDefaultGuestCid = 3;  // vhost-device-vsock's default when --guest-cid is omitted
+inline constexpr uint64_t kMinGuestCid = 3;      // 0 hypervisor, 1 local, 2 host
+inline constexpr uint64_t kCidAny = 0xFFFFFFFF;  // VMADDR_CID_ANY; the upper 32 bits are reserved
+inline constexpr uint32_t kDefaultTxBufferSize = 64 * 1024;
+inline constexpr uint32_t kMaxTxBufferSize = 64 * 1024 * 1024;
+inline constexpr uint32_t kDefaultQueueSize = 1024;
+inline constexpr uint32_t kMaxQueueSize = 32768;  // virtio::kMaxQueueSize (split ring limit)
+inline constexpr std::string_view kDefaultGroup = "default";
+// sockaddr_un::sun_path holds 108 bytes including the terminating NUL.
+inline constexpr size_t kMaxUnixPathLength = 107;
+// The device listens on uds-path and connects to "<uds-path>_<port>" with a
+// 32-bit port: up to 11 more bytes ("_4294967295").
+inline constexpr size_t kPortSuffixLength = 11;
+inline constexpr size_t kMaxUdsPathLength = kMaxUnixPathLength - kPortSuffixLength;
+
+inline constexpr uint32_t kDefaultMaxConnections = 4096;
+inline constexpr uint32_t kMaxMaxConnections = 1 << 20;
+inline constexpr std::chrono::milliseconds kMaxTimeout{3'600'000};
+
+enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError };
+
+// Which command-line form a VM came from, so errors use that form's spelling
+// ("--guest-cid", "vm[1].guest_cid", "vms[1].guest_cid").
+enum class VmSource { kFlags, kVmOption, kConfigFile };
+
+struct VmConfig {
+  uint64_t guest_cid = kDefaultGuestCid;
+  std::string socket_path;  // vhost-user socket QEMU connects to
+  std::string uds_path;     // hybrid vsock listener; guest connects go to uds_path + "_<port>"
+  uint32_t tx_buffer_size = kDefaultTxBufferSize;
+  uint32_t queue_size = kDefaultQueueSize;  // largest vring the device accepts
+  // Sibling-VM routing groups (vhost-device-vsock's "a+b"); stored only, routing is future work.
+  std::vector<std::string> groups{std::string(kDefaultGroup)};
+
+  VmSource source = VmSource::kFlags;
+  size_t index = 0;  // position in --vm order or in the YAML vms list
+
+  bool operator==(const VmConfig&) const = default;
+};
+
+// Per-VM limits shared by every VM, from our own flags (map to vsock::MuxerLimits).
+struct RuntimeOptions {
+  LogLevel log_level = LogLevel::kInfo;
+  uint32_t max_connections = kDefaultMaxConnections;
+  std::chrono::milliseconds handshake_timeout{5000};
+  std::chrono::milliseconds request_timeout{2000};
+  std::chrono::milliseconds shutdown_timeout{2000};
+};
+
+// Seam for the sandbox (a later task): --seccomp and --user will fill this in
+// and the daemon applies it after binding sockets, before serving guests.
+struct SandboxOptions {
+  bool seccomp = false;
+  std::string user;
+};
+
+struct DaemonConfig {
+  std::vector<VmConfig> vms;
+  RuntimeOptions runtime;
+  SandboxOptions sandbox;
+};
+
+struct ConfigError {
+  std::string field;  // e.g. "vm[1].guest_cid"; empty for whole-command-line problems
+  std::string message;
+  [[nodiscard]] std::string to_string() const { return field.empty() ? message : field + ": " + message; }
+};
+using ConfigErrors = std::vector<ConfigError>;
+
+// The field's name as the user spelled it for this VM's form.
+std::string vm_field(const VmConfig& vm, std::string_view canonical_key);
+
+// Decimal unsigned integer (optional leading '+', as vhost-device-vsock's
+// parser takes). Returns false and sets `error` on empty input, junk, or a
+// value above `max`.
+bool parse_unsigned(std::string_view text, uint64_t max, uint64_t* out, std::string* error);
+
+// "a+b" -> {"a", "b"}. Empty names are errors.
+bool parse_groups(std::string_view text, std::vector<std::string>* out, std::string* error);
+
+bool parse_log_level(std::string_view text, LogLevel* out);
+std::string_view log_level_name(LogLevel level);
+
+// One --vm value: "guest-cid=3,socket=/s,uds-path=/u[,tx-buffer-size=N][,queue-size=N][,groups=a+b]".
+// Keys may be spelled with '-' or '_'. Appends to `errors` and returns false
+// on any problem; `out->source/index` are set to kVmOption/`index`.
+bool parse_vm_spec(std::string_view spec, size_t index, VmConfig* out, ConfigErrors* errors);
+
+// YAML text: `vms: [{guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups}]`.
+bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, ConfigErrors* errors);
+bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, ConfigErrors* errors);
+
+// Range checks, duplicate CIDs and paths across VMs, AF_UNIX path lengths,
+// and that each socket's directory exists and is writable. Appends errors.
+void validate_vm(const VmConfig& vm, ConfigErrors* errors);
+void validate_config(const DaemonConfig& config, ConfigErrors* errors);
+
+}  // namespace vhost_vsock::daemon

@@ -1,0 +1,148 @@
+#include "daemon/daemon.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "daemon/cli.h"
+#include "daemon/vm_worker.h"
+
+namespace vhost_vsock::daemon {
+namespace {
+
+// Descriptors besides host connections: listeners, vhost-user socket, kick
+// and call eventfds, memory regions, epoll.
+constexpr uint64_t kFdsPerVmOverhead = 64;
+
+sigset_t shutdown_signals() {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  return mask;
+}
+
+base::UniqueFd setup_signals() {
+  const sigset_t mask = shutdown_signals();
+  if (int rc = ::pthread_sigmask(SIG_BLOCK, &mask, nullptr); rc != 0) {
+    throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
+  }
+  // We write to sockets whose peers may vanish; EPIPE is handled as an error code.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ::sigaction(SIGPIPE, &ignore, nullptr);
+  base::UniqueFd fd(::signalfd(-1, &mask, SFD_CLOEXEC));
+  if (!fd) throw std::system_error(errno, std::generic_category(), "signalfd");
+  return fd;
+}
+
+// Each host connection holds a descriptor: lift the soft limit to the hard
+// one and say so if even that cannot cover --max-connections.
+void raise_open_file_limit(const DaemonConfig& config) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  uint64_t needed = 16;
+  for (size_t i = 0; i < config.vms.size(); ++i) needed += config.runtime.max_connections + kFdsPerVmOverhead;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed) {
+    spdlog::warn(
+        "open-file limit is {} but {} VM(s) with --max-connections {} may need {}; connections beyond "
+        "the limit will fail",
+        static_cast<uint64_t>(limit.rlim_cur), config.vms.size(), config.runtime.max_connections, needed);
+  }
+}
+
+void notify_failure(int fd) {
+  const uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(fd, &one, sizeof(one));
+}
+
+// Waits for a shutdown signal or a worker failure; returns the exit code.
+int wait_for_shutdown(int signal_fd, int failure_fd) {
+  pollfd fds[2] = {{signal_fd, POLLIN, 0}, {failure_fd, POLLIN, 0}};
+  while (true) {
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("poll: {}", std::generic_category().message(errno));
+      return kExitRuntimeError;
+    }
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo info{};
+      if (::read(signal_fd, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {
+        spdlog::info("received {}", info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+        return kExitOk;
+      }
+    }
+    if (fds[1].revents & POLLIN) return kExitRuntimeError;
+  }
+}
+
+}  // namespace
+
+int run_daemon(const DaemonConfig& config) {
+  base::UniqueFd signal_fd;
+  base::UniqueFd failure_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  try {
+    signal_fd = setup_signals();
+    if (!failure_fd) throw std::system_error(errno, std::generic_category(), "eventfd");
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return kExitRuntimeError;
+  }
+  raise_open_file_limit(config);
+
+  // Bind everything before serving anything: a VM that cannot start stops
+  // the whole daemon, and its siblings' sockets are removed again.
+  std::vector<std::unique_ptr<VmWorker>> workers;
+  try {
+    for (const VmConfig& vm : config.vms) {
+      workers.push_back(
+          std::make_unique<VmWorker>(vm, config.runtime, [fd = failure_fd.get()] { notify_failure(fd); }));
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    workers.clear();
+    spdlog::error("startup failed, exiting");
+    return kExitRuntimeError;
+  }
+
+  // Seam: the sandbox (config.sandbox: --seccomp, --user) is applied here,
+  // after every socket is bound and before any guest is served.
+
+  for (auto& worker : workers) worker->start();
+  for (const auto& worker : workers) {
+    const VmConfig& vm = worker->config();
+    spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
+  }
+
+  const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get());
+  spdlog::info("shutting down");
+  for (auto& worker : workers) worker->stop();
+  for (auto& worker : workers) worker->join();
+  for (const auto& worker : workers) {
+    if (worker->failed()) spdlog::error("vm cid={} worker failed", worker->config().guest_cid);
+    worker->log_stats();
+  }
+  workers.clear();
+  return exit_code;
+}
+
+}  // namespace vhost_vsock::daemon

@@ -1,0 +1,139 @@
+// The daemon's lifecycle against the real muxer and vhost-user server:
+// sockets bound before "ready", a clean exit on SIGTERM with the socket files
+// removed, and a startup failure that takes the other VMs down with it.
+#include "daemon/daemon.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <thread>
+
+#include "daemon/cli.h"
+#include "daemon/test_temp_dir.h"
+#include "daemon/vm_worker.h"
+
+namespace vhost_vsock::daemon {
+namespace {
+
+using test::TempDir;
+using namespace std::chrono_literals;
+
+bool is_socket(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+bool can_connect(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+VmConfig vm_in(const TempDir& dir, uint64_t cid) {
+  VmConfig vm;
+  vm.guest_cid = cid;
+  vm.socket_path = dir.file("vhost" + std::to_string(cid) + ".sock");
+  vm.uds_path = dir.file("vm" + std::to_string(cid) + ".vsock");
+  return vm;
+}
+
+// SIGTERM must be blocked in every thread before it is sent, or the default
+// action kills the test binary.
+void block_sigterm() {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &mask, nullptr), 0);
+}
+
+TEST(MuxerLimits, ComeFromTheVmAndRuntimeOptions) {
+  VmConfig vm;
+  vm.tx_buffer_size = 12345;
+  RuntimeOptions runtime;
+  runtime.max_connections = 77;
+  runtime.handshake_timeout = 11ms;
+  runtime.request_timeout = 22ms;
+  runtime.shutdown_timeout = 33ms;
+  const vsock::MuxerLimits limits = muxer_limits(vm, runtime);
+  EXPECT_EQ(limits.tx_buffer_size, 12345u);
+  EXPECT_EQ(limits.max_connections, 77u);
+  EXPECT_EQ(limits.handshake_timeout, 11ms);
+  EXPECT_EQ(limits.request_timeout, 22ms);
+  EXPECT_EQ(limits.shutdown_timeout, 33ms);
+}
+
+TEST(Daemon, ServesEveryVmUntilSigtermThenRemovesItsSockets) {
+  block_sigterm();
+  TempDir dir;
+  DaemonConfig config;
+  config.vms = {vm_in(dir, 3), vm_in(dir, 4)};
+  auto result = std::async(std::launch::async, [&] { return run_daemon(config); });
+
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  auto all_bound = [&] {
+    for (const auto& vm : config.vms) {
+      if (!is_socket(vm.socket_path) || !is_socket(vm.uds_path)) return false;
+    }
+    return true;
+  };
+  while (!all_bound() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(all_bound());
+  EXPECT_TRUE(can_connect(config.vms[0].uds_path));
+  EXPECT_TRUE(can_connect(config.vms[1].socket_path));
+
+  ASSERT_EQ(::kill(::getpid(), SIGTERM), 0);
+  ASSERT_EQ(result.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(result.get(), kExitOk);
+  for (const auto& vm : config.vms) {
+    EXPECT_FALSE(exists(vm.socket_path)) << vm.socket_path;
+    EXPECT_FALSE(exists(vm.uds_path)) << vm.uds_path;
+  }
+}
+
+TEST(Daemon, AVmThatCannotBindStopsTheOthers) {
+  block_sigterm();
+  TempDir dir;
+  DaemonConfig config;
+  config.vms = {vm_in(dir, 3), vm_in(dir, 4)};
+  // Validation would catch this; run_daemon must still fail cleanly if the
+  // directory disappears between validation and bind.
+  config.vms[1].socket_path = dir.file("gone/vhost4.sock");
+  EXPECT_EQ(run_daemon(config), kExitRuntimeError);
+  EXPECT_FALSE(exists(config.vms[0].socket_path));
+  EXPECT_FALSE(exists(config.vms[0].uds_path));
+  EXPECT_FALSE(exists(config.vms[1].uds_path));
+}
+
+TEST(VmWorker, BindFailureNamesTheVmAndPath) {
+  TempDir dir;
+  VmConfig vm = vm_in(dir, 9);
+  vm.uds_path = dir.file("gone/vm9.vsock");
+  try {
+    VmWorker worker(vm, RuntimeOptions{}, nullptr);
+    FAIL() << "expected a bind failure";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("cid=9"), std::string::npos) << what;
+    EXPECT_NE(what.find(vm.uds_path), std::string::npos) << what;
+  }
+  EXPECT_FALSE(exists(vm.socket_path));
+}
+
+}  // namespace
+}  // namespace vhost_vsock::daemon

@@ -1,0 +1,103 @@
+#include "daemon/vm_worker.h"
+
+#include <fmt/format.h>
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string_view>
+
+namespace vhost_vsock::daemon {
+namespace {
+
+// Names the VM and the path, without repeating the path if the cause already does.
+std::string startup_error(uint64_t cid, std::string_view role, const std::string& path, std::string_view cause) {
+  if (cause.find(path) != std::string_view::npos) return fmt::format("vm cid={}: {}", cid, cause);
+  return fmt::format("vm cid={}: cannot listen on {} {}: {}", cid, role, path, cause);
+}
+
+}  // namespace
+
+vsock::MuxerLimits muxer_limits(const VmConfig& vm, const RuntimeOptions& runtime) {
+  vsock::MuxerLimits limits;
+  limits.tx_buffer_size = vm.tx_buffer_size;
+  limits.max_connections = runtime.max_connections;
+  limits.handshake_timeout = runtime.handshake_timeout;
+  limits.request_timeout = runtime.request_timeout;
+  limits.shutdown_timeout = runtime.shutdown_timeout;
+  return limits;
+}
+
+VmWorker::VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCallback on_failure)
+    : vm_(vm), on_failure_(std::move(on_failure)) {
+  try {
+    muxer_ = std::make_unique<vsock::Muxer>(
+        loop_, vsock::MuxerOptions{vm_.guest_cid, vm_.uds_path, muxer_limits(vm_, runtime)});
+  } catch (const std::exception& e) {
+    throw std::runtime_error(startup_error(vm_.guest_cid, "uds-path", vm_.uds_path, e.what()));
+  }
+  const auto max_queue_size = static_cast<uint16_t>(std::min<uint32_t>(vm_.queue_size, kMaxQueueSize));
+  device_ = std::make_unique<VsockDevice>(*muxer_, vm_.guest_cid, max_queue_size);
+  try {
+    server_ = std::make_unique<vhost_user::Server>(loop_, vm_.socket_path, *device_);
+  } catch (const std::exception& e) {
+    device_.reset();
+    muxer_.reset();  // unlinks uds-path again
+    throw std::runtime_error(startup_error(vm_.guest_cid, "vhost-user socket", vm_.socket_path, e.what()));
+  }
+}
+
+VmWorker::~VmWorker() {
+  stop();
+  join();
+  // The server owns the rings the muxer may still point at: detach first.
+  if (device_) device_->detach_all_queues();
+  server_.reset();
+  device_.reset();
+  muxer_.reset();
+}
+
+void VmWorker::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void VmWorker::stop() {
+  loop_.stop();
+}
+
+void VmWorker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void VmWorker::run() {
+  // Thread names are capped at 15 characters: "vsock-cid-<n>" fits CIDs below 10^6, else truncated.
+  const std::string name = fmt::format("vsock-cid-{}", vm_.guest_cid).substr(0, 15);
+  ::pthread_setname_np(::pthread_self(), name.c_str());
+  try {
+    loop_.run();
+  } catch (const std::exception& e) {
+    spdlog::critical("vm cid={} worker stopped by an unexpected error: {}", vm_.guest_cid, e.what());
+    failed_ = true;
+    if (on_failure_) on_failure_();
+  }
+}
+
+void VmWorker::log_stats() const {
+  const vsock::MuxerStats& m = muxer_->stats();
+  spdlog::info(
+      "vm cid={} muxer stats: connections opened={} active={} host_connects_refused={} handshake_failures={} "
+      "packets from_guest={} to_guest={} bytes from_guest={} to_guest={} dropped bad_address={} malformed={} "
+      "resets_sent={} credit_violations={} protocol_violations={} rx_chains_too_small={} orphan_rsts_dropped={}",
+      vm_.guest_cid, m.connections_opened, m.connections_active, m.host_connects_refused, m.handshake_failures,
+      m.packets_from_guest, m.packets_to_guest, m.bytes_from_guest, m.bytes_to_guest, m.dropped_bad_address,
+      m.dropped_malformed, m.resets_sent, m.credit_violations, m.protocol_violations, m.rx_chains_too_small,
+      m.orphan_rsts_dropped);
+  const vhost_user::ServerStats& s = server_->stats();
+  spdlog::info(
+      "vm cid={} vhost-user stats: frontends_accepted={} frontend_disconnects={} protocol_errors={} "
+      "messages={}",
+      vm_.guest_cid, s.frontends_accepted, s.frontend_disconnects, s.protocol_errors, s.messages);
+}
+
+}  // namespace vhost_vsock::daemon

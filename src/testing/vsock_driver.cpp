@@ -1,0 +1,454 @@
+// GuestVsockDriver: memory and ring setup, the I/O thread, and the packet
+// plumbing between the rings and the stream layer (vsock_stream.cpp).
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+
+#include "testing/vsock_driver_impl.h"
+
+namespace vhost_vsock::testing {
+
+namespace {
+
+constexpr size_t kMaxViolationLog = 1000;
+constexpr size_t kMaxCaptured = 1 << 20;
+constexpr int kFallbackPollMs = 100;
+
+size_t align_up(size_t value, size_t align) { return (value + align - 1) & ~(align - 1); }
+
+// Descriptors a packet needs in the main table, worst case.
+uint16_t descriptors_per_packet(BufferLayout layout, bool indirect) {
+  if (indirect) return 1;
+  switch (layout) {
+    case BufferLayout::kSplit: return 2;
+    case BufferLayout::kMerged: return 1;
+    case BufferLayout::kFragmented: return 5;
+  }
+  return 5;
+}
+
+// Splits [gpa, gpa+len) into up to three non-empty pieces.
+void append_in_pieces(std::vector<DriverVring::Buffer>& out, uint64_t gpa, uint32_t len, bool writable) {
+  const uint32_t a = len / 3;
+  const uint32_t b = len / 3;
+  const uint32_t pieces[3] = {a, b, len - a - b};
+  for (uint32_t piece : pieces) {
+    if (piece == 0) continue;
+    out.push_back({gpa, piece, writable});
+    gpa += piece;
+  }
+}
+
+void packet_buffers(BufferLayout layout, uint64_t base, uint32_t payload_len, bool writable,
+                    std::vector<DriverVring::Buffer>& out) {
+  out.clear();
+  const auto header = static_cast<uint32_t>(vsock::kHeaderSize);
+  switch (layout) {
+    case BufferLayout::kSplit:
+      out.push_back({base, header, writable});
+      if (payload_len > 0) out.push_back({base + header, payload_len, writable});
+      break;
+    case BufferLayout::kMerged:
+      out.push_back({base, header + payload_len, writable});
+      break;
+    case BufferLayout::kFragmented:
+      out.push_back({base, 10, writable});
+      out.push_back({base + 10, header - 10, writable});
+      append_in_pieces(out, base + header, payload_len, writable);
+      break;
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Construction and teardown
+
+GuestVsockDriver::GuestVsockDriver(const std::string& vhost_socket, GuestOptions options)
+    : impl_(std::make_unique<Impl>(*this, options_)), options_(options) {
+  if (options_.rx_buffer_size == 0 || options_.tx_max_payload == 0 || options_.buf_alloc == 0) {
+    throw std::invalid_argument("GuestOptions: buffer sizes must be > 0");
+  }
+  Impl& s = *impl_;
+  const size_t qs = options_.queue_size;
+  size_t ram_size = options_.ram_size;
+  if (ram_size == 0) {
+    const size_t rings = 2 * (26 * qs + 64) + 2 * qs * 16 * 5;  // rings + indirect tables
+    const size_t rx = qs * align_up(vsock::kHeaderSize + options_.rx_buffer_size, 16);
+    const size_t tx = qs * align_up(vsock::kHeaderSize + options_.tx_max_payload, 16);
+    ram_size = align_up(rings + rx + tx + (1 << 20), 1 << 21);
+  }
+  s.ram = std::make_unique<GuestRam>(ram_size);
+  // Rings first, so that a split memory table keeps them inside region 0.
+  s.rx_ring = std::make_unique<DriverVring>(*s.ram, options_.queue_size, options_.event_idx);
+  s.tx_ring = std::make_unique<DriverVring>(*s.ram, options_.queue_size, options_.event_idx);
+  s.setup_buffers();
+  s.wake_fd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!s.wake_fd) throw std::runtime_error("eventfd failed");
+
+  FrontendOptions frontend_options;
+  frontend_options.event_idx = options_.event_idx;
+  frontend_options.indirect_desc = options_.indirect;
+  frontend_options.split_memory_regions = options_.split_memory_regions;
+  frontend_options.reply_timeout = options_.setup_timeout;
+  frontend_ = std::make_unique<VhostUserFrontend>(vhost_socket, frontend_options, options_.setup_timeout);
+  s.frontend = frontend_.get();
+  guest_cid_ = frontend_->start(*s.ram, *s.rx_ring, *s.tx_ring);
+  s.guest_cid = guest_cid_;
+
+  std::unique_lock lock(s.mu);
+  s.refill_rx();
+  s.running = true;
+  s.io_thread = std::thread([&s] { s.io_loop(); });
+}
+
+GuestVsockDriver::~GuestVsockDriver() {
+  std::unique_lock lock(impl_->mu);
+  impl_->stop_io_thread(lock);
+}
+
+void GuestVsockDriver::Impl::setup_buffers() {
+  const size_t qs = options.queue_size;
+  rx_slot_of_head.assign(qs, -1);
+  tx_slot_of_head.assign(qs, -1);
+  for (size_t i = 0; i < qs; ++i) {
+    rx_slots.push_back(ram->alloc(vsock::kHeaderSize + options.rx_buffer_size, 16));
+    tx_slots.push_back(ram->alloc(vsock::kHeaderSize + options.tx_max_payload, 16));
+  }
+  // Handed out from the back: slot 0 first.
+  for (size_t i = qs; i-- > 0;) {
+    free_rx_slots.push_back(static_cast<uint32_t>(i));
+    free_tx_slots.push_back(static_cast<uint32_t>(i));
+  }
+}
+
+void GuestVsockDriver::Impl::stop_io_thread(std::unique_lock<std::mutex>& lock) {
+  stopping = true;
+  wake_io_thread();
+  if (io_thread.joinable()) {
+    lock.unlock();
+    io_thread.join();
+    lock.lock();
+  }
+}
+
+void GuestVsockDriver::disconnect() {
+  std::unique_lock lock(impl_->mu);
+  Impl& s = *impl_;
+  s.stop_io_thread(lock);
+  frontend_->disconnect();
+  s.running = false;
+  for (auto& [key, conn] : s.connections) {
+    conn->state = StreamState::kClosed;
+    conn->in_table = false;
+  }
+  s.connections.clear();
+  s.listeners.clear();
+  s.cv.notify_all();
+}
+
+bool GuestVsockDriver::connected() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->running;
+}
+
+// ---------------------------------------------------------------------------
+// I/O thread
+
+void GuestVsockDriver::Impl::wake_io_thread() {
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(wake_fd.get(), &one, sizeof(one));
+}
+
+void GuestVsockDriver::Impl::io_loop() {
+  std::unique_lock lock(mu);
+  while (!stopping) {
+    pollfd fds[3] = {{frontend->call_fd(0), POLLIN, 0}, {frontend->call_fd(1), POLLIN, 0}, {wake_fd.get(), POLLIN, 0}};
+    lock.unlock();
+    const int ready = ::poll(fds, 3, kFallbackPollMs);
+    for (const pollfd& p : fds) {
+      uint64_t count;
+      if ((p.revents & POLLIN) && ::read(p.fd, &count, sizeof(count)) < 0) continue;  // drained either way
+    }
+    lock.lock();
+    if (stopping) break;
+    if (fds[0].revents & POLLIN) ++stats.rx_interrupts;
+    if (fds[1].revents & POLLIN) ++stats.tx_interrupts;
+    if (ready == 0 && ((!rx_paused && rx_ring->has_used()) || tx_ring->has_used())) ++stats.used_found_on_timeout;
+    process_used();
+    check_close_timers();
+    cv.notify_all();
+  }
+}
+
+void GuestVsockDriver::Impl::process_used() {
+  // TX first: it frees buffers for the control packets RX may generate.
+  const uint64_t bad_tx_before = tx_ring->bad_used_ids();
+  while (auto used = tx_ring->pop_used()) {
+    const int32_t slot = tx_slot_of_head[used->id];
+    tx_slot_of_head[used->id] = -1;
+    if (slot < 0) {
+      violation("TX used element for head " + std::to_string(used->id) + " we never published");
+      continue;
+    }
+    free_tx_slots.push_back(static_cast<uint32_t>(slot));
+  }
+  if (tx_ring->bad_used_ids() != bad_tx_before) violation("device returned an unknown or stale TX used id");
+
+  if (!rx_paused) {
+    const uint64_t bad_rx_before = rx_ring->bad_used_ids();
+    // Bounded: one pass over what the device published so far.
+    for (uint32_t budget = rx_ring->size(); budget > 0; --budget) {
+      auto used = rx_ring->pop_used();
+      if (!used) break;
+      const int32_t slot = rx_slot_of_head[used->id];
+      rx_slot_of_head[used->id] = -1;
+      if (slot < 0) {
+        violation("RX used element for head " + std::to_string(used->id) + " we never published");
+        continue;
+      }
+      handle_rx_buffer(static_cast<uint32_t>(slot), used->len);
+      free_rx_slots.push_back(static_cast<uint32_t>(slot));
+    }
+    if (rx_ring->bad_used_ids() != bad_rx_before) violation("device returned an unknown or stale RX used id");
+    refill_rx();
+  }
+  flush_pending();
+  flush_tx_kick();
+}
+
+void GuestVsockDriver::Impl::refill_rx() {
+  const uint16_t old_idx = rx_ring->avail_idx();
+  std::vector<DriverVring::Buffer> buffers;
+  bool added = false;
+  while (!free_rx_slots.empty()) {
+    const uint32_t slot = free_rx_slots.back();
+    packet_buffers(options.rx_layout, rx_slots[slot], options.rx_buffer_size, true, buffers);
+    const auto head = options.indirect ? rx_ring->add_indirect_chain(buffers) : rx_ring->add_chain(buffers);
+    if (!head) break;
+    rx_slot_of_head[*head] = static_cast<int32_t>(slot);
+    free_rx_slots.pop_back();
+    added = true;
+  }
+  if (added && rx_ring->device_wants_kick(old_idx)) {
+    frontend->kick(0);
+    ++stats.rx_kicks;
+  }
+}
+
+void GuestVsockDriver::Impl::handle_rx_buffer(uint32_t slot, uint32_t used_len) {
+  const size_t capacity = vsock::kHeaderSize + options.rx_buffer_size;
+  if (used_len < vsock::kHeaderSize) {
+    violation("RX used len " + std::to_string(used_len) + " is shorter than a header");
+    return;
+  }
+  if (used_len > capacity) {
+    violation("RX used len " + std::to_string(used_len) + " exceeds the buffer (" + std::to_string(capacity) + ")");
+    used_len = static_cast<uint32_t>(capacity);
+  }
+  const uint8_t* base = ram->host(rx_slots[slot], capacity);
+  vsock::HeaderBytes bytes;
+  std::memcpy(bytes.data(), base, bytes.size());
+  const vsock::PacketHeader header = vsock::decode_header(bytes);
+  const uint32_t room = used_len - static_cast<uint32_t>(vsock::kHeaderSize);
+  if (header.len > room) {
+    violation("RX packet len " + std::to_string(header.len) + " exceeds the " + std::to_string(room) +
+              " bytes written: " + vsock::describe(header));
+    return;
+  }
+  if (header.len != room) {
+    violation("RX used len " + std::to_string(used_len) + " != header + payload: " + vsock::describe(header));
+  }
+  ++stats.packets_received;
+  std::span<const uint8_t> payload(base + vsock::kHeaderSize, header.len);
+  if (options.capture_packets && captured.size() < kMaxCaptured) {
+    captured.push_back({header, std::string(payload.begin(), payload.end())});
+  }
+  handle_packet(header, payload);
+}
+
+// ---------------------------------------------------------------------------
+// TX plumbing
+
+bool GuestVsockDriver::Impl::tx_buffer_available() const {
+  return !free_tx_slots.empty() &&
+         tx_ring->free_descriptors() >= descriptors_per_packet(options.tx_layout, options.indirect);
+}
+
+bool GuestVsockDriver::Impl::publish_tx(const vsock::PacketHeader& header, std::span<const uint8_t> payload) {
+  if (free_tx_slots.empty() || payload.size() > options.tx_max_payload) return false;
+  const uint32_t slot = free_tx_slots.back();
+  const uint64_t base = tx_slots[slot];
+  uint8_t* host = ram->host(base, vsock::kHeaderSize + payload.size());
+  vsock::encode_header(header, std::span<uint8_t, vsock::kHeaderSize>(host, vsock::kHeaderSize));
+  if (!payload.empty()) std::memcpy(host + vsock::kHeaderSize, payload.data(), payload.size());
+  std::vector<DriverVring::Buffer> buffers;
+  packet_buffers(options.tx_layout, base, static_cast<uint32_t>(payload.size()), false, buffers);
+  const uint16_t old_idx = tx_ring->avail_idx();
+  const auto head = options.indirect ? tx_ring->add_indirect_chain(buffers) : tx_ring->add_chain(buffers);
+  if (!head) return false;
+  free_tx_slots.pop_back();
+  tx_slot_of_head[*head] = static_cast<int32_t>(slot);
+  if (!tx_kick_pending) {
+    tx_kick_pending = true;
+    tx_kick_from = old_idx;
+  }
+  ++stats.packets_sent;
+  return true;
+}
+
+void GuestVsockDriver::Impl::flush_tx_kick() {
+  if (!tx_kick_pending) return;
+  tx_kick_pending = false;
+  if (tx_ring->device_wants_kick(tx_kick_from)) {
+    frontend->kick(1);
+    ++stats.tx_kicks;
+  }
+}
+
+void GuestVsockDriver::Impl::flush_pending() {
+  while (!pending.empty() && publish_tx(pending.front().header, pending.front().payload)) pending.pop_front();
+}
+
+void GuestVsockDriver::Impl::violation(std::string message) {
+  ++stats.violations;
+  spdlog::warn("guest driver (cid {}): device violation: {}", guest_cid, message);
+  if (violation_log.size() < kMaxViolationLog) violation_log.push_back(std::move(message));
+}
+
+// ---------------------------------------------------------------------------
+// Raw access, stats, capture
+
+bool GuestVsockDriver::send_raw(const vsock::PacketHeader& header, std::span<const uint8_t> payload, Millis timeout) {
+  Impl& s = *impl_;
+  if (payload.size() > options_.tx_max_payload) return false;
+  std::unique_lock lock(s.mu);
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (!s.running) return false;
+    if (s.pending.empty() && s.tx_buffer_available() && s.publish_tx(header, payload)) {
+      s.flush_tx_kick();
+      return true;
+    }
+    if (s.cv.wait_until(lock, deadline) == std::cv_status::timeout) return false;
+  }
+}
+
+vsock::PacketHeader GuestVsockDriver::make_header(vsock::Op op, uint32_t local_port, uint32_t peer_port, uint32_t len,
+                                                  uint32_t flags) const {
+  vsock::PacketHeader h;
+  h.src_cid = guest_cid_;
+  h.dst_cid = vsock::kCidHost;
+  h.src_port = local_port;
+  h.dst_port = peer_port;
+  h.len = len;
+  h.type = static_cast<uint16_t>(vsock::SocketType::kStream);
+  h.op = static_cast<uint16_t>(op);
+  h.flags = flags;
+  h.buf_alloc = options_.buf_alloc;
+  h.fwd_cnt = 0;
+  return h;
+}
+
+std::optional<CapturedPacket> GuestVsockDriver::wait_packet(const std::function<bool(const CapturedPacket&)>& match,
+                                                            Millis timeout) {
+  std::unique_lock lock(impl_->mu);
+  const auto deadline = Clock::now() + timeout;
+  size_t scanned = 0;
+  for (;;) {
+    for (; scanned < impl_->captured.size(); ++scanned) {
+      if (match(impl_->captured[scanned])) return impl_->captured[scanned];
+    }
+    if (impl_->cv.wait_until(lock, deadline) == std::cv_status::timeout) {
+      for (; scanned < impl_->captured.size(); ++scanned) {
+        if (match(impl_->captured[scanned])) return impl_->captured[scanned];
+      }
+      return std::nullopt;
+    }
+  }
+}
+
+std::vector<CapturedPacket> GuestVsockDriver::captured_packets() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->captured;
+}
+
+void GuestVsockDriver::clear_captured_packets() {
+  std::lock_guard lock(impl_->mu);
+  impl_->captured.clear();
+}
+
+void GuestVsockDriver::set_rx_paused(bool paused) {
+  std::lock_guard lock(impl_->mu);
+  impl_->rx_paused = paused;
+  impl_->wake_io_thread();
+}
+
+void GuestVsockDriver::with_rings(const std::function<void(GuestRam&, DriverVring&, DriverVring&)>& fn) {
+  std::lock_guard lock(impl_->mu);
+  fn(*impl_->ram, *impl_->rx_ring, *impl_->tx_ring);
+}
+
+void GuestVsockDriver::kick(uint16_t queue_index) { frontend_->kick(queue_index); }
+
+DriverStats GuestVsockDriver::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->stats;
+}
+
+std::vector<std::string> GuestVsockDriver::violations() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->violation_log;
+}
+
+bool GuestVsockDriver::wait_stats(const std::function<bool(const DriverStats&)>& pred, Millis timeout) {
+  std::unique_lock lock(impl_->mu);
+  return impl_->cv.wait_for(lock, timeout, [&] { return pred(impl_->stats); });
+}
+
+std::string GuestVsockDriver::debug_state() const {
+  std::lock_guard lock(impl_->mu);
+  const Impl& s = *impl_;
+  std::string out;
+  auto ring = [&](const char* name, const DriverVring& r) {
+    out += std::string(name) + ": avail_idx=" + std::to_string(r.avail_idx()) +
+           " device_used_idx=" + std::to_string(r.device_used_idx()) + " last_used_idx=" +
+           std::to_string(r.last_used_idx()) + " free_desc=" + std::to_string(r.free_descriptors()) +
+           (r.event_idx() ? " avail_event=" + std::to_string(r.avail_event()) : std::string()) + "\n";
+  };
+  ring("rx", *s.rx_ring);
+  ring("tx", *s.tx_ring);
+  out += "free rx slots=" + std::to_string(s.free_rx_slots.size()) + " free tx slots=" +
+         std::to_string(s.free_tx_slots.size()) + " pending control=" + std::to_string(s.pending.size()) +
+         " rx_paused=" + std::to_string(s.rx_paused) + " running=" + std::to_string(s.running) + "\n";
+  const DriverStats& st = s.stats;
+  out += "stats: rx_pkts=" + std::to_string(st.packets_received) + " tx_pkts=" + std::to_string(st.packets_sent) +
+         " rx_irq=" + std::to_string(st.rx_interrupts) + " tx_irq=" + std::to_string(st.tx_interrupts) +
+         " rx_kicks=" + std::to_string(st.rx_kicks) + " tx_kicks=" + std::to_string(st.tx_kicks) +
+         " used_on_timeout=" + std::to_string(st.used_found_on_timeout) + " violations=" + std::to_string(st.violations) +
+         "\n";
+  size_t shown = 0;
+  for (const auto& [key, c] : s.connections) {
+    if (++shown > 20) break;
+    out += "conn " + std::to_string(c->local_port) + "<->" + std::to_string(c->peer_port) +
+           " state=" + std::to_string(static_cast<int>(c->state)) + " rx_queued=" + std::to_string(c->rx.size()) +
+           " rx_cnt=" + std::to_string(c->rx_cnt) + " fwd_cnt=" + std::to_string(c->fwd_cnt) +
+           " last_fwd_sent=" + std::to_string(c->last_fwd_cnt_sent) + " tx_cnt=" + std::to_string(c->tx_cnt) +
+           " peer_buf_alloc=" + std::to_string(c->peer_buf_alloc) + " peer_fwd_cnt=" + std::to_string(c->peer_fwd_cnt) +
+           " peer_credit=" + std::to_string(Impl::peer_free_credit(*c)) + "\n";
+  }
+  return out;
+}
+
+size_t GuestVsockDriver::connection_count() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->connections.size();
+}
+
+}  // namespace vhost_vsock::testing

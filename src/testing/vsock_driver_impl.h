@@ -1,0 +1,146 @@
+// Private state of GuestVsockDriver, shared by vsock_driver.cpp (rings, I/O
+// thread, packet plumbing) and vsock_stream.cpp (the stream state machine).
+// Everything here is guarded by Impl::mu.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "testing/vsock_driver.h"
+
+namespace vhost_vsock::testing {
+
+using Clock = std::chrono::steady_clock;
+
+// A FIFO of bytes with amortised O(1) append and pop-front.
+class ByteQueue {
+ public:
+  [[nodiscard]] size_t size() const { return data_.size() - begin_; }
+  [[nodiscard]] bool empty() const { return size() == 0; }
+  void append(std::span<const uint8_t> bytes) {
+    if (begin_ > 0 && begin_ >= data_.size() / 2) {
+      data_.erase(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(begin_));
+      begin_ = 0;
+    }
+    data_.insert(data_.end(), bytes.begin(), bytes.end());
+  }
+  size_t pop(std::span<uint8_t> out) {
+    const size_t n = std::min(out.size(), size());
+    if (n > 0) std::memcpy(out.data(), data_.data() + begin_, n);
+    begin_ += n;
+    if (begin_ == data_.size()) {
+      data_.clear();
+      begin_ = 0;
+    }
+    return n;
+  }
+
+ private:
+  std::vector<uint8_t> data_;
+  size_t begin_ = 0;
+};
+
+struct Connection {
+  uint32_t local_port = 0;
+  uint32_t peer_port = 0;
+  StreamState state = StreamState::kConnecting;
+  bool reset_received = false;
+  bool refused = false;
+  bool in_table = true;
+  uint32_t peer_shutdown = 0;   // SHUTDOWN flags the peer sent
+  uint32_t local_shutdown = 0;  // SHUTDOWN flags we sent
+  // Receive side: our credit.
+  ByteQueue rx;
+  uint32_t rx_cnt = 0;             // payload bytes received, wrapping
+  uint32_t fwd_cnt = 0;            // payload bytes the application consumed, wrapping
+  uint32_t last_fwd_cnt_sent = 0;  // fwd_cnt in the last packet we sent
+  // Send side: the peer's credit.
+  uint32_t tx_cnt = 0;
+  uint32_t peer_buf_alloc = 0;
+  uint32_t peer_fwd_cnt = 0;
+  Clock::time_point close_deadline{};
+};
+
+struct PendingPacket {
+  vsock::PacketHeader header;
+  std::vector<uint8_t> payload;
+};
+
+struct GuestVsockDriver::Impl {
+  Impl(GuestVsockDriver& owner, const GuestOptions& options) : owner(owner), options(options) {}
+
+  GuestVsockDriver& owner;
+  const GuestOptions& options;
+  uint64_t guest_cid = 0;
+  std::unique_ptr<GuestRam> ram;
+  std::unique_ptr<DriverVring> rx_ring;
+  std::unique_ptr<DriverVring> tx_ring;
+  VhostUserFrontend* frontend = nullptr;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::thread io_thread;
+  base::UniqueFd wake_fd;
+  bool stopping = false;
+  bool running = false;
+  bool rx_paused = false;
+
+  // Packet buffers: each slot is [44-byte header][payload], contiguous.
+  std::vector<uint64_t> rx_slots;
+  std::vector<uint32_t> free_rx_slots;
+  std::vector<int32_t> rx_slot_of_head;
+  std::vector<uint64_t> tx_slots;
+  std::vector<uint32_t> free_tx_slots;
+  std::vector<int32_t> tx_slot_of_head;
+  bool tx_kick_pending = false;
+  uint16_t tx_kick_from = 0;
+  std::deque<PendingPacket> pending;  // control packets waiting for a TX buffer
+
+  std::map<std::pair<uint32_t, uint32_t>, std::shared_ptr<Connection>> connections;  // (local, peer)
+  std::map<uint32_t, std::deque<std::shared_ptr<Connection>>> listeners;
+  uint32_t next_local_port = 49152;
+
+  DriverStats stats;
+  std::vector<std::string> violation_log;
+  std::vector<CapturedPacket> captured;
+
+  // --- vsock_driver.cpp: rings and plumbing (mu held) ---
+  void setup_buffers();
+  void io_loop();
+  void process_used();
+  void refill_rx();
+  void handle_rx_buffer(uint32_t slot, uint32_t used_len);
+  // Publishes one packet if a TX buffer is free; false otherwise.
+  bool publish_tx(const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  [[nodiscard]] bool tx_buffer_available() const;
+  void flush_tx_kick();
+  void flush_pending();
+  void wake_io_thread();
+  void violation(std::string message);
+  void stop_io_thread(std::unique_lock<std::mutex>& lock);
+
+  // --- vsock_stream.cpp: protocol (mu held) ---
+  void handle_packet(const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  [[nodiscard]] vsock::PacketHeader header_for(Connection& conn, vsock::Op op, uint32_t len = 0, uint32_t flags = 0);
+  // Control packets never block: they queue when TX is full.
+  void send_control(Connection& conn, vsock::Op op, uint32_t flags = 0);
+  void send_orphan_reset(const vsock::PacketHeader& to);
+  void update_peer_credit(Connection& conn, const vsock::PacketHeader& header);
+  void maybe_send_credit_update(Connection& conn);
+  void maybe_finish_peer_shutdown(Connection& conn);
+  void mark_closed(Connection& conn);
+  void check_close_timers();
+  uint32_t allocate_local_port();
+  [[nodiscard]] static uint32_t peer_free_credit(const Connection& conn);
+};
+
+}  // namespace vhost_vsock::testing

@@ -1,0 +1,564 @@
+#include "vhost_user/session.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+namespace vhost_vsock::vhost_user {
+namespace {
+
+// strerror() is not thread-safe, and workers run on several threads.
+std::string errno_text(int error) {
+  return std::generic_category().message(error);
+}
+
+constexpr uint64_t kRingFeatures =
+    virtio::kFeatureVersion1 | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc | virtio::kFeatureNotifyOnEmpty;
+
+// Eventfds come from the front-end; make sure neither a read nor a write can
+// block the loop even if it handed us a pipe.
+bool set_nonblocking(int fd) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return false;
+  if ((flags & O_NONBLOCK) != 0) return true;
+  return ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
+}
+
+// Touching a mapping past the end of its file raises SIGBUS, which would kill
+// the whole daemon: refuse such regions up front. (Files other than regular
+// ones, e.g. device memory, have no meaningful size and are left to mmap.)
+bool region_fits_file(int fd, const MemoryRegionDescription& region) {
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) return false;
+  if (!S_ISREG(info.st_mode)) return true;
+  uint64_t end = region.mmap_offset + region.size;
+  return end >= region.mmap_offset && end <= static_cast<uint64_t>(info.st_size);
+}
+
+bool is_power_of_two(uint32_t value) {
+  return value != 0 && (value & (value - 1)) == 0;
+}
+
+// Bytes each part of a split ring occupies (virtio 1.2 §2.7), so the whole
+// part can be required to sit inside one memory region.
+struct RingSpans {
+  uint64_t desc;
+  uint64_t avail;
+  uint64_t used;
+};
+RingSpans ring_spans(uint16_t size, bool event_idx) {
+  uint64_t event_field = event_idx ? 2 : 0;
+  return RingSpans{16ULL * size, 4 + 2ULL * size + event_field, 4 + 8ULL * size + event_field};
+}
+
+}  // namespace
+
+Session::Session(base::EventLoop& loop, Device& device, ServerStats& stats, std::string name)
+    : loop_(loop),
+      device_(device),
+      stats_(stats),
+      name_(std::move(name)),
+      offered_features_(device.device_features() | kRingFeatures | kFeatureProtocolFeatures),
+      vrings_(std::min<uint16_t>(device.queue_count(), kMaxVrings)) {}
+
+Session::~Session() {
+  shutdown();
+}
+
+Session::Outcome Session::handle(Message message, std::vector<uint8_t>& reply) {
+  const MessageHeader header = message.header;
+  spdlog::debug("vhost-user {}: {} (request {}) flags {:#x} size {} fds {}", name_, request_name(header.request),
+                header.request, header.flags, header.size, message.fds.size());
+  size_t reply_size_before = reply.size();
+  Result result = shut_down_ ? Result::kFatal : dispatch(message, reply);
+  // `message` (and any fd the handler did not keep) is released on return.
+  if (result == Result::kFatal) {
+    ++stats_.protocol_errors;
+    protocol_warning("vhost-user {}: dropping the front-end after a bad {} (request {})", name_,
+                     request_name(header.request), header.request);
+    return Outcome::kDisconnect;
+  }
+  if (result == Result::kFailed) ++stats_.protocol_errors;
+  bool replied = reply.size() != reply_size_before;
+  if (!replied && header.need_reply() && (acked_protocol_features_ & kProtocolFeatureReplyAck) != 0) {
+    append_reply_u64(reply, header.request, result == Result::kOk ? 0 : 1);
+  }
+  return Outcome::kContinue;
+}
+
+Session::Result Session::dispatch(Message& message, std::vector<uint8_t>& reply) {
+  const uint32_t request = message.header.request;
+  auto expect_no_fds = [&]() {
+    if (message.fds.empty()) return true;
+    protocol_warning("vhost-user {}: {} carries {} unexpected file descriptors", name_, request_name(request),
+                     message.fds.size());
+    return false;
+  };
+  switch (static_cast<Request>(request)) {
+    case Request::kGetFeatures:
+      if (!expect_no_fds()) return Result::kFatal;
+      append_reply_u64(reply, request, offered_features_);
+      return Result::kOk;
+    case Request::kSetFeatures:
+      if (!expect_no_fds()) return Result::kFailed;
+      return handle_set_features(message);
+    case Request::kSetOwner:
+      if (!expect_no_fds()) return Result::kFailed;
+      owner_set_ = true;
+      return Result::kOk;
+    case Request::kResetOwner:
+      if (!expect_no_fds()) return Result::kFailed;
+      reset_owner();
+      return Result::kOk;
+    case Request::kSetMemTable:
+      return handle_set_mem_table(message);
+    case Request::kSetLogBase:
+    case Request::kSetLogFd:
+      // We offer neither VHOST_F_LOG_ALL nor LOG_SHMFD (vsock is not migratable).
+      protocol_warning("vhost-user {}: {} is not supported (dirty logging was not offered)", name_,
+                       request_name(request));
+      return Result::kFailed;
+    case Request::kSetVringNum:
+      if (!expect_no_fds()) return Result::kFailed;
+      return handle_set_vring_num(message);
+    case Request::kSetVringAddr:
+      if (!expect_no_fds()) return Result::kFailed;
+      return handle_set_vring_addr(message);
+    case Request::kSetVringBase:
+      if (!expect_no_fds()) return Result::kFailed;
+      return handle_set_vring_base(message);
+    case Request::kGetVringBase:
+      if (!expect_no_fds()) return Result::kFatal;
+      return handle_get_vring_base(message, reply);
+    case Request::kSetVringKick:
+    case Request::kSetVringCall:
+    case Request::kSetVringErr:
+      return handle_vring_fd(message);
+    case Request::kGetProtocolFeatures:
+      if (!expect_no_fds()) return Result::kFatal;
+      append_reply_u64(reply, request, kOfferedProtocolFeatures);
+      return Result::kOk;
+    case Request::kSetProtocolFeatures:
+      if (!expect_no_fds()) return Result::kFailed;
+      return handle_set_protocol_features(message);
+    case Request::kGetQueueNum:
+      if (!expect_no_fds()) return Result::kFatal;
+      append_reply_u64(reply, request, vrings_.size());
+      return Result::kOk;
+    case Request::kSetVringEnable:
+      if (!expect_no_fds()) return Result::kFailed;
+      return handle_set_vring_enable(message);
+    case Request::kGetConfig:
+      if (!expect_no_fds()) return Result::kFatal;
+      return handle_get_config(message, reply);
+    case Request::kSetConfig:
+      protocol_warning("vhost-user {}: SET_CONFIG refused: the device config space is read-only", name_);
+      return Result::kFailed;
+    case Request::kGetMaxMemSlots:  // only valid with CONFIGURE_MEM_SLOTS, which we do not offer
+      break;
+  }
+  protocol_warning("vhost-user {}: unsupported request {} ({}) with {} payload bytes", name_, request,
+                   request_name(request), message.payload.size());
+  return Result::kFailed;
+}
+
+Session::Result Session::handle_set_features(const Message& message) {
+  auto features = decode_u64(message.payload);
+  if (!features) {
+    protocol_warning("vhost-user {}: SET_FEATURES payload is {} bytes, expected 8", name_, message.payload.size());
+    return Result::kFailed;
+  }
+  if ((*features & ~offered_features_) != 0) {
+    protocol_warning("vhost-user {}: SET_FEATURES {:#x} acks bits {:#x} that were not offered ({:#x})", name_,
+                     *features, *features & ~offered_features_, offered_features_);
+    return Result::kFailed;
+  }
+  acked_features_ = *features;
+  spdlog::info("vhost-user {}: features negotiated {:#x} (offered {:#x})", name_, acked_features_, offered_features_);
+  for (auto& ring : vrings_) ring.queue.set_features(acked_features_);
+  device_.on_features_negotiated(acked_features_);
+  // Acking VHOST_USER_F_PROTOCOL_FEATURES changes whether rings start enabled.
+  for (uint16_t i = 0; i < ring_count(); ++i) reconcile(i);
+  return Result::kOk;
+}
+
+Session::Result Session::handle_set_protocol_features(const Message& message) {
+  auto features = decode_u64(message.payload);
+  if (!features) {
+    protocol_warning("vhost-user {}: SET_PROTOCOL_FEATURES payload is {} bytes, expected 8", name_,
+                     message.payload.size());
+    return Result::kFailed;
+  }
+  if ((*features & ~kOfferedProtocolFeatures) != 0) {
+    protocol_warning("vhost-user {}: SET_PROTOCOL_FEATURES {:#x} acks bits {:#x} that were not offered", name_,
+                     *features, *features & ~kOfferedProtocolFeatures);
+    return Result::kFailed;
+  }
+  acked_protocol_features_ = *features;
+  spdlog::info("vhost-user {}: protocol features negotiated {:#x}", name_, acked_protocol_features_);
+  return Result::kOk;
+}
+
+Session::Result Session::handle_set_mem_table(Message& message) {
+  std::string error;
+  auto regions = decode_memory_table(message.payload, &error);
+  if (!regions) {
+    protocol_warning("vhost-user {}: SET_MEM_TABLE rejected: {}", name_, error);
+    return Result::kFailed;
+  }
+  if (message.fds.size() != regions->size()) {
+    protocol_warning("vhost-user {}: SET_MEM_TABLE has {} regions but {} file descriptors", name_, regions->size(),
+                     message.fds.size());
+    return Result::kFailed;
+  }
+  std::vector<memory::RegionSpec> specs(regions->size());
+  for (size_t i = 0; i < regions->size(); ++i) {
+    const auto& region = (*regions)[i];
+    if (!region_fits_file(message.fds[i].get(), region)) {
+      protocol_warning(
+          "vhost-user {}: SET_MEM_TABLE rejected: region {} (mmap offset {:#x} size {:#x}) extends past "
+          "the end of its file",
+          name_, i, region.mmap_offset, region.size);
+      return Result::kFailed;
+    }
+    spdlog::debug("vhost-user {}: region {}: gpa {:#x} size {:#x} user {:#x} mmap offset {:#x}", name_, i,
+                  region.guest_phys_addr, region.size, region.user_addr, region.mmap_offset);
+    specs[i].guest_phys_addr = region.guest_phys_addr;
+    specs[i].size = region.size;
+    specs[i].user_addr = region.user_addr;
+    specs[i].mmap_offset = region.mmap_offset;
+    specs[i].fd = std::move(message.fds[i]);
+  }
+  auto mapped = memory::GuestMemory::map(std::move(specs), &error);
+  if (!mapped) {
+    protocol_warning("vhost-user {}: SET_MEM_TABLE rejected: {}", name_, error);
+    return Result::kFailed;
+  }
+  // Running rings point into the old map: stop them, swap, restart on the new
+  // one (QEMU sends a new table on memory hotplug while the guest runs).
+  for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
+  memory_ = std::move(mapped);
+  spdlog::info("vhost-user {}: memory table with {} regions mapped", name_, memory_->region_count());
+  for (uint16_t i = 0; i < ring_count(); ++i) reconcile(i);
+  return Result::kOk;
+}
+
+std::optional<uint16_t> Session::ring_index(uint64_t index, const Message& message) {
+  if (index < vrings_.size()) return static_cast<uint16_t>(index);
+  protocol_warning("vhost-user {}: {} names ring {}, but the device has {}", name_,
+                   request_name(message.header.request), index, vrings_.size());
+  return std::nullopt;
+}
+
+Session::Result Session::handle_set_vring_num(const Message& message) {
+  auto state = decode_vring_state(message.payload);
+  if (!state) return Result::kFailed;
+  auto index = ring_index(state->index, message);
+  if (!index) return Result::kFailed;
+  uint32_t max_size = std::min<uint32_t>(device_.max_queue_size(), virtio::kMaxQueueSize);
+  if (!is_power_of_two(state->num) || state->num > max_size) {
+    protocol_warning("vhost-user {}: SET_VRING_NUM {} for ring {} is not a power of two in 1..{}", name_, state->num,
+                     *index, max_size);
+    return Result::kFailed;
+  }
+  Vring& ring = vrings_[*index];
+  stop(*index);
+  if (ring.size != state->num) ring.fresh = true;
+  ring.size = static_cast<uint16_t>(state->num);
+  reconcile(*index);
+  return Result::kOk;
+}
+
+Session::Result Session::handle_set_vring_addr(const Message& message) {
+  auto address = decode_vring_address(message.payload);
+  if (!address) {
+    protocol_warning("vhost-user {}: SET_VRING_ADDR payload is {} bytes, expected {}", name_, message.payload.size(),
+                     kVringAddressSize);
+    return Result::kFailed;
+  }
+  auto index = ring_index(address->index, message);
+  if (!index) return Result::kFailed;
+  Vring& ring = vrings_[*index];
+  // Check now when we can, so the front-end learns of a bad address from the
+  // ack; otherwise (no table or size yet) the check happens at start.
+  if (memory_ && ring.size != 0) {
+    RingSpans spans = ring_spans(ring.size, (acked_features_ & virtio::kFeatureEventIdx) != 0);
+    if (!memory_->user_to_guest(address->desc_user_addr, spans.desc) ||
+        !memory_->user_to_guest(address->avail_user_addr, spans.avail) ||
+        !memory_->user_to_guest(address->used_user_addr, spans.used)) {
+      protocol_warning(
+          "vhost-user {}: SET_VRING_ADDR ring {} (desc {:#x} avail {:#x} used {:#x}, size {}) is outside "
+          "the memory table",
+          name_, *index, address->desc_user_addr, address->avail_user_addr, address->used_user_addr, ring.size);
+      return Result::kFailed;
+    }
+  }
+  stop(*index);
+  ring.address = *address;
+  ring.has_address = true;
+  reconcile(*index);
+  return Result::kOk;
+}
+
+Session::Result Session::handle_set_vring_base(const Message& message) {
+  auto state = decode_vring_state(message.payload);
+  if (!state) return Result::kFailed;
+  auto index = ring_index(state->index, message);
+  if (!index) return Result::kFailed;
+  if (state->num > 0xffff) {
+    protocol_warning("vhost-user {}: SET_VRING_BASE {} for ring {} does not fit a split ring index", name_, state->num,
+                     *index);
+    return Result::kFailed;
+  }
+  Vring& ring = vrings_[*index];
+  stop(*index);
+  ring.base = static_cast<uint16_t>(state->num);
+  ring.fresh = true;
+  reconcile(*index);
+  return Result::kOk;
+}
+
+Session::Result Session::handle_get_vring_base(const Message& message, std::vector<uint8_t>& reply) {
+  // The front-end blocks on the reply, so a request we cannot answer ends the session.
+  auto state = decode_vring_state(message.payload);
+  if (!state) return Result::kFatal;
+  auto index = ring_index(state->index, message);
+  if (!index) return Result::kFatal;
+  Vring& ring = vrings_[*index];
+  stop(*index);
+  // The ring stays stopped until the front-end sets a kick fd again.
+  ring.kick.reset();
+  ring.fresh = true;
+  append_reply_vring_state(reply, message.header.request, VringState{*index, ring.base});
+  return Result::kOk;
+}
+
+Session::Result Session::handle_vring_fd(Message& message) {
+  const auto request = static_cast<Request>(message.header.request);
+  auto value = decode_u64(message.payload);
+  if (!value) return Result::kFailed;
+  if ((*value & ~(kVringIndexMask | kVringNoFdFlag)) != 0) {
+    protocol_warning("vhost-user {}: {} payload {:#x} has reserved bits set", name_,
+                     request_name(message.header.request), *value);
+    return Result::kFailed;
+  }
+  auto index = ring_index(*value & kVringIndexMask, message);
+  if (!index) return Result::kFailed;
+  bool no_fd = (*value & kVringNoFdFlag) != 0;
+  size_t expected_fds = no_fd ? 0 : 1;
+  if (message.fds.size() != expected_fds) {
+    protocol_warning("vhost-user {}: {} for ring {} carries {} file descriptors, expected {}", name_,
+                     request_name(message.header.request), *index, message.fds.size(), expected_fds);
+    return Result::kFailed;
+  }
+  base::UniqueFd fd;
+  if (!no_fd) {
+    fd = std::move(message.fds[0]);
+    if (!set_nonblocking(fd.get())) {
+      protocol_warning("vhost-user {}: {} for ring {}: cannot make the fd non-blocking", name_,
+                       request_name(message.header.request), *index);
+      return Result::kFailed;
+    }
+  }
+  Vring& ring = vrings_[*index];
+  switch (request) {
+    case Request::kSetVringKick:
+      stop(*index);
+      ring.kick = std::move(fd);
+      if (no_fd) {
+        // Polling mode: a ring we would have to spin on. Nobody uses it with vsock.
+        protocol_warning(
+            "vhost-user {}: SET_VRING_KICK without an fd (polling) is not supported; ring {} stays stopped", name_,
+            *index);
+        return Result::kFailed;
+      }
+      reconcile(*index);
+      return Result::kOk;
+    case Request::kSetVringCall:
+      ring.call = std::move(fd);
+      return Result::kOk;
+    default:
+      ring.err = std::move(fd);
+      return Result::kOk;
+  }
+}
+
+Session::Result Session::handle_set_vring_enable(const Message& message) {
+  auto state = decode_vring_state(message.payload);
+  if (!state) return Result::kFailed;
+  auto index = ring_index(state->index, message);
+  if (!index) return Result::kFailed;
+  if (state->num > 1) {
+    protocol_warning("vhost-user {}: SET_VRING_ENABLE {} for ring {} is neither 0 nor 1", name_, state->num, *index);
+    return Result::kFailed;
+  }
+  vrings_[*index].enabled = state->num == 1;
+  reconcile(*index);
+  return Result::kOk;
+}
+
+Session::Result Session::handle_get_config(const Message& message, std::vector<uint8_t>& reply) {
+  std::string error;
+  auto access = decode_config_access(message.payload, &error);
+  if (!access) {
+    protocol_warning("vhost-user {}: GET_CONFIG rejected: {}", name_, error);
+    append_reply_config(reply, ConfigAccess{}, {});
+    return Result::kFailed;
+  }
+  std::vector<uint8_t> config = device_.config_space();
+  if (access->size == 0 || uint64_t{access->offset} + access->size > config.size()) {
+    protocol_warning("vhost-user {}: GET_CONFIG offset {} size {} is outside the {}-byte config space", name_,
+                     access->offset, access->size, config.size());
+    append_reply_config(reply, *access, {});
+    return Result::kFailed;
+  }
+  append_reply_config(reply, *access, std::span<const uint8_t>(config).subspan(access->offset, access->size));
+  return Result::kOk;
+}
+
+void Session::reset_owner() {
+  spdlog::info("vhost-user {}: RESET_OWNER: stopping all rings and forgetting guest state", name_);
+  for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
+  device_.on_frontend_disconnected();
+  for (auto& ring : vrings_) forget_ring(ring);
+  memory_.reset();
+  acked_features_ = 0;
+  acked_protocol_features_ = 0;
+  owner_set_ = false;
+}
+
+void Session::shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
+  device_.on_frontend_disconnected();
+  for (auto& ring : vrings_) forget_ring(ring);
+  memory_.reset();
+}
+
+void Session::forget_ring(Vring& ring) {
+  ring.queue.reset();
+  ring.kick.reset();
+  ring.call.reset();
+  ring.err.reset();
+  ring.size = 0;
+  ring.has_address = false;
+  ring.address = VringAddress{};
+  ring.base = 0;
+  ring.fresh = true;
+  ring.enabled = false;
+}
+
+bool Session::should_run(const Vring& ring) const {
+  // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as soon as it exists.
+  bool enabled = ring.enabled || !protocol_features_negotiated();
+  return !shut_down_ && enabled && memory_ && ring.size != 0 && ring.has_address && ring.kick.valid();
+}
+
+void Session::reconcile(uint16_t index) {
+  if (should_run(vrings_[index])) {
+    start(index);
+  } else {
+    stop(index);
+  }
+}
+
+void Session::start(uint16_t index) {
+  Vring& ring = vrings_[index];
+  if (ring.started) return;
+  RingSpans spans = ring_spans(ring.size, (acked_features_ & virtio::kFeatureEventIdx) != 0);
+  auto desc = memory_->user_to_guest(ring.address.desc_user_addr, spans.desc);
+  auto avail = memory_->user_to_guest(ring.address.avail_user_addr, spans.avail);
+  auto used = memory_->user_to_guest(ring.address.used_user_addr, spans.used);
+  if (!desc || !avail || !used) {
+    ++stats_.protocol_errors;
+    protocol_warning(
+        "vhost-user {}: ring {} not started: its addresses (desc {:#x} avail {:#x} used {:#x}, size {}) are "
+        "outside the memory table",
+        name_, index, ring.address.desc_user_addr, ring.address.avail_user_addr, ring.address.used_user_addr,
+        ring.size);
+    signal_error(index);
+    return;
+  }
+  if (ring.fresh) ring.queue.reset();
+  ring.queue.set_log_name(fmt::format("{} ring {}", name_, index));  // the device may rename it
+  ring.queue.set_features(acked_features_);
+  std::string error;
+  if (!ring.queue.configure(memory_, ring.size, *desc, *avail, *used, &error)) {
+    ++stats_.protocol_errors;
+    protocol_warning("vhost-user {}: ring {} not started: {}", name_, index, error);
+    signal_error(index);
+    return;
+  }
+  if (ring.fresh) {
+    ring.queue.set_next_avail(ring.base);
+    ring.fresh = false;
+  }
+  try {
+    loop_.add(ring.kick.get(), EPOLLIN, [this, index](uint32_t events) { on_kick(index, events); });
+  } catch (const std::system_error& e) {
+    ++stats_.protocol_errors;
+    protocol_warning("vhost-user {}: ring {} not started: cannot watch its kick fd: {}", name_, index, e.what());
+    ring.kick.reset();
+    signal_error(index);
+    return;
+  }
+  ring.started = true;
+  spdlog::info("vhost-user {}: ring {} started (size {}, next avail {})", name_, index, ring.size,
+               ring.queue.next_avail());
+  device_.on_queue_started(index, ring.queue, *this);
+  // Buffers made available before the kick fd was watched would otherwise wait for the next kick.
+  device_.on_queue_kicked(index);
+}
+
+void Session::stop(uint16_t index) {
+  Vring& ring = vrings_[index];
+  if (!ring.started) return;
+  device_.on_queue_stopped(index);
+  loop_.remove(ring.kick.get());
+  ring.started = false;
+  ring.base = ring.queue.next_avail();
+  spdlog::info("vhost-user {}: ring {} stopped (next avail {})", name_, index, ring.base);
+}
+
+void Session::on_kick(uint16_t index, uint32_t events) {
+  Vring& ring = vrings_[index];
+  if (!ring.started) return;
+  uint64_t count = 0;
+  ssize_t n = ::read(ring.kick.get(), &count, sizeof(count));
+  if (n > 0) {
+    device_.on_queue_kicked(index);
+    return;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EINTR) && (events & (EPOLLERR | EPOLLHUP)) == 0) return;
+  // EOF or an error: the fd can never kick again and would keep the loop busy.
+  ++stats_.protocol_errors;
+  protocol_warning("vhost-user {}: kick fd of ring {} failed ({}); stopping the ring", name_, index,
+                   n == 0 ? "end of file" : errno_text(errno));
+  stop(index);
+  ring.kick.reset();
+  signal_error(index);
+}
+
+void Session::notify_guest(uint16_t queue_index) {
+  if (queue_index >= vrings_.size() || !vrings_[queue_index].call) return;
+  uint64_t one = 1;
+  // EAGAIN means the counter is saturated: the front-end has a pending signal anyway.
+  [[maybe_unused]] ssize_t n = ::write(vrings_[queue_index].call.get(), &one, sizeof(one));
+}
+
+void Session::signal_error(uint16_t index) {
+  if (!vrings_[index].err) return;
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(vrings_[index].err.get(), &one, sizeof(one));
+}
+
+}  // namespace vhost_vsock::vhost_user

@@ -1,0 +1,196 @@
+// One vsock stream between the guest and a host AF_UNIX socket: its state
+// machine, credit accounting in both directions (wrapping u32 arithmetic, as
+// the spec requires), the bounded TX buffer used while the host socket would
+// block, and the credit-update policy. It knows nothing of other connections,
+// queues or timers: the muxer routes packets here, moves host->guest bytes into
+// RX chains, and watches state() to run timers and forget dead connections.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "base/event_loop.h"
+#include "base/iovec_list.h"
+#include "base/unique_fd.h"
+#include "vsock/connection/tx_ring_buffer.h"
+#include "vsock/packet/header.h"
+
+namespace vhost_vsock::vsock {
+
+enum class ConnectionState : uint8_t {
+  kAwaitingResponse,   // host-initiated: our REQUEST is out, the guest has not answered
+  kEstablished,        // data flows; half-close is tracked by the shutdown flags
+  kClosingAfterFlush,  // guest sent SHUTDOWN(RCV|SEND): drain the TX buffer, then close + RST
+  kAwaitingGuestRst,   // host closed; we sent SHUTDOWN(RCV|SEND) and wait for the guest's RST
+  kDead,               // host socket closed; only our RST remains to be sent
+  kForgotten,          // nothing left to do: the muxer erases it
+};
+const char* to_string(ConnectionState state);
+
+// Control packets a connection owes the guest. Flags, not a queue, so a
+// connection never holds more than a constant amount of pending work.
+namespace control {
+inline constexpr uint8_t kRst = 1 << 0;
+inline constexpr uint8_t kRequest = 1 << 1;
+inline constexpr uint8_t kResponse = 1 << 2;
+inline constexpr uint8_t kShutdown = 1 << 3;
+inline constexpr uint8_t kCreditUpdate = 1 << 4;
+inline constexpr uint8_t kCreditRequest = 1 << 5;
+}  // namespace control
+
+// Why a guest packet was refused (the connection has been reset already).
+enum class GuestPacketVerdict : uint8_t {
+  kOk,
+  kCreditViolation,    // RW beyond the credit we advertised
+  kProtocolViolation,  // op not valid in this state (e.g. RW after SHUTDOWN(SEND))
+  kHostGone,           // RW for a host socket that no longer accepts data
+};
+
+struct ConnectionParams {
+  uint64_t guest_cid = 0;
+  uint32_t local_port = 0;  // host side (src_port of what we send)
+  uint32_t peer_port = 0;   // guest side
+  uint32_t buf_alloc = 64 * 1024;
+  // Where rx_cnt/fwd_cnt start. Always 0 on the wire (the guest counts from
+  // 0); tests set it near 2^32 to exercise wraparound.
+  uint32_t counter_base = 0;
+};
+
+class Connection {
+ public:
+  // Room in the TX buffer beyond buf_alloc for bytes the guest did not send
+  // (the "OK <port>\n" handshake reply), which never count toward credit.
+  static constexpr size_t kUncountedReserve = 32;
+
+  Connection(base::EventLoop& loop, const ConnectionParams& params, base::UniqueFd host_fd,
+             ConnectionState initial_state);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Registers the host socket (edge-triggered) with `callback`, which should
+  // end up in on_host_events().
+  void watch_host(base::EventLoop::FdCallback callback);
+
+  [[nodiscard]] ConnectionState state() const { return state_; }
+  [[nodiscard]] uint32_t local_port() const { return params_.local_port; }
+  [[nodiscard]] uint32_t peer_port() const { return params_.peer_port; }
+  [[nodiscard]] uint64_t guest_cid() const { return params_.guest_cid; }
+  [[nodiscard]] bool host_open() const { return host_fd_.valid(); }
+  [[nodiscard]] int host_fd() const { return host_fd_.get(); }
+
+  // ---- credit ----
+  [[nodiscard]] uint32_t buf_alloc() const { return params_.buf_alloc; }
+  [[nodiscard]] uint32_t rx_cnt() const { return rx_cnt_; }    // guest bytes accepted
+  [[nodiscard]] uint32_t fwd_cnt() const { return fwd_cnt_; }  // guest bytes that reached the host socket
+  [[nodiscard]] uint32_t tx_cnt() const { return tx_cnt_; }    // bytes we sent to the guest
+  [[nodiscard]] uint32_t last_advertised_fwd_cnt() const { return advertised_fwd_cnt_; }
+  // How many more bytes the guest may send: buf_alloc - (rx_cnt - fwd_cnt).
+  [[nodiscard]] uint32_t guest_credit() const;
+  // How many bytes we may send the guest: peer_buf_alloc - (tx_cnt - peer_fwd_cnt),
+  // zero if the guest's numbers are inconsistent.
+  [[nodiscard]] uint32_t peer_credit() const;
+  void update_peer_credit(uint32_t peer_buf_alloc, uint32_t peer_fwd_cnt);
+
+  // ---- packets from the guest ----
+  // Routes one packet (op already known to be 1..7) addressed to this
+  // connection. Violations reset the connection (state kDead, RST pending).
+  GuestPacketVerdict on_guest_packet(const PacketHeader& header, std::span<const iovec> payload);
+
+  // ---- host socket ----
+  // Epoll events for the host socket: records readability, flushes the TX
+  // buffer on EPOLLOUT and notices a fully closed peer.
+  void on_host_events(uint32_t events);
+  [[nodiscard]] bool tx_buffered() const { return !tx_buffer_.empty(); }
+  [[nodiscard]] size_t tx_buffered_bytes() const { return tx_buffer_.size(); }
+  [[nodiscard]] bool tx_buffer_allocated() const { return tx_buffer_.allocated(); }
+
+  // Bytes the host sent right after its CONNECT line; they reach the guest
+  // before anything read from the socket afterwards.
+  void set_early_host_bytes(std::span<const uint8_t> bytes);
+
+  // Whether host->guest data may flow now (state, half-close, readability).
+  // Peer credit and RX buffers are the muxer's to check.
+  [[nodiscard]] bool wants_to_send_data() const;
+  [[nodiscard]] bool host_readable() const { return host_readable_ || !early_host_bytes_.empty(); }
+
+  enum class ReadStatus { kData, kWouldBlock, kEof, kError };
+  // Reads host bytes straight into `into` (guest RX payload areas). On kData
+  // `bytes` is set; the caller must then packetize exactly that many bytes and
+  // call record_sent_to_guest(). kEof / kError update the state (SHUTDOWN or
+  // full close towards the guest).
+  ReadStatus read_from_host(std::span<const iovec> into, size_t& bytes);
+  void record_sent_to_guest(uint32_t bytes) { tx_cnt_ += bytes; }
+
+  // Data is waiting on the host side but the guest gave us no credit: ask it
+  // once (CREDIT_REQUEST), not again until its credit moves.
+  void note_credit_starved();
+
+  // ---- control packets towards the guest ----
+  [[nodiscard]] uint8_t pending_control() const { return pending_control_; }
+  // The next control packet to send, highest priority first, and clears it.
+  // Sending our RST from kDead moves the connection to kForgotten.
+  std::optional<PacketHeader> take_control_packet();
+  // Header for a packet on this connection. Every packet carries our current
+  // buf_alloc/fwd_cnt, so building one counts as advertising credit.
+  PacketHeader make_header(Op op, uint32_t len = 0, uint32_t flags = 0);
+
+  // ---- transitions driven by the muxer ----
+  // Protocol error or timeout: close the host socket, owe the guest an RST.
+  void reset();
+  // Guest RST: close the host socket, owe nothing.
+  void forget();
+  // The guest never answered our full SHUTDOWN: send RST and forget.
+  void kill();
+  // Queues a REQUEST (host-initiated connections start with one).
+  void request_connect() { pending_control_ |= control::kRequest; }
+  // Guest-initiated: the host socket is connected, answer with RESPONSE.
+  void accept_connect() { pending_control_ |= control::kResponse; }
+
+ private:
+  enum class WriteStatus { kOk, kWouldBlock, kGone };
+  WriteStatus write_to_host(std::span<const iovec> iovs, size_t& written);
+  GuestPacketVerdict accept_guest_data(std::span<const iovec> payload, uint32_t len);
+  void on_guest_shutdown(uint32_t flags);
+  void flush_tx();
+  void after_forwarded(uint32_t guest_bytes);
+  void maybe_finish_guest_send_side();
+  void on_host_write_closed();
+  void on_host_eof();
+  void on_host_fully_closed();
+  void close_host();
+
+  base::EventLoop& loop_;
+  ConnectionParams params_;
+  base::UniqueFd host_fd_;
+  ConnectionState state_;
+
+  uint32_t rx_cnt_ = 0;
+  uint32_t fwd_cnt_ = 0;
+  uint32_t advertised_fwd_cnt_ = 0;
+  uint32_t tx_cnt_ = 0;
+  uint32_t peer_buf_alloc_ = 0;
+  uint32_t peer_fwd_cnt_ = 0;
+
+  TxRingBuffer tx_buffer_;
+  size_t uncounted_front_bytes_ = 0;  // handshake reply bytes at the front of tx_buffer_
+  std::vector<uint8_t> early_host_bytes_;
+
+  uint8_t pending_control_ = 0;
+  uint32_t shutdown_flags_to_send_ = 0;
+  uint32_t guest_shutdown_ = 0;  // SHUTDOWN flags the guest sent (cumulative)
+
+  bool host_readable_ = false;
+  bool host_writable_ = true;
+  bool host_eof_ = false;
+  bool host_hup_ = false;
+  bool host_write_closed_ = false;
+  bool host_write_shut_ = false;  // we did shutdown(SHUT_WR)
+  bool credit_request_sent_ = false;
+};
+
+}  // namespace vhost_vsock::vsock

@@ -1,0 +1,371 @@
+#include "vsock/connection/connection.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace vhost_vsock::vsock {
+namespace {
+
+constexpr uint32_t kBufAlloc = 4096;
+
+struct Fixture : ::testing::Test {
+  base::EventLoop loop;
+  base::UniqueFd host_peer;  // what the host program holds
+
+  std::unique_ptr<Connection> make(ConnectionState state, uint32_t counter_base = 0, bool tiny_socket = false) {
+    int fds[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds), 0);
+    if (tiny_socket) {
+      int size = 1;  // the kernel rounds this up to its minimum
+      ::setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+      ::setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    }
+    host_peer.reset(fds[1]);
+    ConnectionParams params{3, 5000, 1234, kBufAlloc, counter_base};
+    auto conn = std::make_unique<Connection>(loop, params, base::UniqueFd(fds[0]), state);
+    conn->update_peer_credit(65536, 0);
+    return conn;
+  }
+
+  static PacketHeader header(Op op, uint32_t len = 0, uint32_t flags = 0) {
+    PacketHeader h;
+    h.src_cid = 3;
+    h.dst_cid = 2;
+    h.src_port = 1234;
+    h.dst_port = 5000;
+    h.type = 1;
+    h.op = static_cast<uint16_t>(op);
+    h.len = len;
+    h.flags = flags;
+    h.buf_alloc = 65536;
+    return h;
+  }
+
+  static std::vector<uint8_t> pattern(size_t n, size_t seed = 0) {
+    std::vector<uint8_t> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>((i + seed) * 13 + 5);
+    return v;
+  }
+
+  GuestPacketVerdict send_rw(Connection& conn, const std::vector<uint8_t>& data) {
+    iovec iov{const_cast<uint8_t*>(data.data()), data.size()};
+    return conn.on_guest_packet(header(Op::kRw, static_cast<uint32_t>(data.size())), std::span(&iov, 1));
+  }
+
+  std::vector<uint8_t> read_host(size_t max = 1 << 20) {
+    std::vector<uint8_t> out(max);
+    ssize_t n = ::read(host_peer.get(), out.data(), out.size());
+    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return out;
+  }
+
+  // Fills the host socket so the connection's next write would block.
+  size_t fill_socket(int fd) {
+    std::vector<uint8_t> junk(4096, 0xAB);
+    size_t total = 0;
+    for (;;) {
+      ssize_t n = ::send(fd, junk.data(), junk.size(), MSG_DONTWAIT);
+      if (n <= 0) break;
+      total += static_cast<size_t>(n);
+    }
+    return total;
+  }
+};
+
+TEST_F(Fixture, PeerCreditUsesWrappingArithmetic) {
+  auto conn = make(ConnectionState::kEstablished);
+  conn->record_sent_to_guest(0xFFFFFFF0u);
+  conn->record_sent_to_guest(0x20);  // tx_cnt wrapped to 0x10
+  conn->update_peer_credit(65536, 0xFFFFFFF8u);
+  EXPECT_EQ(conn->peer_credit(), 65536u - 0x18u);
+  // Everything acknowledged across the wrap: full credit.
+  conn->update_peer_credit(65536, 0x10);
+  EXPECT_EQ(conn->peer_credit(), 65536u);
+}
+
+TEST_F(Fixture, PeerReportingMoreThanWeSentGetsNoCredit) {
+  auto conn = make(ConnectionState::kEstablished);
+  conn->record_sent_to_guest(100);
+  conn->update_peer_credit(65536, 200);  // claims to have consumed bytes we never sent
+  EXPECT_EQ(conn->peer_credit(), 0u);
+  conn->update_peer_credit(50, 0);  // more in flight than its buffer
+  EXPECT_EQ(conn->peer_credit(), 0u);
+}
+
+TEST_F(Fixture, GuestDataGoesStraightToTheHostSocket) {
+  auto conn = make(ConnectionState::kEstablished);
+  auto data = pattern(1000);
+  EXPECT_EQ(send_rw(*conn, data), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->fwd_cnt(), 1000u);
+  EXPECT_EQ(conn->rx_cnt(), 1000u);
+  EXPECT_FALSE(conn->tx_buffer_allocated());
+  EXPECT_EQ(read_host(), data);
+}
+
+TEST_F(Fixture, GuestCreditWrapsAroundTwoToTheThirtyTwo) {
+  auto conn = make(ConnectionState::kEstablished, 0xFFFFFF00u);
+  for (int i = 0; i < 3; ++i) {
+    auto data = pattern(200, static_cast<size_t>(i));
+    ASSERT_EQ(send_rw(*conn, data), GuestPacketVerdict::kOk);
+    ASSERT_EQ(read_host(), data);
+  }
+  EXPECT_EQ(conn->fwd_cnt(), static_cast<uint32_t>(0xFFFFFF00u + 600));
+  EXPECT_LT(conn->fwd_cnt(), 600u);  // wrapped
+  EXPECT_EQ(conn->guest_credit(), kBufAlloc);
+  // The header advertises the wrapped value.
+  EXPECT_EQ(conn->make_header(Op::kCreditUpdate).fwd_cnt, conn->fwd_cnt());
+}
+
+TEST_F(Fixture, BlockedHostSocketBuffersInOrderAndFlushesOnEpollout) {
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
+  const size_t junk = fill_socket(conn->host_fd());
+  auto first = pattern(1000, 1), second = pattern(1500, 2);
+  ASSERT_EQ(send_rw(*conn, first), GuestPacketVerdict::kOk);
+  ASSERT_EQ(send_rw(*conn, second), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->tx_buffered_bytes(), 2500u);
+  EXPECT_EQ(conn->fwd_cnt(), 0u);  // nothing reached the socket yet
+  EXPECT_EQ(conn->guest_credit(), kBufAlloc - 2500u);
+
+  std::vector<uint8_t> received;
+  while (received.size() < junk + 2500) {
+    auto chunk = read_host();
+    if (chunk.empty()) conn->on_host_events(EPOLLOUT);
+    received.insert(received.end(), chunk.begin(), chunk.end());
+  }
+  conn->on_host_events(EPOLLOUT);
+  std::vector<uint8_t> expected(first);
+  expected.insert(expected.end(), second.begin(), second.end());
+  EXPECT_EQ(std::vector<uint8_t>(received.begin() + static_cast<std::ptrdiff_t>(junk), received.end()), expected);
+  EXPECT_EQ(conn->fwd_cnt(), 2500u);
+  EXPECT_FALSE(conn->tx_buffer_allocated());                      // freed once drained
+  EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);  // 2500 >= buf_alloc / 2
+}
+
+TEST_F(Fixture, CreditViolationResetsInsteadOfDropping) {
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
+  fill_socket(conn->host_fd());
+  ASSERT_EQ(send_rw(*conn, pattern(kBufAlloc - 10)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->guest_credit(), 10u);
+  EXPECT_EQ(send_rw(*conn, pattern(11)), GuestPacketVerdict::kCreditViolation);
+  EXPECT_EQ(conn->state(), ConnectionState::kDead);
+  EXPECT_EQ(conn->pending_control(), control::kRst);
+  EXPECT_FALSE(conn->host_open());
+  auto rst = conn->take_control_packet();
+  ASSERT_TRUE(rst);
+  EXPECT_EQ(rst->operation(), Op::kRst);
+  EXPECT_EQ(conn->state(), ConnectionState::kForgotten);
+}
+
+TEST_F(Fixture, ExactlyFullCreditIsAccepted) {
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
+  fill_socket(conn->host_fd());
+  EXPECT_EQ(send_rw(*conn, pattern(kBufAlloc)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->guest_credit(), 0u);
+  EXPECT_EQ(send_rw(*conn, pattern(1)), GuestPacketVerdict::kCreditViolation);
+}
+
+TEST_F(Fixture, CreditUpdatePolicyHalfBufferOrOnRequest) {
+  auto conn = make(ConnectionState::kEstablished);
+  ASSERT_EQ(send_rw(*conn, pattern(kBufAlloc / 2 - 1)), GuestPacketVerdict::kOk);
+  EXPECT_FALSE(conn->pending_control() & control::kCreditUpdate);
+  ASSERT_EQ(send_rw(*conn, pattern(1)), GuestPacketVerdict::kOk);
+  EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);
+  auto update = conn->take_control_packet();
+  ASSERT_TRUE(update);
+  EXPECT_EQ(update->operation(), Op::kCreditUpdate);
+  EXPECT_EQ(update->fwd_cnt, kBufAlloc / 2);
+  EXPECT_EQ(update->buf_alloc, kBufAlloc);
+  EXPECT_EQ(conn->pending_control(), 0);
+
+  conn->on_guest_packet(header(Op::kCreditRequest), {});
+  EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);
+  // Any packet we send carries the credit, so it satisfies the pending update.
+  conn->make_header(Op::kRw, 10);
+  EXPECT_FALSE(conn->pending_control() & control::kCreditUpdate);
+}
+
+TEST_F(Fixture, CreditRequestIsSentOnceUntilCreditMoves) {
+  auto conn = make(ConnectionState::kEstablished);
+  conn->update_peer_credit(0, 0);
+  conn->note_credit_starved();
+  EXPECT_TRUE(conn->pending_control() & control::kCreditRequest);
+  ASSERT_EQ(conn->take_control_packet()->operation(), Op::kCreditRequest);
+  conn->note_credit_starved();
+  EXPECT_EQ(conn->pending_control(), 0);  // not again
+  conn->update_peer_credit(4096, 0);
+  conn->update_peer_credit(0, 0);
+  conn->note_credit_starved();
+  EXPECT_TRUE(conn->pending_control() & control::kCreditRequest);
+}
+
+TEST_F(Fixture, HostBytesAreReadStraightIntoGuestBuffers) {
+  auto conn = make(ConnectionState::kEstablished);
+  auto data = pattern(300);
+  ASSERT_EQ(::write(host_peer.get(), data.data(), data.size()), 300);
+  conn->on_host_events(EPOLLIN);
+  EXPECT_TRUE(conn->wants_to_send_data());
+  std::vector<uint8_t> a(100), b(500);
+  std::vector<iovec> iovs{{a.data(), a.size()}, {b.data(), b.size()}};
+  size_t got = 0;
+  ASSERT_EQ(conn->read_from_host(iovs, got), Connection::ReadStatus::kData);
+  EXPECT_EQ(got, 300u);
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), data.begin()));
+  EXPECT_TRUE(std::equal(b.begin(), b.begin() + 200, data.begin() + 100));
+  ASSERT_EQ(conn->read_from_host(iovs, got), Connection::ReadStatus::kWouldBlock);
+  EXPECT_FALSE(conn->wants_to_send_data());  // edge-triggered: cleared only by EAGAIN
+}
+
+TEST_F(Fixture, HostHalfCloseSendsShutdownSendAndKeepsGuestToHost) {
+  auto conn = make(ConnectionState::kEstablished);
+  ::shutdown(host_peer.get(), SHUT_WR);
+  conn->on_host_events(EPOLLIN | EPOLLRDHUP);
+  std::vector<uint8_t> buf(64);
+  iovec iov{buf.data(), buf.size()};
+  size_t got = 0;
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kEof);
+  auto shutdown = conn->take_control_packet();
+  ASSERT_TRUE(shutdown);
+  EXPECT_EQ(shutdown->operation(), Op::kShutdown);
+  EXPECT_EQ(shutdown->flags, kShutdownSend);
+  EXPECT_EQ(conn->state(), ConnectionState::kEstablished);
+  EXPECT_FALSE(conn->wants_to_send_data());
+  auto data = pattern(50);
+  EXPECT_EQ(send_rw(*conn, data), GuestPacketVerdict::kOk);
+  EXPECT_EQ(read_host(), data);
+}
+
+TEST_F(Fixture, GuestShutdownSendHalfClosesHostAfterFlush) {
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
+  const size_t junk = fill_socket(conn->host_fd());
+  auto data = pattern(700);
+  ASSERT_EQ(send_rw(*conn, data), GuestPacketVerdict::kOk);
+  conn->on_guest_packet(header(Op::kShutdown, 0, kShutdownSend), {});
+  EXPECT_EQ(conn->state(), ConnectionState::kEstablished);
+  size_t total = 0;
+  bool eof = false;
+  for (int i = 0; i < 100000 && !eof; ++i) {
+    std::vector<uint8_t> buf(8192);
+    ssize_t n = ::read(host_peer.get(), buf.data(), buf.size());
+    if (n == 0) eof = true;
+    if (n > 0) total += static_cast<size_t>(n);
+    if (n < 0) conn->on_host_events(EPOLLOUT);
+  }
+  EXPECT_TRUE(eof);
+  EXPECT_EQ(total, junk + 700);
+  // Host -> guest still works.
+  ASSERT_EQ(::write(host_peer.get(), "hi", 2), 2);
+  conn->on_host_events(EPOLLIN);
+  EXPECT_TRUE(conn->wants_to_send_data());
+}
+
+TEST_F(Fixture, GuestFullShutdownWithEmptyBufferClosesAndOwesRst) {
+  auto conn = make(ConnectionState::kEstablished);
+  conn->on_guest_packet(header(Op::kShutdown, 0, kShutdownRcv | kShutdownSend), {});
+  EXPECT_EQ(conn->state(), ConnectionState::kDead);
+  EXPECT_FALSE(conn->host_open());
+  EXPECT_EQ(read_host().size(), 0u);  // host sees EOF
+  EXPECT_EQ(conn->take_control_packet()->operation(), Op::kRst);
+}
+
+TEST_F(Fixture, GuestFullShutdownFlushesBufferedBytesFirst) {
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
+  const size_t junk = fill_socket(conn->host_fd());
+  ASSERT_EQ(send_rw(*conn, pattern(900)), GuestPacketVerdict::kOk);
+  conn->on_guest_packet(header(Op::kShutdown, 0, kShutdownRcv | kShutdownSend), {});
+  EXPECT_EQ(conn->state(), ConnectionState::kClosingAfterFlush);
+  EXPECT_TRUE(conn->host_open());
+  size_t total = 0;
+  for (int i = 0; i < 100000 && conn->state() == ConnectionState::kClosingAfterFlush; ++i) {
+    auto chunk = read_host();
+    total += chunk.size();
+    conn->on_host_events(EPOLLOUT);
+  }
+  for (auto chunk = read_host(); !chunk.empty(); chunk = read_host()) total += chunk.size();
+  EXPECT_EQ(total, junk + 900);
+  EXPECT_EQ(conn->state(), ConnectionState::kDead);
+  EXPECT_EQ(conn->take_control_packet()->operation(), Op::kRst);
+}
+
+TEST_F(Fixture, HostFullCloseSendsFullShutdownAndAwaitsRst) {
+  auto conn = make(ConnectionState::kEstablished);
+  ASSERT_EQ(::write(host_peer.get(), "bye", 3), 3);
+  host_peer.reset();
+  conn->on_host_events(EPOLLIN | EPOLLRDHUP | EPOLLHUP);
+  std::vector<uint8_t> buf(64);
+  iovec iov{buf.data(), buf.size()};
+  size_t got = 0;
+  // The bytes written before close still reach the guest.
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kData);
+  EXPECT_EQ(got, 3u);
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kEof);
+  EXPECT_EQ(conn->state(), ConnectionState::kAwaitingGuestRst);
+  auto shutdown = conn->take_control_packet();
+  EXPECT_EQ(shutdown->operation(), Op::kShutdown);
+  EXPECT_EQ(shutdown->flags, kShutdownRcv | kShutdownSend);
+  conn->on_guest_packet(header(Op::kRst), {});
+  EXPECT_EQ(conn->state(), ConnectionState::kForgotten);
+}
+
+TEST_F(Fixture, GuestRstForgetsWithoutReply) {
+  auto conn = make(ConnectionState::kEstablished);
+  conn->on_guest_packet(header(Op::kRst), {});
+  EXPECT_EQ(conn->state(), ConnectionState::kForgotten);
+  EXPECT_EQ(conn->pending_control(), 0);
+  EXPECT_FALSE(conn->host_open());
+}
+
+TEST_F(Fixture, HostInitiatedResponseWritesOkLineWithoutCountingCredit) {
+  auto conn = make(ConnectionState::kAwaitingResponse);
+  conn->request_connect();
+  auto request = conn->take_control_packet();
+  EXPECT_EQ(request->operation(), Op::kRequest);
+  EXPECT_EQ(request->src_cid, kCidHost);
+  EXPECT_EQ(request->dst_cid, 3u);
+  EXPECT_EQ(request->src_port, 5000u);
+  EXPECT_EQ(request->dst_port, 1234u);
+  const std::string early = "early bytes";
+  conn->set_early_host_bytes(std::span(reinterpret_cast<const uint8_t*>(early.data()), early.size()));
+  EXPECT_FALSE(conn->wants_to_send_data());  // not before the guest accepts
+  EXPECT_EQ(conn->on_guest_packet(header(Op::kResponse), {}), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->state(), ConnectionState::kEstablished);
+  auto reply = read_host();
+  EXPECT_EQ(std::string(reply.begin(), reply.end()), "OK 5000\n");
+  EXPECT_EQ(conn->fwd_cnt(), 0u);  // the reply is not guest data
+  EXPECT_TRUE(conn->wants_to_send_data());
+  ASSERT_EQ(::write(host_peer.get(), "later", 5), 5);
+  std::vector<uint8_t> buf(64);
+  iovec iov{buf.data(), buf.size()};
+  size_t got = 0;
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kData);
+  EXPECT_EQ(std::string(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(got)), early);
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kData);
+  EXPECT_EQ(std::string(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(got)), "later");
+}
+
+TEST_F(Fixture, HostInitiatedRefusedOrViolatedHandshake) {
+  auto conn = make(ConnectionState::kAwaitingResponse);
+  EXPECT_EQ(send_rw(*conn, pattern(5)), GuestPacketVerdict::kProtocolViolation);
+  EXPECT_EQ(conn->state(), ConnectionState::kDead);
+  EXPECT_TRUE(read_host().empty());  // closed, and no "OK"
+}
+
+TEST_F(Fixture, DataAfterGuestShutdownSendIsAViolation) {
+  auto conn = make(ConnectionState::kEstablished);
+  conn->on_guest_packet(header(Op::kShutdown, 0, kShutdownSend), {});
+  EXPECT_EQ(send_rw(*conn, pattern(5)), GuestPacketVerdict::kProtocolViolation);
+  EXPECT_EQ(conn->state(), ConnectionState::kDead);
+}
+
+TEST_F(Fixture, ControlFlagsNeverQueueMoreThanOnce) {
+  auto conn = make(ConnectionState::kEstablished);
+  for (int i = 0; i < 1000; ++i) conn->on_guest_packet(header(Op::kCreditRequest), {});
+  EXPECT_EQ(conn->take_control_packet()->operation(), Op::kCreditUpdate);
+  EXPECT_FALSE(conn->take_control_packet());
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock

@@ -1,0 +1,145 @@
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "vsock/muxer/muxer_test_fixture.h"
+
+namespace vhost_vsock::vsock::test {
+namespace {
+
+TEST_F(MuxerTest, HostConnectHandshakeForwardsBytesAfterTheLine) {
+  auto [host, request] = start_host_connection("CONNECT 40000\nearly bytes");
+  h->send(h->guest_header(Op::kResponse, kGuestPort, request.src_port));
+  EXPECT_EQ(read_some(host.get()), "OK " + std::to_string(request.src_port) + "\n");
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRw);
+  EXPECT_EQ(text(packets[0].payload), "early bytes");
+  EXPECT_EQ(h->stats().connections_opened, 1u);
+  // Both directions afterwards.
+  h->send(h->guest_header(Op::kRw, kGuestPort, request.src_port, 4), bytes_of("ping"));
+  EXPECT_EQ(read_some(host.get()), "ping");
+  ASSERT_EQ(::write(host.get(), "pong", 4), 4);
+  packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(text(packets[0].payload), "pong");
+}
+
+TEST_F(MuxerTest, HostConnectWithoutEarlyBytesAdvertisesCreditAfterResponse) {
+  auto [host, request] = start_host_connection("CONNECT 40000\n");
+  h->send(h->guest_header(Op::kResponse, kGuestPort, request.src_port));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kCreditUpdate);
+  EXPECT_EQ(packets[0].header.buf_alloc, 16u * 1024);
+  EXPECT_EQ(read_some(host.get()), "OK " + std::to_string(request.src_port) + "\n");
+}
+
+TEST_F(MuxerTest, ConnectLineSplitAcrossWrites) {
+  auto host = MuxerHarness::connect_unix(h->uds_path());
+  for (const char* piece : {"con", "NECT 4", "0000", "\r", "\n"}) {
+    ASSERT_GT(::write(host.get(), piece, std::strlen(piece)), 0);
+    h->pump(20ms);
+  }
+  auto packets = h->received();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRequest);
+  EXPECT_EQ(packets[0].header.dst_port, 40000u);
+}
+
+TEST_F(MuxerTest, SuccessiveHostConnectionsGetRoundRobinPorts) {
+  auto [a, first] = start_host_connection("CONNECT 1\n", 1);
+  auto [b, second] = start_host_connection("CONNECT 1\n", 1);
+  EXPECT_EQ(second.src_port, first.src_port + 1);
+}
+
+TEST_F(MuxerTest, MalformedOrOverlongConnectLineClosesThatPeerOnly) {
+  auto good = MuxerHarness::connect_unix(h->uds_path());
+  auto bad = MuxerHarness::connect_unix(h->uds_path());
+  auto long_one = MuxerHarness::connect_unix(h->uds_path());
+  ASSERT_EQ(::write(bad.get(), "HELLO 12\n", 9), 9);
+  std::string overlong(100, '1');
+  ASSERT_EQ(::write(long_one.get(), overlong.data(), overlong.size()), 100);
+  h->pump(50ms);
+  EXPECT_TRUE(peer_closed(bad.get()));
+  EXPECT_TRUE(peer_closed(long_one.get()));
+  EXPECT_FALSE(peer_closed(good.get()));
+  EXPECT_EQ(h->stats().handshake_failures, 2u);
+  EXPECT_TRUE(h->received().empty());  // the guest saw nothing
+}
+
+TEST_F(MuxerTest, SilentHostPeerTimesOut) {
+  auto silent = MuxerHarness::connect_unix(h->uds_path());
+  ASSERT_EQ(::write(silent.get(), "CONN", 4), 4);
+  h->run_for(150ms);
+  EXPECT_FALSE(peer_closed(silent.get()));
+  h->run_for(250ms);
+  EXPECT_TRUE(peer_closed(silent.get()));
+  EXPECT_EQ(h->stats().handshake_failures, 1u);
+}
+
+TEST_F(MuxerTest, GuestRefusesHostConnect) {
+  auto [host, request] = start_host_connection("CONNECT 40000\n");
+  h->send(h->guest_header(Op::kRst, kGuestPort, request.src_port));
+  h->pump(50ms);
+  EXPECT_TRUE(peer_closed(host.get()));
+  EXPECT_EQ(read_some(host.get(), 0ms), "");  // no OK line
+  EXPECT_EQ(h->stats().handshake_failures, 1u);
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  EXPECT_TRUE(h->received().empty());  // guest RST is never answered
+}
+
+TEST_F(MuxerTest, GuestSilentOnRequestTimesOut) {
+  auto [host, request] = start_host_connection("CONNECT 40000\n");
+  h->run_for(400ms);
+  auto packets = h->received();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_TRUE(peer_closed(host.get()));
+  EXPECT_EQ(h->stats().connections_active, 0u);
+}
+
+TEST_F(MuxerTest, ListenerSocketFileIsRemovedOnExit) {
+  const std::string path = h->uds_path();
+  h.reset();
+  EXPECT_NE(::access(path.c_str(), F_OK), 0);
+}
+
+TEST(MuxerListener, ReplacesStaleSocketRefusesLiveOneAndNamesThePath) {
+  char dir[] = "/tmp/vmlXXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/v";
+  base::EventLoop loop;
+  MuxerOptions options;
+  options.guest_cid = 3;
+  options.uds_path = path;
+  {
+    // A socket file left behind by a dead process.
+    auto stale = MuxerHarness::listen_unix(path);
+    ASSERT_TRUE(stale.valid());
+  }
+  {
+    Muxer muxer(loop, options);
+    auto client = MuxerHarness::connect_unix(path);
+    EXPECT_TRUE(client.valid());
+    // While it lives, a second one must not take the path over.
+    try {
+      Muxer second(loop, options);
+      ADD_FAILURE() << "second listener on a live path";
+    } catch (const std::runtime_error& error) {
+      EXPECT_NE(std::string(error.what()).find(path), std::string::npos) << error.what();
+    }
+  }
+  // A regular file is never removed.
+  FILE* file = std::fopen(path.c_str(), "w");
+  ASSERT_NE(file, nullptr);
+  std::fclose(file);
+  EXPECT_THROW(Muxer(loop, options), std::runtime_error);
+  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock::test

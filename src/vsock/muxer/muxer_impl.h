@@ -1,0 +1,180 @@
+// Private to the muxer: the implementation class shared by muxer.cpp (guest
+// packets, connection lifecycle), muxer_rx.cpp (RX scheduling) and
+// muxer_host.cpp (hybrid listener and CONNECT handshake).
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "base/event_loop.h"
+#include "base/iovec_list.h"
+#include "base/unique_fd.h"
+#include "vsock/connection/connection.h"
+#include "vsock/muxer/connect_line.h"
+#include "vsock/muxer/intrusive_list.h"
+#include "vsock/muxer/muxer.h"
+#include "vsock/muxer/port_allocator.h"
+#include "vsock/packet/packet.h"
+
+namespace vhost_vsock::vsock {
+
+inline uint64_t connection_key(uint32_t local_port, uint32_t peer_port) {
+  return (static_cast<uint64_t>(local_port) << 32) | peer_port;
+}
+
+struct MuxConnection {
+  MuxConnection(base::EventLoop& loop, const ConnectionParams& params, base::UniqueFd fd, ConnectionState state,
+                uint64_t id_)
+      : conn(loop, params, std::move(fd), state), id(id_) {
+    control_hook.owner = this;
+    data_hook.owner = this;
+  }
+  ~MuxConnection() {
+    control_hook.unlink();
+    data_hook.unlink();
+  }
+  Connection conn;
+  uint64_t id;  // unique for the muxer's lifetime: stale timers and events check it
+  base::EventLoop::TimerId timer = 0;
+  bool was_established = false;
+  bool host_initiated = false;
+  ListHook<MuxConnection> control_hook;
+  ListHook<MuxConnection> data_hook;
+};
+
+// A host peer on uds-path that has not finished its CONNECT line.
+struct PendingPeer {
+  PendingPeer(base::UniqueFd fd_, size_t max_line) : fd(std::move(fd_)), reader(max_line) {}
+  base::UniqueFd fd;
+  ConnectLineReader reader;
+  base::EventLoop::TimerId timer = 0;
+};
+
+// Lets a hostile guest (or host peer) cost us a counter, not a disk: the
+// first `per_window` messages of each window are logged, the rest summarized.
+class LogLimiter {
+ public:
+  LogLimiter(const char* what, uint32_t per_window) : what_(what), per_window_(per_window) {}
+  bool allow();
+
+ private:
+  static constexpr std::chrono::seconds kWindow{10};
+  const char* what_;
+  uint32_t per_window_;
+  base::EventLoop::Clock::time_point window_start_{};
+  uint32_t in_window_ = 0;
+  uint64_t suppressed_ = 0;
+};
+
+class Muxer::Impl {
+ public:
+  Impl(base::EventLoop& loop, MuxerOptions options);
+  ~Impl();
+
+  void attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, NotifyGuest notify);
+  void detach_queue(uint16_t index);
+  void on_queue_kicked(uint16_t index);
+  void reset_all_connections();
+  [[nodiscard]] const MuxerStats& stats() const { return stats_; }
+
+  // --- muxer.cpp: guest packets and connection lifecycle ---
+  void process_tx();
+  void schedule_tx();
+  void handle_tx_chain(const virtio::DescriptorChain& chain);
+  void handle_guest_packet(const PacketHeader& header, std::span<const iovec> payload);
+  void handle_guest_connect(const PacketHeader& header);
+  void reply_rst(const PacketHeader& to);
+  MuxConnection* find(uint64_t key);
+  MuxConnection& insert(std::unique_ptr<MuxConnection> mc);
+  void erase(MuxConnection& mc);
+  // Reacts to whatever a connection just did: stats, logs, timers, scheduling,
+  // erasure. Returns false if `mc` was erased.
+  bool after_change(MuxConnection& mc, ConnectionState before);
+  void start_state_timer(MuxConnection& mc);
+  void on_state_timer(uint64_t key, uint64_t id);
+  void on_host_event(uint64_t key, uint64_t id, uint32_t events);
+  void watch(MuxConnection& mc);
+  template <typename... Args>
+  void warn_guest(fmt::format_string<Args...> format, Args&&... args);
+  template <typename... Args>
+  void log_info(fmt::format_string<Args...> format, Args&&... args);
+
+  // --- muxer_rx.cpp: RX scheduling ---
+  void schedule_rx();
+  void process_rx();
+  bool acquire_rx_chain(virtio::SplitVirtqueue& queue, virtio::DescriptorChain& chain);
+  bool put_control(virtio::SplitVirtqueue& queue, const PacketHeader& header);
+  enum class DataTurn { kRxEmpty, kMore, kDone };
+  DataTurn serve_data(virtio::SplitVirtqueue& queue, MuxConnection& mc);
+
+  // --- muxer_host.cpp: listener and CONNECT handshake ---
+  void open_listener();
+  void close_listener();
+  void on_listener_ready();
+  void on_peer_readable(int fd);
+  void finish_handshake(int fd);
+  void fail_handshake(int fd, const char* reason);
+
+  struct QueueSlot {
+    virtio::SplitVirtqueue* queue = nullptr;
+    NotifyGuest notify;
+  };
+
+  base::EventLoop& loop_;
+  MuxerOptions options_;
+  MuxerStats stats_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::array<QueueSlot, 2> queues_;
+
+  base::UniqueFd listener_;
+  base::EventLoop::TimerId listener_retry_timer_ = 0;
+  std::unordered_map<int, std::unique_ptr<PendingPeer>> handshakes_;
+
+  std::unordered_map<uint64_t, std::unique_ptr<MuxConnection>> connections_;
+  std::unordered_map<uint32_t, uint32_t> local_ports_in_use_;  // port -> live connections using it
+  LocalPortAllocator port_allocator_;
+  uint64_t next_connection_id_ = 1;
+
+  IntrusiveList<MuxConnection> control_list_;  // owes the guest a control packet
+  IntrusiveList<MuxConnection> data_list_;     // may have host bytes for the guest
+  // RSTs for packets that match no connection; bounded, overflow is dropped.
+  static constexpr size_t kMaxOrphanRsts = 1024;
+  std::vector<PacketHeader> orphan_rsts_;
+  size_t orphan_head_ = 0;
+  size_t orphan_count_ = 0;
+
+  bool rx_scheduled_ = false;
+  bool rx_used_any_ = false;  // this RX pass added used entries
+  bool tx_scheduled_ = false;
+
+  // Reused on every kick so the data path does not allocate.
+  virtio::DescriptorChain tx_chain_;
+  TxPacket tx_packet_;
+  static constexpr size_t kMaxRxBatch = 64;
+  std::vector<virtio::DescriptorChain> rx_chains_;
+  std::array<size_t, kMaxRxBatch> rx_chain_capacity_{};
+  base::IovecList rx_iovecs_;
+
+  LogLimiter warn_limiter_{"guest warnings", 20};
+  LogLimiter info_limiter_{"connection messages", 200};  // lifecycle, refusals, handshake failures
+};
+
+template <typename... Args>
+void Muxer::Impl::log_info(fmt::format_string<Args...> format, Args&&... args) {
+  if (info_limiter_.allow()) {
+    spdlog::info("cid={} {}", options_.guest_cid, fmt::format(format, std::forward<Args>(args)...));
+  }
+}
+
+template <typename... Args>
+void Muxer::Impl::warn_guest(fmt::format_string<Args...> format, Args&&... args) {
+  if (warn_limiter_.allow()) {
+    spdlog::warn("cid={} guest misbehaves: {}", options_.guest_cid, fmt::format(format, std::forward<Args>(args)...));
+  }
+}
+
+}  // namespace vhost_vsock::vsock

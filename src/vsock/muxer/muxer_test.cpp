@@ -1,0 +1,373 @@
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "vsock/muxer/muxer_test_fixture.h"
+
+namespace vhost_vsock::vsock::test {
+namespace {
+
+TEST_F(MuxerTest, GuestConnectWithoutListenerIsResetAtOnce) {
+  h->send(h->guest_header(Op::kRequest, kGuestPort, 4321));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(packets[0].header.src_port, 4321u);
+  EXPECT_EQ(packets[0].header.dst_port, kGuestPort);
+  EXPECT_EQ(packets[0].header.src_cid, kCidHost);
+  EXPECT_EQ(h->stats().host_connects_refused, 1u);
+  EXPECT_EQ(h->stats().connections_active, 0u);
+}
+
+TEST_F(MuxerTest, GuestConnectAndDataBothWays) {
+  auto host = establish_guest_connection();
+  EXPECT_EQ(h->stats().connections_opened, 1u);
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 5), bytes_of("hello"));
+  EXPECT_EQ(read_some(host.get()), "hello");
+  ASSERT_EQ(::write(host.get(), "world", 5), 5);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRw);
+  EXPECT_EQ(text(packets[0].payload), "world");
+  EXPECT_EQ(packets[0].header.fwd_cnt, 5u);  // every packet carries fresh credit
+  EXPECT_EQ(h->stats().bytes_from_guest, 5u);
+  EXPECT_EQ(h->stats().bytes_to_guest, 5u);
+}
+
+TEST_F(MuxerTest, ManyConnectionsOpenAndCloseCleanly) {
+  listeners[kHostPort] = MuxerHarness::listen_unix(h->port_path(kHostPort));
+  for (uint32_t port = 1; port <= 100; ++port) h->send(h->guest_header(Op::kRequest, port, kHostPort));
+  h->pump();
+  EXPECT_EQ(h->stats().connections_active, 100u);
+  size_t responses = 0;
+  for (int i = 0; i < 10; ++i) {
+    for (auto& p : h->received()) responses += p.header.operation() == Op::kResponse;
+    h->kick_rx();  // the guest kicks after refilling its ring
+    h->pump(20ms);
+  }
+  EXPECT_EQ(responses, 100u);
+  for (uint32_t port = 1; port <= 100; ++port) h->send(h->guest_header(Op::kRst, port, kHostPort));
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  EXPECT_EQ(h->stats().connections_opened, 100u);
+}
+
+TEST_F(MuxerTest, HostDataIsSharedFairlyAcrossConnections) {
+  auto a = establish_guest_connection(1);
+  auto b = establish_guest_connection(2);
+  auto data = pattern(200000);
+  ASSERT_GT(::write(a.get(), data.data(), data.size()), 100000);
+  ASSERT_GT(::write(b.get(), data.data(), data.size()), 100000);
+  h->pump();
+  // 64 buffers of 4 KiB: neither connection may take them all.
+  size_t to_a = 0, to_b = 0;
+  for (auto& p : h->received(/*repost=*/false)) {
+    (p.header.dst_port == 1 ? to_a : to_b) += p.payload.size();
+  }
+  EXPECT_GT(to_a, 0u);
+  EXPECT_GT(to_b, 0u);
+  EXPECT_EQ(to_a + to_b, 64u * MuxerHarness::kRxPayload);
+}
+
+TEST_F(MuxerTest, CreditViolationResets) {
+  auto host = establish_guest_connection();
+  // The host never reads; the guest ignores our buf_alloc of 16 KiB.
+  int size = 1;
+  ::setsockopt(host.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+  auto chunk = pattern(kMaxPacketPayload);
+  for (int i = 0; i < 20 && h->stats().credit_violations == 0; ++i) {
+    h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, static_cast<uint32_t>(chunk.size())), chunk);
+  }
+  EXPECT_EQ(h->stats().credit_violations, 1u);
+  auto packets = drain();
+  ASSERT_FALSE(packets.empty());
+  EXPECT_EQ(packets.back().header.operation(), Op::kRst);
+  EXPECT_EQ(h->stats().connections_active, 0u);
+}
+
+TEST_F(MuxerTest, NonReadingHostThrottlesGuestByCreditThenResumes) {
+  auto host = establish_guest_connection();
+  // Fill the host socket first so everything after it must be buffered.
+  std::vector<uint8_t> sent;
+  uint32_t guest_sent = 0;
+  uint32_t peer_fwd_cnt = 0;
+  const uint32_t buf_alloc = 16 * 1024;
+  // A well-behaved guest: sends only what its view of our credit allows.
+  for (int round = 0; round < 2000; ++round) {
+    const uint32_t credit = buf_alloc - (guest_sent - peer_fwd_cnt);
+    if (credit == 0) break;
+    auto data = pattern(std::min<uint32_t>(credit, 4096), static_cast<size_t>(round));
+    h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, static_cast<uint32_t>(data.size())), data);
+    sent.insert(sent.end(), data.begin(), data.end());
+    guest_sent += static_cast<uint32_t>(data.size());
+    for (auto& p : drain(5ms)) peer_fwd_cnt = p.header.fwd_cnt;
+  }
+  EXPECT_EQ(h->stats().credit_violations, 0u);
+  EXPECT_EQ(guest_sent - peer_fwd_cnt, buf_alloc);  // stalled exactly at zero credit
+  // Now the host reads everything; the guest must hear about the freed credit.
+  std::string received;
+  for (int i = 0; i < 200 && received.size() < sent.size(); ++i) {
+    received += read_some(host.get(), 5ms);
+    h->pump(5ms);
+  }
+  ASSERT_EQ(received.size(), sent.size());
+  EXPECT_TRUE(std::equal(received.begin(), received.end(), reinterpret_cast<const char*>(sent.data())));
+  for (auto& p : h->received()) peer_fwd_cnt = p.header.fwd_cnt;
+  EXPECT_EQ(peer_fwd_cnt, guest_sent);  // no stall with everything forwarded
+}
+
+TEST_F(MuxerTest, HostToGuestRespectsGuestCreditAndAsksOnce) {
+  auto host = establish_guest_connection();
+  h->guest_buf_alloc = 8192;
+  h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
+  drain();
+  auto data = pattern(20000);
+  ASSERT_EQ(::write(host.get(), data.data(), data.size()), 20000);
+  auto packets = drain();
+  size_t rw_bytes = 0, credit_requests = 0;
+  for (auto& p : packets) {
+    if (p.header.operation() == Op::kRw) rw_bytes += p.payload.size();
+    if (p.header.operation() == Op::kCreditRequest) ++credit_requests;
+  }
+  EXPECT_EQ(rw_bytes, 8192u);
+  EXPECT_EQ(credit_requests, 1u);
+  // The guest consumed it all: 8 KiB more may flow.
+  h->guest_fwd_cnt = 8192;
+  h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
+  rw_bytes = 0;
+  for (auto& p : drain()) {
+    if (p.header.operation() == Op::kRw) rw_bytes += p.payload.size();
+  }
+  EXPECT_EQ(rw_bytes, 8192u);
+}
+
+TEST_F(MuxerTest, BulkHostToGuestFillsManySmallBuffersIntact) {
+  auto host = establish_guest_connection();
+  h->post_rx_buffers(64);  // 128 in all: the whole ring
+  const size_t total = 1 << 20;
+  auto data = pattern(total, 3);
+  size_t written = 0;
+  std::vector<uint8_t> got;
+  for (int i = 0; i < 5000 && got.size() < total; ++i) {
+    if (written < total) {
+      ssize_t n = ::write(host.get(), data.data() + written, total - written);
+      if (n > 0) written += static_cast<size_t>(n);
+    }
+    h->loop().run_once(1ms);
+    for (auto& p : h->received()) {
+      ASSERT_EQ(p.header.operation(), Op::kRw);
+      ASSERT_LE(p.payload.size(), MuxerHarness::kRxPayload);
+      got.insert(got.end(), p.payload.begin(), p.payload.end());
+    }
+    // The guest reads as it goes and tells us.
+    h->guest_fwd_cnt = static_cast<uint32_t>(got.size());
+    h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
+  }
+  ASSERT_EQ(got.size(), total);
+  EXPECT_EQ(got, data);
+  EXPECT_GE(h->stats().packets_to_guest, total / MuxerHarness::kRxPayload);
+}
+
+TEST_F(MuxerTest, GuestHalfCloseThenHostStillSends) {
+  auto host = establish_guest_connection();
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 3), bytes_of("abc"));
+  h->send(h->guest_header(Op::kShutdown, kGuestPort, kHostPort, 0, kShutdownSend));
+  EXPECT_EQ(read_some(host.get()), "abc");
+  EXPECT_TRUE(peer_closed(host.get()));  // EOF for the host's reads
+  ASSERT_EQ(::write(host.get(), "reply", 5), 5);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(text(packets[0].payload), "reply");
+}
+
+TEST_F(MuxerTest, HostHalfCloseThenGuestStillSends) {
+  auto host = establish_guest_connection();
+  ASSERT_EQ(::write(host.get(), "last", 4), 4);
+  ::shutdown(host.get(), SHUT_WR);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 2u);
+  EXPECT_EQ(text(packets[0].payload), "last");
+  EXPECT_EQ(packets[1].header.operation(), Op::kShutdown);
+  EXPECT_EQ(packets[1].header.flags, kShutdownSend);
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 4), bytes_of("more"));
+  EXPECT_EQ(read_some(host.get()), "more");
+}
+
+TEST_F(MuxerTest, GuestCloseGetsRstAndHostSeesEof) {
+  auto host = establish_guest_connection();
+  h->send(h->guest_header(Op::kShutdown, kGuestPort, kHostPort, 0, kShutdownRcv | kShutdownSend));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_TRUE(peer_closed(host.get()));
+  EXPECT_EQ(h->stats().connections_active, 0u);
+}
+
+TEST_F(MuxerTest, HostCloseSendsFullShutdownThenForgetsOnGuestRst) {
+  auto host = establish_guest_connection();
+  host.reset();
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kShutdown);
+  EXPECT_EQ(packets[0].header.flags, kShutdownRcv | kShutdownSend);
+  EXPECT_EQ(h->stats().connections_active, 1u);
+  h->send(h->guest_header(Op::kRst, kGuestPort, kHostPort));
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  EXPECT_TRUE(drain().empty());
+}
+
+TEST_F(MuxerTest, HostCloseKillTimerSendsRstIfGuestStaysSilent) {
+  auto host = establish_guest_connection();
+  host.reset();
+  ASSERT_EQ(drain().size(), 1u);
+  h->run_for(400ms);
+  auto packets = h->received();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(h->stats().connections_active, 0u);
+}
+
+TEST_F(MuxerTest, SpoofedAddressesAreDroppedWithoutReply) {
+  auto spoofed = h->guest_header(Op::kRequest, kGuestPort, kHostPort);
+  spoofed.src_cid = 4;
+  h->send(spoofed);
+  auto wrong_dst = h->guest_header(Op::kRequest, kGuestPort, kHostPort);
+  wrong_dst.dst_cid = 5;
+  h->send(wrong_dst);
+  EXPECT_TRUE(drain().empty());
+  EXPECT_EQ(h->stats().dropped_bad_address, 2u);
+  h->reclaim_tx();
+  EXPECT_EQ(h->tx_ring().in_flight(), 0u);  // TX buffers still returned
+}
+
+TEST_F(MuxerTest, OrphanRstIsNotAnswered) {
+  h->send(h->guest_header(Op::kRst, kGuestPort, kHostPort));
+  EXPECT_TRUE(drain().empty());
+  EXPECT_EQ(h->stats().resets_sent, 0u);
+}
+
+TEST_F(MuxerTest, PacketsForUnknownConnectionsGetRst) {
+  for (Op op : {Op::kRw, Op::kShutdown, Op::kCreditUpdate, Op::kCreditRequest, Op::kResponse}) {
+    h->send(h->guest_header(op, kGuestPort, kHostPort));
+  }
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 5u);
+  for (auto& p : packets) EXPECT_EQ(p.header.operation(), Op::kRst);
+}
+
+TEST_F(MuxerTest, UnknownOpResetsConnection) {
+  auto host = establish_guest_connection();
+  auto bad = h->guest_header(Op::kRw, kGuestPort, kHostPort);
+  bad.op = 42;
+  h->send(bad);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(h->stats().dropped_malformed, 1u);
+  EXPECT_TRUE(peer_closed(host.get()));
+}
+
+TEST_F(MuxerTest, SeqpacketIsRefusedWithRstOfTheSameType) {
+  auto request = h->guest_header(Op::kRequest, kGuestPort, kHostPort);
+  request.type = static_cast<uint16_t>(SocketType::kSeqpacket);
+  h->send(request);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(packets[0].header.type, static_cast<uint16_t>(SocketType::kSeqpacket));
+}
+
+TEST_F(MuxerTest, ConnectionCapRefusesWithRst) {
+  h.reset();
+  auto l = limits();
+  l.max_connections = 2;
+  h = std::make_unique<MuxerHarness>(l);
+  h->post_rx_buffers(16);
+  auto a = establish_guest_connection(1);
+  auto b = establish_guest_connection(2);
+  h->send(h->guest_header(Op::kRequest, 3, kHostPort));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(h->stats().connections_active, 2u);
+}
+
+TEST_F(MuxerTest, ControlPacketsWaitForRxBuffers) {
+  h.reset();
+  h = std::make_unique<MuxerHarness>(limits());
+  listeners[kHostPort] = MuxerHarness::listen_unix(h->port_path(kHostPort));
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  h->pump(20ms);
+  EXPECT_TRUE(h->received().empty());
+  h->post_rx_buffers(4);
+  h->kick_rx();
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kResponse);
+}
+
+TEST_F(MuxerTest, StarvedRxQueueAsksForAKickWithEventIdx) {
+  h.reset();
+  h = std::make_unique<MuxerHarness>(limits(), 256, 64 << 20, true, "/tmp", /*event_idx=*/true);
+  listeners[kHostPort] = MuxerHarness::listen_unix(h->port_path(kHostPort));
+  // Use up avail_event's initial position so only a fresh one can ask for the kick.
+  h->post_rx_buffers(3);
+  for (uint32_t port = 1; port <= 4; ++port) h->send(h->guest_header(Op::kRw, port, 9));
+  h->pump(20ms);
+  EXPECT_EQ(h->received(/*repost=*/false).size(), 3u);  // three RSTs, the fourth waits
+  const uint16_t old_avail = h->rx_ring().avail_idx();
+  h->post_rx_buffers(1);
+  EXPECT_TRUE(h->rx_ring().device_wants_kick(old_avail));
+  h->kick_rx();
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+}
+
+TEST_F(MuxerTest, TooSmallRxBufferIsReturnedEmpty) {
+  h.reset();
+  h = std::make_unique<MuxerHarness>(limits());
+  const uint64_t tiny = h->ram().alloc(16);
+  const testing::DriverVring::Buffer buffers[] = {{tiny, 16, true}};
+  ASSERT_TRUE(h->rx_ring().add_chain(buffers));
+  h->post_rx_buffers(1);
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort));  // provokes an RST
+  h->pump();
+  auto used = h->rx_ring().pop_used();
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->len, 0u);
+  EXPECT_EQ(h->stats().rx_chains_too_small, 1u);
+  EXPECT_EQ(h->stats().resets_sent, 1u);
+}
+
+TEST_F(MuxerTest, ResetAllConnectionsClosesHostSockets) {
+  auto a = establish_guest_connection(1);
+  auto [b, request] = start_host_connection("CONNECT 7\n", 7);
+  h->muxer().reset_all_connections();
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  EXPECT_TRUE(peer_closed(a.get()));
+  EXPECT_TRUE(peer_closed(b.get()));
+  h->send(h->guest_header(Op::kRw, 1, kHostPort, 1), bytes_of("x"));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+}
+
+TEST_F(MuxerTest, DetachedQueuesAreNotTouched) {
+  h->muxer().detach_queue(Muxer::kRxQueue);
+  h->muxer().detach_queue(Muxer::kTxQueue);
+  h->queue_tx(h->guest_header(Op::kRequest, kGuestPort, 9), {});
+  h->kick_tx();
+  h->pump(20ms);
+  EXPECT_EQ(h->stats().packets_from_guest, 0u);
+  EXPECT_EQ(h->reclaim_tx(), 0u);
+  h->muxer().attach_queue(Muxer::kTxQueue, h->tx_queue(), [](uint16_t) {});
+  h->muxer().attach_queue(Muxer::kRxQueue, h->rx_queue(), [](uint16_t) {});
+  auto packets = drain();
+  EXPECT_EQ(h->stats().packets_from_guest, 1u);
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock::test

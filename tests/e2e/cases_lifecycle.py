@@ -1,0 +1,130 @@
+"""The VM going away under live connections: QEMU SIGKILLed and restarted
+against the same daemon, and a guest reboot inside a running QEMU."""
+import signal
+import time
+
+from cases_basic import seed_exchange_guest_to_host, seed_exchange_host_to_guest
+from e2e_lib import TestFailure, UnixListener, e2e_test, expect, hybrid_connect_retry, wait_closed
+
+MIB = 1 << 20
+
+
+def echo_both_ways(t, port, conns=4, size=MIB):
+    """`conns` connections each way at once, each echoing `size` bytes, verified."""
+    path = f"{t.uds}_{port}"
+    host_echo = t.host_tool("ulisten", path, "--echo", "--conns", conns, "--quiet", "--timeout", 120)
+    host_client = None
+    try:
+        t.wait_path(path)
+        t.start_guest_listener("echo2", f"vsock_tool listen {port + 1} --echo --conns {conns} --timeout 120",
+                               timeout=150)
+        t.shell.start_job("client2", f"vsock_tool connect 2 {port} --conns {conns} --send {size} --recv {size} "
+                          "--seed 500 --timeout 120", timeout=150)
+        host_client = t.host_tool("uconnect", t.uds, "--hybrid", port + 1, "--conns", conns, "--send", size,
+                                  "--recv", size, "--seed", 600, "--timeout", 120)
+        t.finish_host(host_client, "host clients", timeout=150)
+        t.finish_guest_job("client2", "guest clients", timeout=150)
+        t.finish_guest_job("echo2", "guest echo server", timeout=30)
+        t.finish_host(host_echo, "host echo server", timeout=30)
+    finally:
+        host_echo.kill()
+        if host_client:
+            host_client.kill()
+
+
+def everything_works(t, port):
+    seed_exchange_guest_to_host(t)
+    seed_exchange_host_to_guest(t)
+    echo_both_ways(t, port)
+
+
+def open_live_connections(t, port):
+    """One guest->host stream that never ends and one host->guest stream
+    being written to; returns (listener, guest_to_host socket, host_to_guest socket)."""
+    listener = UnixListener(t.uds, port)
+    t.shell.start_job("flood", f"vsock_tool connect 2 {port} --send 64G --timeout 900", timeout=900)
+    inbound = listener.accept(timeout=30)
+    inbound.settimeout(30)
+    received = 0
+    while received < MIB:
+        chunk = inbound.recv(65536)
+        if not chunk:
+            raise TestFailure(f"guest stream ended after {received} bytes")
+        received += len(chunk)
+    t.start_guest_listener("sink", f"vsock_tool listen {port + 1} --drain --timeout 900", timeout=900)
+    outbound, _ = hybrid_connect_retry(t.uds, port + 1)
+    outbound.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 5
+    while sent < MIB and time.monotonic() < deadline:
+        try:
+            sent += outbound.send(b"x" * 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+    expect(sent > 0, "could not write to the host->guest connection")
+    return listener, inbound, outbound
+
+
+def expect_closed(sockets, timeout, why):
+    details = []
+    for name, sock in sockets:
+        end, secs, _ = wait_closed(sock, timeout)
+        sock.close()
+        expect(end in ("eof", "reset"), f"{name} host socket not closed {timeout:.0f}s after {why} ({end})")
+        details.append(f"{name} {end} in {secs:.2f}s")
+    return ", ".join(details)
+
+
+@e2e_test("lifecycle")
+def qemu_sigkill_restart(t):
+    listener, inbound, outbound = open_live_connections(t, 8001)
+    try:
+        t.vm.qemu.kill(signal.SIGKILL)
+        closed = expect_closed([("guest->host", inbound), ("host->guest", outbound)], 15, "QEMU was killed")
+    finally:
+        listener.close()
+    expect(t.vm.daemon.alive(), "the daemon exited when QEMU was killed")
+    start = time.monotonic()
+    t.vm.restart_qemu()
+    boot = time.monotonic() - start
+    everything_works(t, 8010)
+    return f"{closed}; new QEMU booted in {boot:.1f}s and both directions work"
+
+
+@e2e_test("lifecycle")
+def guest_reboot(t):
+    listener, inbound, outbound = open_live_connections(t, 8101)
+    try:
+        start = time.monotonic()
+        t.vm.reboot_guest()
+        boot = time.monotonic() - start
+        closed = expect_closed([("guest->host", inbound), ("host->guest", outbound)], 15, "the guest rebooted")
+    finally:
+        listener.close()
+    expect(t.vm.daemon.alive(), "the daemon exited during the guest reboot")
+    everything_works(t, 8110)
+    return f"rebooted in {boot:.1f}s; {closed}; both directions work after it"
+
+
+@e2e_test("lifecycle")
+def many_short_connections(t):
+    """Connection churn (the agent pattern): 500 short echo connections in
+    batches of 10, both directions."""
+    path = f"{t.uds}_8201"
+    host_echo = t.host_tool("ulisten", path, "--echo", "--conns", 500, "--quiet", "--timeout", 300)
+    try:
+        t.wait_path(path)
+        result = t.guest("vsock_tool connect 2 8201 --conns 10 --repeat 50 --send 100 --recv 100 --timeout 300",
+                         timeout=320)
+        expect(result.status == 0, f"guest clients failed:\n{result.output}")
+        t.finish_host(host_echo, "host echo server", timeout=30)
+    finally:
+        host_echo.kill()
+    t.start_guest_listener("churn", "vsock_tool listen 8202 --echo --conns 500 --timeout 300", timeout=320)
+    host = t.host_tool("uconnect", t.uds, "--hybrid", 8202, "--conns", 10, "--repeat", 50, "--send", 100,
+                       "--recv", 100, "--timeout", 300)
+    host_out = t.finish_host(host, "host clients", timeout=320)
+    t.finish_guest_job("churn", "guest echo server", timeout=30)
+    g = dict(kv.split("=") for kv in result.output.split() if "=" in kv)
+    h = dict(kv.split("=") for kv in host_out.split() if "=" in kv)
+    return f"guest->host {g.get('conn_rate')} conn/s, host->guest {h.get('conn_rate')} conn/s"

@@ -1,0 +1,71 @@
+#include "fixture.h"
+
+#include <iostream>
+#include <sstream>
+#include <vector>
+
+namespace vhost_vsock::integration {
+
+void DaemonTest::start_daemon(DaemonOptions options) {
+  options.guest_cid = kGuestCid;
+  daemon_ = std::make_unique<DaemonProcess>(std::move(options));
+}
+
+GuestVsockDriver& DaemonTest::start_guest(GuestOptions options) {
+  guest_ = std::make_unique<GuestVsockDriver>(daemon_->socket_path(), options);
+  EXPECT_EQ(guest_->guest_cid(), kGuestCid) << "GET_CONFIG guest_cid";
+  return *guest_;
+}
+
+void DaemonTest::TearDown() {
+  if (guest_ && expect_no_violations_) {
+    const auto violations = guest_->violations();
+    std::string listed;
+    for (const auto& v : violations) listed += "  " + v + "\n";
+    EXPECT_TRUE(violations.empty()) << "device protocol violations seen by the guest driver:\n" << listed;
+  }
+  if (guest_ && HasFailure()) std::cerr << "---- guest driver state ----\n" << guest_->debug_state();
+  guest_.reset();
+  if (daemon_) {
+    EXPECT_TRUE(daemon_->running()) << "daemon died during the test (wait status " << daemon_->exit_status() << ")";
+    daemon_->stop();
+    if (HasFailure()) {
+      // The tail is what matters, and a full debug log can be huge.
+      const std::string log = daemon_->log();
+      std::vector<std::string> lines;
+      std::istringstream in(log);
+      for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
+      const size_t from = lines.size() > 300 ? lines.size() - 300 : 0;
+      std::cerr << "---- daemon log (" << daemon_->log_path() << ", last " << lines.size() - from << " of "
+                << lines.size() << " lines; args:";
+      for (const auto& a : daemon_->args()) std::cerr << ' ' << a;
+      std::cerr << ") ----\n";
+      for (size_t i = from; i < lines.size(); ++i) std::cerr << lines[i] << '\n';
+      std::cerr << "---- end of daemon log ----\n";
+    }
+  }
+  daemon_.reset();
+}
+
+DaemonTest::Connected DaemonTest::guest_connects(HostListener& listener, uint32_t port) {
+  Connected c;
+  c.guest = guest_->connect(port, Millis(5000));
+  EXPECT_TRUE(c.guest.established()) << "guest connect to port " << port << " refused=" << c.guest.refused();
+  c.host = listener.accept(Millis(5000));
+  EXPECT_TRUE(c.host.valid()) << "host listener got no connection for port " << port;
+  return c;
+}
+
+DaemonTest::Connected DaemonTest::host_connects(uint32_t port, uint64_t* ok_port) {
+  Connected c;
+  std::string ok_line;
+  c.host = hybrid_connect(daemon_->uds_path(), port, &ok_line, Millis(5000));
+  EXPECT_TRUE(c.host.valid()) << "no OK for CONNECT " << port;
+  auto accepted = guest_->accept(port, Millis(5000));
+  EXPECT_TRUE(accepted.has_value()) << "guest accepted nothing on port " << port;
+  if (accepted) c.guest = *accepted;
+  if (ok_port != nullptr && ok_line.size() > 3) *ok_port = std::stoull(ok_line.substr(3));
+  return c;
+}
+
+}  // namespace vhost_vsock::integration
