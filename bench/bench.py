@@ -18,12 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import local_suite  # noqa: E402
 import report  # noqa: E402
+import profile_suite  # noqa: E402
 import vm_suite  # noqa: E402
 from benchlib import Context, Result, mark_not_measured, run_round  # noqa: E402
 from report import Goal  # noqa: E402
 
 GROUPS = ["ceiling", "sim", "vm", "profile"]
-SMOKE_GROUPS = ["ceiling", "sim"]
+SMOKE_GROUPS = ["ceiling", "sim", "vm"]
+# In --smoke, a group that cannot run at all (missing tools, no guest image)
+# only fails the run if it is one of these; a group that runs and breaks always does.
+SMOKE_REQUIRED = {"ceiling", "sim"}
 TARGETS = {
     "ceiling": [local_suite.CEILING_BINARY],
     "sim": [local_suite.SIM_BINARY, local_suite.DAEMON_BINARY],
@@ -38,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="a few seconds: one small run per figure, data checked, nothing written under docs/")
     p.add_argument("--only", default="",
-                   help=f"comma-separated groups out of {','.join(GROUPS)} (default: all; --smoke: ceiling,sim)")
+                   help=f"comma-separated groups out of {','.join(GROUPS)} (default: all; --smoke: ceiling,sim,vm)")
     p.add_argument("--runs", type=int, default=0, help="runs per figure (default 5; --smoke 1)")
     p.add_argument("--pin", default="", help="pinning modes, comma-separated: one (all processes on CPU 0), "
                    "free (unpinned) (default one,free; --smoke free)")
@@ -122,6 +126,8 @@ def machine_lines(ctx: Context) -> list[str]:
         f"Kernel: {platform.release()}",
         f"Build: {compiler}, CMAKE_BUILD_TYPE={build_type}",
         f"Source: commit {commit}" + (" plus uncommitted changes" if dirty else ""),
+        f"Load average (1 min) at start {ctx.load_at_start:.2f}, at end {os.getloadavg()[0]:.2f}: other work on "
+        "the machine during the run adds noise",
     ]
 
 
@@ -176,9 +182,23 @@ METHOD = [
     "  Round trip: the host sends 1 byte, the guest echoes it. Connects: host peers doing",
     "  CONNECT→OK→close back to back, and guest REQUEST→RESPONSE→close back to back. Memory: `VmRSS`",
     "  of the daemon from `/proc/<pid>/status` with N idle connections open, minus the RSS before.",
+    "  The daemon runs with `--log-level warn` (no per-connection info lines).",
+    "- **vm** (`bench/vm_suite.py`): the e2e guest (`scripts/guest-image.sh`: Debian's 6.1 kernel, busybox",
+    "  initramfs) booted by `scripts/vm.py` under QEMU with the daemon as `vhost-user-vsock-pci`, 1 vCPU.",
+    "  The **alternatives** run on the same VM in the same rounds: virtio-net with QEMU user networking",
+    "  (`-netdev user` with `hostfwd` for host→guest, a guest connection to 10.0.2.2 for guest→host) and",
+    "  a virtio-serial port on a Unix socket chardev. Every transfer runs `bench/guest/xfer.c` on both",
+    "  sides (same pattern check as above, 64 KiB writes); the host side times it: from the go byte it",
+    "  sends until the last byte (guest→host), or from its first write until the guest's ack after the",
+    "  last byte verified (host→guest). Round trip: 1 byte echoed by the guest, mean of 2,000.",
+    "  Connects: the host connects, reads the 1-byte greeting the guest sends on accept, closes (500).",
+    "  The serial port has no connections, so no connect figure.",
+    "- **profile** (`bench/profile_suite.py`): callgrind instruction counts of the daemon per MiB;",
+    "  details and the function tables in [profile.md](profile.md).",
     "- **Pinning**: *all on CPU 0* runs every process of a figure (`taskset -c 0`) on one CPU, so",
     "  throughput is the inverse of the total CPU cost per byte (steady, compares work done);",
-    "  *unpinned* lets the scheduler use both vCPUs (what a deployment sees, noisier).",
+    "  *unpinned* lets the scheduler use both vCPUs (what a deployment sees, noisier). The VM group",
+    "  is unpinned (QEMU's TCG thread, the daemon and the host peer share both vCPUs).",
 ]
 
 
@@ -189,7 +209,7 @@ def main() -> int:
     build_dir = (root / args.build_dir).resolve()
     scratch = Path(tempfile.mkdtemp(prefix="vuvb.", dir="/tmp"))
     ctx = Context(root=root, build_dir=build_dir, smoke=args.smoke, runs=args.runs, pins=args.pins,
-                  verbose=args.verbose, scratch=scratch)
+                  verbose=args.verbose, scratch=scratch, load_at_start=os.getloadavg()[0])
     try:
         return run(ctx, args)
     finally:
@@ -211,7 +231,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if reason:
             mark_not_measured([m], results, reason)
     runnable = [m for m in local if m.id not in results]
-    for round_index in range(ctx.runs):
+    for round_index in range(ctx.runs if runnable else 0):
         ctx.log(f"round {round_index + 1}/{ctx.runs}")
         run_round(runnable, results, ctx)
 
@@ -223,6 +243,12 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                 vm_suite.run(ctx, results)
             except RuntimeError as exc:
                 ctx.log(f"VM group stopped: {exc}")
+
+    if "profile" in args.groups:
+        if "profile" in blocked:
+            mark_not_measured(profile_suite.measurements(ctx), results, blocked["profile"])
+        else:
+            profile_suite.run(ctx, results, root_path(ctx, args.profile_output))
 
     goals = local_goals(ctx.pins) + vm_goals()
     # Goals whose figures belong to groups not selected are left out, not listed as missing.
@@ -252,7 +278,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         ctx.log(f"BROKEN: {', '.join(broken)}")
         return 1
     if args.smoke:
-        skipped = sorted({r.measurement.group for r in results.values() if r.not_measured})
+        skipped = sorted({r.measurement.group for r in results.values() if r.not_measured} & SMOKE_REQUIRED)
         if skipped:
             ctx.log(f"smoke: group(s) {', '.join(skipped)} could not run")
             return 1

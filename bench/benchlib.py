@@ -21,6 +21,7 @@ class Context:
     pins: list[str]          # "one" (every process on CPU 0) and/or "free" (unpinned)
     verbose: bool
     scratch: Path            # short-lived files; AF_UNIX paths must stay short
+    load_at_start: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def binary(self, name: str) -> Path:

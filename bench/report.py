@@ -170,7 +170,8 @@ def write_chart(path: Path, results: dict[str, Result], outcomes: list[GoalOutco
         ax.barh(y, medians, xerr=[low, high], color=colors, capsize=3)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("Gbit/s (median of runs; whiskers: min–max)")
+        ax.set_xscale("log")
+        ax.set_xlabel("Gbit/s, log scale (median of runs; whiskers: min–max)")
         ax.set_title("Throughput")
         ax.grid(axis="x", alpha=0.3)
     else:
@@ -181,13 +182,15 @@ def write_chart(path: Path, results: dict[str, Result], outcomes: list[GoalOutco
         values = [o.value for o in ratio_rows]
         colors = ["#2ca02c" if o.status == "met" else "#d62728" if o.status == "not met" else "#1f77b4"
                   for o in ratio_rows]
-        ax.barh(y, values, color=colors)
+        ax.barh(y, values, color=colors, left=0)
         for i, o in enumerate(ratio_rows):
             if o.goal.target is not None:
                 ax.plot([o.goal.target, o.goal.target], [i - 0.4, i + 0.4], color="black", lw=2)
         ax.set_yticks(y, [o.goal.label for o in ratio_rows], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("ratio (black tick: target; green met, red not met)")
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="grey", lw=1)
+        ax.set_xlabel("ratio, log scale\n(black tick: target; green: met, red: not met, blue: no target)")
         ax.set_title("Ours ÷ reference")
         ax.grid(axis="x", alpha=0.3)
     else:

@@ -80,12 +80,17 @@ stage_unit() { ctest_label build unit -j "$jobs"; }
 stage_integration() { ctest_label build integration; }
 stage_e2e() { ctest_label build e2e -V; }
 
+# One clang ASan+UBSan tree serves both the sanitizer suites and the fuzzers
+# (coverage instrumentation is harmless to the tests), saving a full build.
+configure_asan() {
+  configure build-asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DVUV_SANITIZE=address,undefined -DVUV_BUILD_FUZZERS=ON -DVUV_BUILD_BENCH=OFF
+}
+
 # ASan+UBSan: unit and integration suites (the integration tests drive the
 # sanitized daemon binary from the same build tree).
 stage_asan() {
-  configure build-asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
-    -DVUV_SANITIZE=address,undefined -DVUV_BUILD_BENCH=OFF &&
-    ninja -C build-asan -j "$jobs" &&
+  configure_asan && ninja -C build-asan -j "$jobs" &&
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest_label build-asan unit -j "$jobs" &&
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -104,20 +109,19 @@ stage_tsan() {
 # how to run them for hours.
 stage_fuzz() {
   local seconds=${VUV_FUZZ_SECONDS:-20}
-  configure build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DVUV_SANITIZE=address,undefined -DVUV_BUILD_FUZZERS=ON -DVUV_BUILD_TESTS=OFF -DVUV_BUILD_BENCH=OFF || return 1
+  configure_asan || return 1
   local targets
   targets=$(cd fuzz && ls ./*_fuzzer.cpp 2>/dev/null | sed 's#^\./##; s#\.cpp$##')
   [[ -n $targets ]] || { echo "no fuzzers found"; return 1; }
   # shellcheck disable=SC2086
-  ninja -C build-fuzz -j "$jobs" $targets || return 1
+  ninja -C build-asan -j "$jobs" $targets || return 1
   local rc=0 name corpus work
   for name in $targets; do
     corpus=fuzz/corpus/${name%_fuzzer}
     work=$(mktemp -d)
     [[ -d $corpus ]] && cp -r "$corpus"/. "$work"/
     echo "--- $name for ${seconds}s"
-    if build-fuzz/fuzz/"$name" -max_total_time="$seconds" -print_final_stats=1 "$work" >"$work.log" 2>&1; then
+    if build-asan/fuzz/"$name" -max_total_time="$seconds" -print_final_stats=1 "$work" >"$work.log" 2>&1; then
       grep -E 'stat::number_of_executed_units|Done [0-9]+ runs' "$work.log" | tail -2
       total_passed=$((total_passed + 1))
       echo "PASS $name"

@@ -2,7 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,8 +15,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
-
-extern char** environ;
 
 namespace vhost_vsock::testing {
 
@@ -54,19 +52,33 @@ DaemonProcess::DaemonProcess(DaemonOptions options) {
            uds_path_,      "--log-level", log_level};
   args_.insert(args_.end(), options.extra_args.begin(), options.extra_args.end());
 
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  // fork+exec rather than posix_spawn for PR_SET_PDEATHSIG: when a test is
+  // killed (ctest timeout) the daemon goes with it instead of lingering.
+  // Everything the child needs is prepared here; after fork() it only makes
+  // async-signal-safe calls.
   std::vector<char*> argv;
   for (auto& arg : args_) argv.push_back(arg.data());
   argv.push_back(nullptr);
-  const int rc = ::posix_spawn(&pid_, args_[0].c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
+  const pid_t parent = ::getpid();
+  const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (log_fd < 0 || null_fd < 0) throw std::runtime_error("cannot open " + log_path_ + ": " + std::strerror(errno));
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the test died before prctl took effect
+    ::dup2(null_fd, STDIN_FILENO);
+    ::dup2(log_fd, STDOUT_FILENO);
+    ::dup2(log_fd, STDERR_FILENO);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  const int fork_errno = errno;
+  ::close(log_fd);
+  ::close(null_fd);
+  if (pid_ < 0) {
     pid_ = -1;
-    throw std::runtime_error("cannot start " + args_[0] + ": " + std::strerror(rc));
+    throw std::runtime_error(std::string("fork: ") + std::strerror(fork_errno));
   }
 
   const auto deadline = Clock::now() + options.startup_timeout;

@@ -1,6 +1,8 @@
 // Runs the real daemon binary for integration tests: a fresh short temp dir
 // (AF_UNIX paths must stay under 108 bytes), stderr/stdout captured to a log
 // file, the vhost-user socket awaited, and the process killed by PID at the end.
+// The daemon gets SIGKILL if the thread that started it dies (PR_SET_PDEATHSIG),
+// so start it from a thread that outlives it (the test's main thread).
 #pragma once
 
 #include <sys/types.h>

@@ -74,7 +74,7 @@ TEST_F(MuxerTest, SilentHostPeerTimesOut) {
   ASSERT_EQ(::write(silent.get(), "CONN", 4), 4);
   h->run_for(150ms);
   EXPECT_FALSE(peer_closed(silent.get()));
-  h->run_for(250ms);
+  h->run_for(650ms);
   EXPECT_TRUE(peer_closed(silent.get()));
   EXPECT_EQ(h->stats().handshake_failures, 1u);
 }
@@ -92,7 +92,7 @@ TEST_F(MuxerTest, GuestRefusesHostConnect) {
 
 TEST_F(MuxerTest, GuestSilentOnRequestTimesOut) {
   auto [host, request] = start_host_connection("CONNECT 40000\n");
-  h->run_for(400ms);
+  h->run_for(800ms);
   auto packets = h->received();
   ASSERT_EQ(packets.size(), 1u);
   EXPECT_EQ(packets[0].header.operation(), Op::kRst);

@@ -220,7 +220,7 @@ TEST_F(MuxerTest, HostCloseKillTimerSendsRstIfGuestStaysSilent) {
   auto host = establish_guest_connection();
   host.reset();
   ASSERT_EQ(drain().size(), 1u);
-  h->run_for(400ms);
+  h->run_for(800ms);
   auto packets = h->received();
   ASSERT_EQ(packets.size(), 1u);
   EXPECT_EQ(packets[0].header.operation(), Op::kRst);
