@@ -115,7 +115,7 @@ def machine_lines(ctx: Context) -> list[str]:
             except (OSError, IndexError):
                 compiler = m.group(1)
         m = re.search(r"^CMAKE_BUILD_TYPE:\w+=(.*)$", text, re.M)
-        build_type = m.group(1) if m else build_type
+        build_type = (m.group(1) if m else "") or "RelWithDebInfo (the project's default)"
     commit = subprocess.run(["git", "-C", str(ctx.root), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "-C", str(ctx.root), "status", "--porcelain", "--untracked-files=no"],
@@ -168,6 +168,11 @@ def vm_goals() -> list[Goal]:
 
 
 METHOD = [
+    "Run `bench/run` from the repository root (it configures and builds what it needs in `build/`,",
+    "or `--build-dir DIR`); `bench/run --smoke` is the few-seconds check CI runs (one small run per",
+    "figure, data verified, nothing under docs/ touched, non-zero exit only when something is broken);",
+    "`bench/run --only ceiling,sim` (groups: ceiling, sim, vm, profile), `--runs N`, `--pin one,free`.",
+    "",
     "- **ceiling** (`bench/unix_ceiling.cpp`): a `socketpair(AF_UNIX, SOCK_STREAM)` between two processes",
     "  (fork). The child writes a deterministic pattern in 4 KiB or 64 KiB writes; the parent reads with",
     "  the same size and compares every byte with the pattern (position-dependent, period 1 MiB + 7, so",
@@ -181,7 +186,9 @@ METHOD = [
     "  host→guest: the host peer connects through `CONNECT <port>` and writes, the guest reads.",
     "  Round trip: the host sends 1 byte, the guest echoes it. Connects: host peers doing",
     "  CONNECT→OK→close back to back, and guest REQUEST→RESPONSE→close back to back. Memory: `VmRSS`",
-    "  of the daemon from `/proc/<pid>/status` with N idle connections open, minus the RSS before.",
+    "  of the daemon from `/proc/<pid>/status` with N idle host-initiated connections open, and its",
+    "  growth over the RSS before them divided by N (user-space memory only: the kernel's socket",
+    "  buffers are not in VmRSS).",
     "  The daemon runs with `--log-level warn` (no per-connection info lines).",
     "- **vm** (`bench/vm_suite.py`): the e2e guest (`scripts/guest-image.sh`: Debian's 6.1 kernel, busybox",
     "  initramfs) booted by `scripts/vm.py` under QEMU with the daemon as `vhost-user-vsock-pci`, 1 vCPU.",
@@ -262,7 +269,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     notes = list(ctx.notes)
     chart_rel = None
     if chart_path:
-        error = report.write_chart(chart_path, results, outcomes, title=machine_lines(ctx)[1])
+        machine = machine_lines(ctx)
+        error = report.write_chart(chart_path, results, outcomes,
+                                   title=f"{machine[0]}; {machine[1]}; bench/run, one run, ratios paired in time")
         if error:
             notes.append(error)
         else:

@@ -69,6 +69,25 @@ pid_t spawn(const std::vector<std::string>& args, int keep_fd = -1) {
   return pid;
 }
 
+// utime + stime of another process, from /proc/<pid>/stat.
+double process_cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close_paren = text.rfind(')');
+  if (close_paren == std::string::npos) return 0;
+  std::istringstream fields(text.substr(close_paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; fields >> field; ++i) {  // field 3 is the state
+    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (i == 15) {
+      stime = std::strtoull(field.c_str(), nullptr, 10);
+      break;
+    }
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 uint64_t vm_rss_kib(pid_t pid) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(status, line);)
@@ -220,6 +239,21 @@ double json_number(const std::string& json, const std::string& key) {
   return std::strtod(json.c_str() + at + key.size() + 3, nullptr);
 }
 
+// CPU time of the simulated guest (this process) and of the daemon over the
+// timed part of a transfer.
+struct CpuWindow {
+  double guest = 0;
+  double daemon = 0;
+  void start(pid_t daemon_pid) {
+    guest = -cpu_seconds();
+    daemon = -process_cpu_seconds(daemon_pid);
+  }
+  void stop(pid_t daemon_pid) {
+    guest += cpu_seconds();
+    daemon += process_cpu_seconds(daemon_pid);
+  }
+};
+
 struct Bench {
   const Options& options;
   std::string self;
@@ -238,6 +272,8 @@ struct Bench {
     std::vector<std::unique_ptr<Pattern>> patterns;
     for (int i = 0; i < streams; ++i) patterns.push_back(std::make_unique<Pattern>(1 + i, write_size));
     double elapsed = 0;
+    std::string peer_json;
+    CpuWindow cpu;
     if (direction == "g2h") {
       HostPeer peer(self, "recv", daemon.uds_path(), extra);
       peer.expect("ready");
@@ -246,6 +282,7 @@ struct Bench {
         if (!s.established()) fail("guest connect to port " + std::to_string(kBasePort + i) + " failed");
         socks.push_back(s);
       }
+      cpu.start(daemon.pid());
       const double t0 = now_seconds();
       for (uint64_t off = 0; off < bytes; off += write_size) {
         const size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - off));
@@ -253,8 +290,9 @@ struct Bench {
           if (!socks[i].send(std::span(patterns[i]->at(off), len)))
             fail("guest send failed on stream " + std::to_string(i) + " at byte " + std::to_string(off));
       }
-      peer.expect("done");
+      peer_json = peer.expect("done");
       elapsed = now_seconds() - t0;
+      cpu.stop(daemon.pid());
       peer.finish();
     } else if (direction == "h2g") {
       for (int i = 0; i < streams; ++i) guest.listen(kBasePort + static_cast<uint32_t>(i));
@@ -267,6 +305,7 @@ struct Bench {
       peer.expect("ready");
       std::vector<uint8_t> buffer(write_size);
       std::vector<uint64_t> received(streams, 0);
+      cpu.start(daemon.pid());
       const double t0 = now_seconds();
       peer.go();
       for (int left = streams; left > 0;) {
@@ -281,7 +320,8 @@ struct Bench {
         }
       }
       elapsed = now_seconds() - t0;
-      peer.expect("done");
+      peer_json = peer.expect("done");
+      cpu.stop(daemon.pid());
       peer.finish();
     } else {
       fail("--direction must be g2h or h2g");
@@ -291,7 +331,9 @@ struct Bench {
     JsonLine out;
     out.add("bench", "sim_stream").add("direction", direction).add("write_size", uint64_t{write_size})
         .add("streams", streams).add("bytes", total).add("seconds", elapsed)
-        .add("gbit_per_s", gbit_per_second(total, elapsed));
+        .add("gbit_per_s", gbit_per_second(total, elapsed))
+        .add("cpu_guest_sim_s", cpu.guest).add("cpu_daemon_s", cpu.daemon)
+        .add("cpu_host_peer_s", json_number(peer_json, "cpu_s"));
     return out;
   }
 

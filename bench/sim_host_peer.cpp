@@ -196,8 +196,9 @@ int run_host_peer(const Options& options) {
       if (fd < 0) peer_fail(control, "accept failed");
       fds.push_back(fd);
     }
+    const double cpu_start = cpu_seconds();
     receive_streams(control, fds, bytes, io_size);
-    send_line(control, "done {}");
+    send_line(control, "done {\"cpu_s\": " + std::to_string(cpu_seconds() - cpu_start) + "}");
   } else if (role == "send") {
     for (int i = 0; i < streams; ++i) {
       int fd = hybrid_connect(uds, kBasePort + static_cast<uint32_t>(i), error);
@@ -206,8 +207,9 @@ int run_host_peer(const Options& options) {
     }
     send_line(control, "ready");
     wait_go(control);
+    const double cpu_start = cpu_seconds();
     send_streams(control, fds, bytes, io_size);
-    send_line(control, "done {}");
+    send_line(control, "done {\"cpu_s\": " + std::to_string(cpu_seconds() - cpu_start) + "}");
   } else if (role == "rtt") {
     int fd = hybrid_connect(uds, kBasePort, error);
     if (fd < 0) peer_fail(control, error);

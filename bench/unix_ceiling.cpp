@@ -118,6 +118,7 @@ int run_stream(const Options& options) {
   bool ok = true;
   std::string error;
 
+  const double cpu_start = cpu_seconds();
   const double start = now_seconds();
   if (!write_all(go_pipe[1], "g", 1)) die("go pipe");
   size_t remaining = reader_fds.size();
@@ -156,9 +157,11 @@ int run_stream(const Options& options) {
     }
   }
   const double elapsed = now_seconds() - start;
+  const double reader_cpu = cpu_seconds() - cpu_start;
   for (int fd : reader_fds) close(fd);
   int status = 0;
   waitpid(child, &status, 0);
+  const double writer_cpu = cpu_seconds(RUSAGE_CHILDREN);  // includes its pattern setup (~1 ms)
   if (ok && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
     ok = false;
     error = "writer process failed";
@@ -172,6 +175,8 @@ int run_stream(const Options& options) {
       .add("bytes", total)
       .add("seconds", elapsed)
       .add("gbit_per_s", gbit_per_second(total, elapsed))
+      .add("cpu_reader_s", reader_cpu)
+      .add("cpu_writer_s", writer_cpu)
       .add("verified", true)
       .print();
   return 0;
