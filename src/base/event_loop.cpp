@@ -117,11 +117,11 @@ void EventLoop::run_once(std::chrono::milliseconds max_wait) {
 }
 
 void EventLoop::run() {
-  while (!stop_requested_) run_once();
+  while (!stop_requested_.load(std::memory_order_acquire)) run_once();
 }
 
 void EventLoop::stop() {
-  stop_requested_ = true;
+  stop_requested_.store(true, std::memory_order_release);
   uint64_t one = 1;
   [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof(one));
 }

@@ -4,6 +4,7 @@
 
 #include <sys/epoll.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -47,7 +48,7 @@ class EventLoop {
   // Loops until stop() is called (from any thread).
   void run();
   void stop();
-  [[nodiscard]] bool stopping() const { return stop_requested_; }
+  [[nodiscard]] bool stopping() const { return stop_requested_.load(std::memory_order_acquire); }
 
   // Queues a callback to run on the loop thread after the current batch of
   // events (used to coalesce work such as "flush RX once per kick batch").
@@ -77,7 +78,7 @@ class EventLoop {
   TimerId next_timer_id_ = 1;
   std::vector<TimerCallback> deferred_;
   std::vector<epoll_event> events_;
-  volatile bool stop_requested_ = false;
+  std::atomic<bool> stop_requested_{false};  // written by stop() from any thread
 };
 
 }  // namespace vhost_vsock::base
