@@ -65,7 +65,7 @@ void EventLoop::cancel_timer(TimerId id) { timer_callbacks_.erase(id); }
 void EventLoop::defer(TimerCallback callback) { deferred_.push_back(std::move(callback)); }
 
 int EventLoop::next_timeout_ms(std::chrono::milliseconds max_wait) const {
-  if (!deferred_.empty()) return 0;
+  if (!deferred_.empty() || !scheduled_tasks_.empty()) return 0;
   int wait = max_wait.count() < 0 ? -1 : static_cast<int>(max_wait.count());
   if (!timers_.empty()) {
     auto until = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.top().due - Clock::now()).count();
@@ -91,10 +91,35 @@ void EventLoop::run_due_timers() {
 }
 
 void EventLoop::run_deferred() {
-  // Callbacks may defer more work; that runs in the next round, so this is bounded.
-  std::vector<TimerCallback> batch;
-  batch.swap(deferred_);
-  for (auto& callback : batch) callback();
+  // Work deferred or scheduled by these callbacks runs in the next round, so
+  // each round is bounded. The swapped-out vectors keep their capacity.
+  running_tasks_.swap(scheduled_tasks_);
+  for (size_t i = 0; i < running_tasks_.size(); ++i) {
+    DeferredTask* task = running_tasks_[i];
+    if (task == nullptr) continue;  // destroyed by an earlier task of this round
+    task->scheduled_ = false;
+    task->callback_();
+  }
+  running_tasks_.clear();
+
+  deferred_running_.swap(deferred_);
+  for (auto& callback : deferred_running_) callback();
+  deferred_running_.clear();
+}
+
+void DeferredTask::schedule() {
+  if (scheduled_) return;
+  scheduled_ = true;
+  loop_.scheduled_tasks_.push_back(this);
+}
+
+DeferredTask::~DeferredTask() {
+  // Rare (teardown), so a scan is fine; the running batch may hold us too.
+  for (auto* list : {&loop_.scheduled_tasks_, &loop_.running_tasks_}) {
+    for (auto& task : *list) {
+      if (task == this) task = nullptr;
+    }
+  }
 }
 
 void EventLoop::run_once(std::chrono::milliseconds max_wait) {

@@ -17,6 +17,8 @@
 
 namespace vhost_vsock::base {
 
+class DeferredTask;
+
 class EventLoop {
  public:
   using FdCallback = std::function<void(uint32_t epoll_events)>;
@@ -51,10 +53,12 @@ class EventLoop {
   [[nodiscard]] bool stopping() const { return stop_requested_.load(std::memory_order_acquire); }
 
   // Queues a callback to run on the loop thread after the current batch of
-  // events (used to coalesce work such as "flush RX once per kick batch").
+  // events. Allocates when the callback does not fit std::function's inline
+  // storage: the data path uses DeferredTask instead.
   void defer(TimerCallback callback);
 
  private:
+  friend class DeferredTask;
   struct Handler {
     uint32_t generation;
     FdCallback callback;
@@ -77,8 +81,32 @@ class EventLoop {
   std::unordered_map<TimerId, TimerCallback> timer_callbacks_;
   TimerId next_timer_id_ = 1;
   std::vector<TimerCallback> deferred_;
+  std::vector<TimerCallback> deferred_running_;  // kept to reuse its capacity
+  std::vector<DeferredTask*> scheduled_tasks_;
+  std::vector<DeferredTask*> running_tasks_;  // kept to reuse its capacity
   std::vector<epoll_event> events_;
   std::atomic<bool> stop_requested_{false};  // written by stop() from any thread
+};
+
+// Work coalesced to once per event batch ("process RX after this round of
+// kicks and socket events"), scheduled any number of times without
+// allocating. Destroying a scheduled task unschedules it.
+class DeferredTask {
+ public:
+  DeferredTask(EventLoop& loop, std::function<void()> callback) : loop_(loop), callback_(std::move(callback)) {}
+  ~DeferredTask();
+  DeferredTask(const DeferredTask&) = delete;
+  DeferredTask& operator=(const DeferredTask&) = delete;
+
+  // Runs the callback once after the current batch, however often this is called before then.
+  void schedule();
+  [[nodiscard]] bool scheduled() const { return scheduled_; }
+
+ private:
+  friend class EventLoop;
+  EventLoop& loop_;
+  std::function<void()> callback_;
+  bool scheduled_ = false;
 };
 
 }  // namespace vhost_vsock::base

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <memory>
 #include <thread>
 
 namespace vhost_vsock::base {
@@ -85,6 +86,54 @@ TEST(EventLoop, DeferredWorkRunsAfterTheBatch) {
   EXPECT_EQ(runs, 1);
   loop.run_once(std::chrono::milliseconds(0));
   EXPECT_EQ(runs, 1);
+}
+
+TEST(DeferredTask, RunsOncePerBatchHoweverOftenScheduled) {
+  EventLoop loop;
+  int runs = 0;
+  DeferredTask task(loop, [&] { ++runs; });
+  task.schedule();
+  task.schedule();
+  EXPECT_TRUE(task.scheduled());
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 1);
+  EXPECT_FALSE(task.scheduled());
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 1);
+  task.schedule();
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 2);
+}
+
+TEST(DeferredTask, RescheduledFromItsOwnCallbackRunsNextRound) {
+  EventLoop loop;
+  int runs = 0;
+  std::unique_ptr<DeferredTask> task;
+  task = std::make_unique<DeferredTask>(loop, [&] {
+    if (++runs < 3) task->schedule();
+  });
+  task->schedule();
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 1);
+  loop.run_once(std::chrono::milliseconds(0));
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(runs, 3);
+}
+
+TEST(DeferredTask, DestroyedTaskDoesNotRunEvenIfAlreadyInTheBatch) {
+  EventLoop loop;
+  int victim_runs = 0;
+  auto victim = std::make_unique<DeferredTask>(loop, [&] { ++victim_runs; });
+  DeferredTask killer(loop, [&] { victim.reset(); });
+  killer.schedule();  // runs first in the batch
+  victim->schedule();
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(victim_runs, 0);
+  auto unscheduled = std::make_unique<DeferredTask>(loop, [&] { ++victim_runs; });
+  unscheduled->schedule();
+  unscheduled.reset();
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(victim_runs, 0);
 }
 
 }  // namespace
