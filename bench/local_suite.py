@@ -10,6 +10,9 @@ DAEMON_BINARY = "vhost-user-vsock"
 
 WRITE_SIZES = [("64k", "64K"), ("4k", "4K")]
 STREAM_COUNTS = [1, 8]
+# Non-default daemon settings measured beside the defaults (guest→host, 1 stream):
+# our buf_alloc per connection, which bounds the bytes in flight per stream.
+TX_BUFFER_ROWS = [("tx256k", "256K", 256 * 1024), ("tx1m", "1M", 1024 * 1024)]
 
 
 def stream_bytes(ctx: Context, write_size: str, streams: int) -> str:
@@ -53,6 +56,15 @@ def sim_measurements(ctx: Context) -> list[Measurement]:
                         unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
                         argv=[exe, "stream", "--direction", direction, "--write-size", size,
                               "--streams", str(streams), "--bytes", stream_bytes(ctx, size, streams)] + common))
+        for tag, size in WRITE_SIZES:
+            for suffix, text, value in TX_BUFFER_ROWS:
+                out.append(Measurement(
+                    id=f"sim.g2h.{tag}.1.{pin}.{suffix}", group="sim",
+                    label=f"sim guest→host, {size} writes, 1 stream, NON-DEFAULT --tx-buffer-size {text}",
+                    unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
+                    argv=[exe, "stream", "--direction", "g2h", "--write-size", size, "--streams", "1",
+                          "--bytes", stream_bytes(ctx, size, 1), "--daemon-args", f"--tx-buffer-size {value}"]
+                    + common))
         out.append(Measurement(
             id=f"sim.rtt.{pin}", group="sim", label="sim 1-byte round trip (host→guest→host)",
             unit="µs", higher_is_better=False, pin=pin, key="mean_us",

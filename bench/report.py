@@ -85,6 +85,9 @@ def result_rows(results: dict[str, Result]) -> list[list[str]]:
         elif r.errors:
             rows.append([m.group, m.label, PIN_TEXT.get(m.pin, m.pin), "-", "-", "-", str(len(r.values)), m.unit,
                          "FAILED: " + r.errors[0].splitlines()[0]])
+        elif not r.values:
+            rows.append([m.group, m.label, PIN_TEXT.get(m.pin, m.pin), "-", "-", "-", "0", m.unit,
+                         "not measured (an earlier failure stopped its group)"])
         else:
             rows.append([m.group, m.label, PIN_TEXT.get(m.pin, m.pin), fmt_value(r.median()),
                          fmt_value(min(r.values)), fmt_value(max(r.values)), str(len(r.values)), m.unit, ""])
@@ -92,7 +95,7 @@ def result_rows(results: dict[str, Result]) -> list[list[str]]:
 
 
 CPU_LABELS = {"cpu_writer_s": "writer", "cpu_reader_s": "reader", "cpu_guest_sim_s": "guest simulator",
-              "cpu_daemon_s": "daemon", "cpu_host_peer_s": "host peer"}
+              "cpu_daemon_s": "daemon", "cpu_host_peer_s": "host peer", "cpu_qemu_s": "QEMU (guest + devices)"}
 
 
 def cpu_rows(results: dict[str, Result]) -> list[list[str]]:

@@ -9,8 +9,10 @@
 //   bench_sim connect-guest --count N  guest connect -> close per second
 //   bench_sim idle --conns N           daemon VmRSS with N idle connections
 // Common: --daemon PATH --dir DIR [--daemon-wrapper "valgrind --tool=..."]
+//         [--daemon-args "--tx-buffer-size 262144"]
 // Prints one JSON line; exits 1 if data differs, the simulator saw a protocol
 // violation, or the daemon died.
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -88,6 +90,36 @@ double process_cpu_seconds(pid_t pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// Read-type and write-type syscalls (read/readv/recvmsg..., write/writev/
+// sendmsg...) of a whole process, from /proc/<pid>/io; eventfd kicks and
+// interrupts count too.
+std::pair<uint64_t, uint64_t> process_syscalls(pid_t pid) {
+  std::ifstream io("/proc/" + std::to_string(pid) + "/io");
+  uint64_t reads = 0, writes = 0;
+  for (std::string line; std::getline(io, line);) {
+    if (line.rfind("syscr:", 0) == 0) reads = std::strtoull(line.c_str() + 6, nullptr, 10);
+    if (line.rfind("syscw:", 0) == 0) writes = std::strtoull(line.c_str() + 6, nullptr, 10);
+  }
+  return {reads, writes};
+}
+
+// Context switches summed over a process's threads: each voluntary one is a
+// sleep in epoll_wait (or a blocking call) followed by a wake-up.
+uint64_t process_voluntary_switches(pid_t pid) {
+  uint64_t total = 0;
+  const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = opendir(task_dir.c_str());
+  if (dir == nullptr) return 0;
+  while (const dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream status(task_dir + "/" + entry->d_name + "/status");
+    for (std::string line; std::getline(status, line);)
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::strtoull(line.c_str() + 24, nullptr, 10);
+  }
+  closedir(dir);
+  return total;
+}
+
 uint64_t vm_rss_kib(pid_t pid) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(status, line);)
@@ -113,6 +145,8 @@ class DaemonProcess {
     args.insert(args.end(), {options.text("daemon", "build/vhost-user-vsock"), "--guest-cid", std::to_string(kGuestCid),
                              "--socket", socket_path_, "--uds-path", uds_path_, "--log-level",
                              options.text("log-level", "warn"), "--max-connections", std::to_string(max_connections)});
+    // Non-default daemon settings for an experiment row, e.g. "--tx-buffer-size 262144".
+    for (auto& word : split_words(options.text("daemon-args", ""))) args.push_back(word);
     if (args[0].find('/') == std::string::npos) {  // a wrapper named without a path
       std::string found;
       for (const auto& dirname : split_path(getenv("PATH") ? getenv("PATH") : ""))
@@ -244,13 +278,24 @@ double json_number(const std::string& json, const std::string& key) {
 struct CpuWindow {
   double guest = 0;
   double daemon = 0;
+  uint64_t daemon_read_calls = 0;
+  uint64_t daemon_write_calls = 0;
+  uint64_t daemon_wakeups = 0;
   void start(pid_t daemon_pid) {
     guest = -cpu_seconds();
     daemon = -process_cpu_seconds(daemon_pid);
+    const auto [reads, writes] = process_syscalls(daemon_pid);
+    daemon_read_calls = reads;
+    daemon_write_calls = writes;
+    daemon_wakeups = process_voluntary_switches(daemon_pid);
   }
   void stop(pid_t daemon_pid) {
     guest += cpu_seconds();
     daemon += process_cpu_seconds(daemon_pid);
+    const auto [reads, writes] = process_syscalls(daemon_pid);
+    daemon_read_calls = reads - daemon_read_calls;
+    daemon_write_calls = writes - daemon_write_calls;
+    daemon_wakeups = process_voluntary_switches(daemon_pid) - daemon_wakeups;
   }
 };
 
@@ -328,12 +373,27 @@ struct Bench {
     }
     for (auto& s : socks) s.close();
     const uint64_t total = bytes * static_cast<uint64_t>(streams);
+    // Guest-side events per MiB: how often each side had to wake the other
+    // and how much credit traffic the transfer needed.
+    const testing::DriverStats st = guest.stats();
+    const double mib = static_cast<double>(total) / (1 << 20);
     JsonLine out;
     out.add("bench", "sim_stream").add("direction", direction).add("write_size", uint64_t{write_size})
         .add("streams", streams).add("bytes", total).add("seconds", elapsed)
         .add("gbit_per_s", gbit_per_second(total, elapsed))
         .add("cpu_guest_sim_s", cpu.guest).add("cpu_daemon_s", cpu.daemon)
-        .add("cpu_host_peer_s", json_number(peer_json, "cpu_s"));
+        .add("cpu_host_peer_s", json_number(peer_json, "cpu_s"))
+        .add("packets_to_guest_per_mib", static_cast<double>(st.packets_received) / mib)
+        .add("packets_from_guest_per_mib", static_cast<double>(st.packets_sent) / mib)
+        .add("credit_updates_to_guest_per_mib", static_cast<double>(st.credit_updates_received) / mib)
+        .add("credit_updates_from_guest_per_mib", static_cast<double>(st.credit_updates_sent) / mib)
+        .add("rx_interrupts_per_mib", static_cast<double>(st.rx_interrupts) / mib)
+        .add("tx_interrupts_per_mib", static_cast<double>(st.tx_interrupts) / mib)
+        .add("rx_kicks_per_mib", static_cast<double>(st.rx_kicks) / mib)
+        .add("tx_kicks_per_mib", static_cast<double>(st.tx_kicks) / mib)
+        .add("daemon_read_calls_per_mib", static_cast<double>(cpu.daemon_read_calls) / mib)
+        .add("daemon_write_calls_per_mib", static_cast<double>(cpu.daemon_write_calls) / mib)
+        .add("daemon_wakeups_per_mib", static_cast<double>(cpu.daemon_wakeups) / mib);
     return out;
   }
 

@@ -37,6 +37,11 @@ echo "no virtio-serial port named bench"; exit 1
 """
 
 
+# Non-default daemon settings, measured on a second boot after the main rounds
+# (guest→host only: --tx-buffer-size is our buf_alloc, the guest's send window).
+TX_BUFFER_ROWS = [("tx256k", "256K", 256 * 1024), ("tx1m", "1M", 1024 * 1024)]
+
+
 def measurements(ctx: Context) -> list[Measurement]:
     """The figures this group produces (argv is unused: the suite runs them itself)."""
     out = []
@@ -51,7 +56,20 @@ def measurements(ctx: Context) -> list[Measurement]:
         if transport != "serial":
             out.append(Measurement(f"vm.{transport}.connect", "vm" if transport == "vsock" else "alt",
                                    f"VM {name} host-initiated connects", "conn/s", True, [], "per_second"))
+    for suffix, text, _ in TX_BUFFER_ROWS:
+        out.append(Measurement(f"vm.vsock.g2h.{suffix}", "vm",
+                               f"VM vsock (ours) guest→host, 64K writes, NON-DEFAULT --tx-buffer-size {text} "
+                               "(separate boot, after the main rounds)", "Gbit/s", True, [], "gbit_per_s"))
     return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -135,7 +153,8 @@ def build_initramfs(ctx: Context, image_dir: Path, xfer: Path) -> Path:
 class BenchVm:
     """vm.Vm plus the alternatives' devices and our initramfs."""
 
-    def __init__(self, ctx: Context, vm_module, daemon: Path, image_dir: Path, initrd: Path):
+    def __init__(self, ctx: Context, vm_module, daemon: Path, image_dir: Path, initrd: Path,
+                 daemon_args: tuple[str, ...] = ()):
         self.ctx = ctx
         self.host_g2h_port = free_port()
         self.fwd = {name: free_port() for name in ("h2g", "rtt", "connect")}
@@ -153,7 +172,7 @@ class BenchVm:
                                "-device", "virtserialport,chardev=ser0,name=bench"]
 
         self.vm = vm_module.Vm(daemon_binary=str(daemon), image_dir=str(image_dir),
-                               daemon_args=["--log-level", "warn"])
+                               daemon_args=["--log-level", "warn", *daemon_args])
         self.serial_path = os.path.join(self.vm.workdir, "serial.sock")
         self.vm.qemu = Qemu(str(image_dir), self.vm.workdir, self.vm.daemon.socket, memory_mib=512)
         self.port_device = ""
@@ -169,6 +188,12 @@ class BenchVm:
 
     def stop(self) -> None:
         self.vm.stop()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """Host CPU of the daemon and of QEMU (TCG: the guest kernel and its
+        device emulation run in QEMU's threads)."""
+        return {"cpu_daemon_s": process_cpu_seconds(self.vm.daemon.proc.pid),
+                "cpu_qemu_s": process_cpu_seconds(self.vm.qemu.proc.pid)}
 
 
 def run_pair(bvm: BenchVm, xfer: str, name: str, guest_cmd: str, host_argv: list[str], host_first: bool,
@@ -299,21 +324,55 @@ def run(ctx: Context, results: dict[str, Result]) -> None:
                 r = results[mid]
                 if r.errors:
                     continue
-                started = time.monotonic()
-                try:
-                    obj = run_pair(bvm, str(ctx.binary(XFER_BINARY)), mid.replace(".", "_"), guest_cmd, host_argv,
-                                   host_first, guest_listens, timeout=300)
-                    value = float(obj[r.measurement.key])
-                    r.values.append(value)
-                    r.extra.append(obj)
-                    ctx.log(f"{mid:<34} {value:12.4g} {r.measurement.unit:<7} ({time.monotonic() - started:.1f} s)")
-                except Exception as exc:  # noqa: BLE001 - recorded as this figure's failure
-                    r.errors.append(str(exc))
-                    ctx.log(f"{mid}: FAILED: {exc}")
-                    if not bvm.vm.daemon.alive():
-                        raise RuntimeError("the daemon died during the VM benchmark") from exc
+                run_one(ctx, bvm, r, mid, guest_cmd, host_argv, host_first, guest_listens)
     finally:
         bvm.stop()
+    run_tx_buffer_rows(ctx, results, vm_module, image_dir, initrd, sizes)
+
+
+def run_one(ctx: Context, bvm: BenchVm, r: Result, mid: str, guest_cmd: str, host_argv: list[str],
+            host_first: bool, guest_listens: bool) -> None:
+    started = time.monotonic()
+    try:
+        cpu_before = bvm.cpu_seconds()
+        obj = run_pair(bvm, str(ctx.binary(XFER_BINARY)), mid.replace(".", "_"), guest_cmd, host_argv,
+                       host_first, guest_listens, timeout=300)
+        if "bytes" in obj and mid.startswith("vm.vsock."):
+            # Includes the job start-up over the serial shell: a small overestimate.
+            obj.update({k: v - cpu_before[k] for k, v in bvm.cpu_seconds().items()})
+        value = float(obj[r.measurement.key])
+        r.values.append(value)
+        r.extra.append(obj)
+        ctx.log(f"{mid:<34} {value:12.4g} {r.measurement.unit:<7} ({time.monotonic() - started:.1f} s)")
+    except Exception as exc:  # noqa: BLE001 - recorded as this figure's failure
+        r.errors.append(str(exc))
+        ctx.log(f"{mid}: FAILED: {exc}")
+        if not bvm.vm.daemon.alive():
+            raise RuntimeError("the daemon died during the VM benchmark") from exc
+
+
+def run_tx_buffer_rows(ctx: Context, results: dict[str, Result], vm_module, image_dir: Path, initrd: Path,
+                       sizes: dict[str, str]) -> None:
+    """guest→host with a larger buf_alloc: one boot per setting, `runs` transfers each."""
+    for suffix, _, value in TX_BUFFER_ROWS:
+        mid = f"vm.vsock.g2h.{suffix}"
+        r = results[mid]
+        try:
+            bvm = BenchVm(ctx, vm_module, ctx.binary("vhost-user-vsock"), image_dir, initrd,
+                          daemon_args=("--tx-buffer-size", str(value)))
+            bvm.start()
+        except Exception as exc:  # noqa: BLE001
+            r.not_measured = f"VM with --tx-buffer-size {value} did not start: {str(exc).splitlines()[0][:200]}"
+            continue
+        try:
+            plan = {p[0]: p[1:] for p in round_plan(bvm, ctx, sizes)}
+            guest_cmd, host_argv, host_first, guest_listens = plan["vm.vsock.g2h"]
+            for _ in range(ctx.runs):
+                if r.errors:
+                    break
+                run_one(ctx, bvm, r, mid, guest_cmd, host_argv, host_first, guest_listens)
+        finally:
+            bvm.stop()
 
 
 def qemu_version() -> str:

@@ -9,7 +9,8 @@ Used as a library by tests/e2e and scripts/demo.sh, and from the command line:
 
 Environment: VUV_DAEMON (daemon binary, default build/vhost-user-vsock),
 VUV_GUEST_IMAGE (image directory; default: what scripts/guest-image.sh
-prints), VUV_ACCEL=tcg|kvm, VUV_KEEP=1 (keep the temporary directory).
+prints), VUV_ACCEL=tcg|kvm, VUV_KEEP=1 (keep the temporary directory),
+VUV_DAEMON_EXTRA_ARGS (more daemon arguments, shell-quoted, e.g. "--seccomp").
 
 Only the standard library is used. Every process started here is recorded
 and killed by its PID, never by name.
@@ -20,6 +21,7 @@ import base64
 import ctypes
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -140,7 +142,7 @@ class Daemon:
         self.socket = os.path.join(workdir, "vhost.sock")
         self.uds_path = os.path.join(workdir, "vsock")
         self.log_path = os.path.join(workdir, "daemon.log")
-        self.extra_args = list(extra_args)
+        self.extra_args = list(extra_args) + shlex.split(os.environ.get("VUV_DAEMON_EXTRA_ARGS", ""))
         self.proc = None
 
     def start(self, timeout=10.0):

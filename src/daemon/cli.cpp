@@ -6,6 +6,8 @@
 #include <limits>
 #include <sstream>
 
+#include "daemon/sandbox.h"
+
 #ifndef VUV_VERSION
 #define VUV_VERSION "unknown"
 #endif
@@ -34,6 +36,7 @@ struct RawFlags {
   std::string config_file;
   std::string log_level = "info";
   std::string max_connections, handshake_timeout, request_timeout, shutdown_timeout;
+  std::string seccomp, user;
 };
 
 struct Options {
@@ -49,6 +52,8 @@ struct Options {
   CLI::Option* handshake_timeout;
   CLI::Option* request_timeout;
   CLI::Option* shutdown_timeout;
+  CLI::Option* seccomp;
+  CLI::Option* user;
 };
 
 Options define_options(CLI::App& app, RawFlags& raw) {
@@ -95,7 +100,16 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                                       "ms the guest has to close after a full shutdown before it is reset "
                                       "(default 2000)")
                            ->type_name("MS");
-  // Seam: --seccomp and --user (SandboxOptions) are added here by the sandbox task.
+  // "--seccomp" alone means kill; "--seccomp=log" picks the mode.
+  o.seccomp = app.add_option("--seccomp", raw.seccomp,
+                             "After binding its sockets, confine the daemon to the syscalls it needs (seccomp); any "
+                             "other syscall kills the process with SIGSYS. --seccomp=log only logs them (diagnosis)")
+                  ->expected(0, 1)
+                  ->type_name("[kill|log]");
+  o.user = app.add_option("--user", raw.user,
+                          "After binding its sockets, switch to this user (and group; supplementary groups are "
+                          "dropped). The socket files are given to that user")
+               ->type_name("NAME|UID[:GROUP|GID]");
   app.set_version_flag("--version", version_string(), "Print the version and exit");
   return o;
 }
@@ -131,6 +145,34 @@ RuntimeOptions parse_runtime(const Options& o, const RawFlags& raw, ConfigErrors
   parse_timeout(o.request_timeout, raw.request_timeout, &runtime.request_timeout, errors);
   parse_timeout(o.shutdown_timeout, raw.shutdown_timeout, &runtime.shutdown_timeout, errors);
   return runtime;
+}
+
+SandboxOptions parse_sandbox(const Options& o, const RawFlags& raw, ConfigErrors* errors) {
+  SandboxOptions sandbox;
+  if (o.seccomp->count() > 0) {
+    if (raw.seccomp.empty() || raw.seccomp == "kill") {
+      sandbox.seccomp = SeccompMode::kKill;
+    } else if (raw.seccomp == "log") {
+      sandbox.seccomp = SeccompMode::kLog;
+    } else {
+      errors->push_back({"--seccomp", fmt::format("'{}' is not a mode (give --seccomp, --seccomp=kill or "
+                                                  "--seccomp=log)",
+                                                  raw.seccomp)});
+    }
+  }
+  if (o.user->count() > 0) {
+    std::string error;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    if (parse_user_spec(raw.user, &uid, &gid, &error)) {
+      sandbox.user = raw.user;
+      sandbox.uid = uid;
+      sandbox.gid = gid;
+    } else {
+      errors->push_back({"--user", error});
+    }
+  }
+  return sandbox;
 }
 
 // The single-VM form (vhost-device-vsock's flat flags); errors use flag names.
@@ -212,6 +254,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
   ConfigErrors errors;
   DaemonConfig config;
   config.runtime = parse_runtime(o, raw, &errors);
+  config.sandbox = parse_sandbox(o, raw, &errors);
 
   const bool single_form = o.guest_cid->count() + o.socket->count() + o.uds_path->count() + o.tx_buffer_size->count() +
                                o.queue_size->count() + o.groups->count() >

@@ -29,7 +29,7 @@ inline constexpr size_t kMaxUnixPathLength = 107;
 inline constexpr size_t kPortSuffixLength = 11;
 inline constexpr size_t kMaxUdsPathLength = kMaxUnixPathLength - kPortSuffixLength;
 
-inline constexpr uint32_t kDefaultMaxConnections = 4096;
+inline constexpr uint32_t kDefaultMaxConnections = 16384;  // the product promises >= 10,000 per VM
 inline constexpr uint32_t kMaxMaxConnections = 1 << 20;
 inline constexpr std::chrono::milliseconds kMaxTimeout{3'600'000};
 
@@ -63,11 +63,19 @@ struct RuntimeOptions {
   std::chrono::milliseconds shutdown_timeout{2000};
 };
 
-// Seam for the sandbox (a later task): --seccomp and --user will fill this in
-// and the daemon applies it after binding sockets, before serving guests.
+// What a forbidden syscall does under --seccomp: kill the whole process
+// (SIGSYS), or only log it to the kernel's audit log and let it run (for
+// finding what a new code path needs; not a sandbox).
+enum class SeccompMode { kOff, kKill, kLog };
+
+// --seccomp and --user (src/daemon/sandbox.h): applied after every socket is
+// bound, before any guest is served.
 struct SandboxOptions {
-  bool seccomp = false;
-  std::string user;
+  SeccompMode seccomp = SeccompMode::kOff;
+  std::string user;  // --user as given; empty: keep the current user
+  uint32_t uid = 0;  // resolved from `user` when it is set
+  uint32_t gid = 0;
+  [[nodiscard]] bool enabled() const { return seccomp != SeccompMode::kOff || !user.empty(); }
 };
 
 struct DaemonConfig {

@@ -7,9 +7,11 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -18,6 +20,7 @@
 
 #include "base/unique_fd.h"
 #include "daemon/cli.h"
+#include "daemon/sandbox.h"
 #include "daemon/vm_worker.h"
 
 namespace vhost_vsock::daemon {
@@ -75,14 +78,94 @@ void notify_failure(int fd) {
   [[maybe_unused]] auto n = ::write(fd, &one, sizeof(one));
 }
 
+// Host programs and QEMU find the daemon only through its socket files. If
+// one is deleted or replaced while we run, connections already made keep
+// working but nobody new can reach that VM: say so, once, naming the file.
+class SocketFileWatch {
+ public:
+  explicit SocketFileWatch(const DaemonConfig& config) {
+    for (const VmConfig& vm : config.vms) {
+      add(vm.guest_cid, "vhost-user socket", "front-ends (QEMU)", vm.socket_path);
+      add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);
+    }
+  }
+
+  [[nodiscard]] std::vector<std::string> paths() const {
+    std::vector<std::string> out;
+    for (const auto& file : files_) out.push_back(file.path);
+    return out;
+  }
+
+  void check() {
+    for (auto& file : files_) {
+      struct stat now {};
+      const bool present = ::lstat(file.path.c_str(), &now) == 0;
+      if (!present && errno != ENOENT && errno != ENOTDIR) continue;  // cannot tell (e.g. EACCES): say nothing
+      const bool ours = present && now.st_dev == file.dev && now.st_ino == file.ino;
+      if (ours == file.ok) continue;
+      file.ok = ours;
+      if (ours) {
+        spdlog::info("vm cid={} {} {} is back", file.cid, file.role, file.path);
+      } else if (!present) {
+        spdlog::warn(
+            "vm cid={} {} {} was removed: existing connections continue, but new {} cannot connect until "
+            "the daemon restarts",
+            file.cid, file.role, file.path, file.who);
+      } else {
+        spdlog::warn("vm cid={} {} {} was replaced by another file: new connections no longer reach this daemon",
+                     file.cid, file.role, file.path);
+      }
+    }
+  }
+
+  // After the workers removed their socket files: report any that are still
+  // ours (e.g. the directory became read-only). Files replaced by someone
+  // else are left alone.
+  void report_leftovers() const {
+    for (const auto& file : files_) {
+      struct stat now {};
+      if (::lstat(file.path.c_str(), &now) != 0 || now.st_dev != file.dev || now.st_ino != file.ino) continue;
+      if (::unlink(file.path.c_str()) == 0) continue;
+      spdlog::warn("vm cid={} cannot remove {} {}: {} (it is replaced at the next start)", file.cid, file.role,
+                   file.path, std::generic_category().message(errno));
+    }
+  }
+
+ private:
+  struct File {
+    uint64_t cid;
+    const char* role;
+    const char* who;  // who connects there
+    std::string path;
+    dev_t dev;
+    ino_t ino;
+    bool ok;
+  };
+
+  void add(uint64_t cid, const char* role, const char* who, const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) return;
+    files_.push_back({cid, role, who, path, st.st_dev, st.st_ino, true});
+  }
+
+  std::vector<File> files_;
+};
+
+constexpr int kSocketFileCheckMs = 2000;
+
 // Waits for a shutdown signal or a worker failure; returns the exit code.
-int wait_for_shutdown(int signal_fd, int failure_fd) {
+int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
   pollfd fds[2] = {{signal_fd, POLLIN, 0}, {failure_fd, POLLIN, 0}};
   while (true) {
-    if (::poll(fds, 2, -1) < 0) {
+    const int ready = ::poll(fds, 2, kSocketFileCheckMs);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       spdlog::error("poll: {}", std::generic_category().message(errno));
       return kExitRuntimeError;
+    }
+    if (ready == 0) {
+      watch.check();
+      continue;
     }
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info{};
@@ -124,16 +207,25 @@ int run_daemon(const DaemonConfig& config) {
     return kExitRuntimeError;
   }
 
-  // Seam: the sandbox (config.sandbox: --seccomp, --user) is applied here,
-  // after every socket is bound and before any guest is served.
+  SocketFileWatch watch(config);
+  // The sandbox goes in after every socket is bound and before any worker
+  // thread starts, so no thread ever serves a guest unconfined.
+  try {
+    apply_sandbox(config.sandbox, watch.paths());
+  } catch (const std::exception& e) {
+    spdlog::error("sandbox: {}; exiting", e.what());
+    workers.clear();
+    return kExitRuntimeError;
+  }
 
   for (auto& worker : workers) worker->start();
   for (const auto& worker : workers) {
     const VmConfig& vm = worker->config();
     spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
   }
+  if (std::getenv(kSandboxSelfTestEnv) != nullptr) run_sandbox_self_test();
 
-  const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get());
+  const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get(), watch);
   spdlog::info("shutting down");
   for (auto& worker : workers) worker->stop();
   for (auto& worker : workers) worker->join();
@@ -142,6 +234,7 @@ int run_daemon(const DaemonConfig& config) {
     worker->log_stats();
   }
   workers.clear();
+  watch.report_leftovers();
   return exit_code;
 }
 

@@ -1,6 +1,7 @@
 #include "vsock/connection/connection.h"
 
 #include <fmt/format.h>
+#include <linux/sock_diag.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -108,6 +109,19 @@ void Connection::after_forwarded(uint32_t guest_bytes) {
   }
 }
 
+size_t Connection::host_backlog() const {
+  if (!host_fd_) return 0;
+  // getsockopt rather than ioctl(SIOCOUTQ): the sandbox allows the former.
+  uint32_t meminfo[SK_MEMINFO_VARS] = {};
+  socklen_t length = sizeof(meminfo);
+  size_t unread = 0;
+  if (::getsockopt(host_fd_.get(), SOL_SOCKET, SO_MEMINFO, meminfo, &length) == 0 &&
+      length > SK_MEMINFO_WMEM_ALLOC * sizeof(uint32_t)) {
+    unread = meminfo[SK_MEMINFO_WMEM_ALLOC];  // sent bytes the peer has not read (AF_UNIX)
+  }
+  return tx_buffer_.size() + unread;
+}
+
 // ---- guest -> host ----
 
 GuestPacketVerdict Connection::on_guest_packet(const PacketHeader& header, std::span<const iovec> payload) {
@@ -187,18 +201,23 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
     return GuestPacketVerdict::kCreditViolation;
   }
   if (len == 0) return GuestPacketVerdict::kOk;
-  if (host_write_closed_ || !host_fd_) {
+  if (!host_fd_) {
     reset();
     return GuestPacketVerdict::kHostGone;
   }
   rx_cnt_ += len;
+  // The host stopped reading and the guest has been (or is being) told with
+  // SHUTDOWN(RCV); what it sent before hearing so is dropped, never counted in
+  // fwd_cnt. Resetting instead would throw away what the host wrote before it
+  // closed and the guest has not read yet. Credit still bounds the guest.
+  if (host_write_closed_) return GuestPacketVerdict::kOk;
   size_t written = 0;
   // Order: once bytes are buffered, new bytes queue behind them.
   if (tx_buffer_.empty() && host_writable_) {
     if (write_to_host(payload, written) == WriteStatus::kGone) {
+      if (written > 0) after_forwarded(static_cast<uint32_t>(written));
       on_host_write_closed();
-      if (state_ == ConnectionState::kEstablished) reset();
-      return GuestPacketVerdict::kHostGone;
+      return GuestPacketVerdict::kOk;
     }
   }
   if (written > 0) after_forwarded(static_cast<uint32_t>(written));

@@ -47,7 +47,7 @@ enum class GuestPacketVerdict : uint8_t {
   kOk,
   kCreditViolation,    // RW beyond the credit we advertised
   kProtocolViolation,  // op not valid in this state (e.g. RW after SHUTDOWN(SEND))
-  kHostGone,           // RW for a host socket that no longer accepts data
+  kHostGone,           // RW after the host socket was closed (RW the host stopped reading is dropped, kOk)
 };
 
 struct ConnectionParams {
@@ -108,6 +108,9 @@ class Connection {
   [[nodiscard]] bool tx_buffered() const { return !tx_buffer_.empty(); }
   [[nodiscard]] size_t tx_buffered_bytes() const { return tx_buffer_.size(); }
   [[nodiscard]] bool tx_buffer_allocated() const { return tx_buffer_.allocated(); }
+  // Guest bytes the host has not read yet: our TX buffer plus what sits unread
+  // in the host socket (its send-buffer use). Falls as the host reads; 0 once closed.
+  [[nodiscard]] size_t host_backlog() const;
 
   // Bytes the host sent right after its CONNECT line; they reach the guest
   // before anything read from the socket afterwards.

@@ -310,6 +310,45 @@ TEST_F(Fixture, HostFullCloseSendsFullShutdownAndAwaitsRst) {
   EXPECT_EQ(conn->state(), ConnectionState::kForgotten);
 }
 
+// Review finding: a guest write racing the host's close used to reset the
+// connection, which threw away the reply the host wrote just before closing.
+TEST_F(Fixture, GuestDataRacingHostCloseKeepsTheHostsLastBytes) {
+  auto conn = make(ConnectionState::kEstablished);
+  ASSERT_EQ(::write(host_peer.get(), "bye", 3), 3);
+  host_peer.reset();  // the host answered and closed before the device noticed
+  // A guest write already in flight finds the socket closed for writing.
+  EXPECT_EQ(send_rw(*conn, pattern(10)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->state(), ConnectionState::kEstablished);
+  EXPECT_TRUE(conn->host_open());
+  EXPECT_EQ(conn->fwd_cnt(), 0u);  // dropped, never counted as forwarded
+  EXPECT_EQ(conn->guest_credit(), kBufAlloc - 10);
+  auto shutdown = conn->take_control_packet();
+  ASSERT_TRUE(shutdown);
+  EXPECT_EQ(shutdown->operation(), Op::kShutdown);
+  EXPECT_EQ(shutdown->flags, kShutdownRcv);
+  // More data sent before the guest heard of it is dropped too, within credit.
+  EXPECT_EQ(send_rw(*conn, pattern(20)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->guest_credit(), kBufAlloc - 30);
+
+  conn->on_host_events(EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP);
+  std::vector<uint8_t> buf(64);
+  iovec iov{buf.data(), buf.size()};
+  size_t got = 0;
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kData);
+  EXPECT_EQ(std::string(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(got)), "bye");
+  ASSERT_EQ(conn->read_from_host(std::span(&iov, 1), got), Connection::ReadStatus::kEof);
+  EXPECT_EQ(conn->state(), ConnectionState::kAwaitingGuestRst);
+  EXPECT_EQ(conn->take_control_packet()->flags, kShutdownRcv | kShutdownSend);
+}
+
+TEST_F(Fixture, GuestIgnoringShutdownRcvIsStillBoundByCredit) {
+  auto conn = make(ConnectionState::kEstablished);
+  host_peer.reset();
+  EXPECT_EQ(send_rw(*conn, pattern(kBufAlloc)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(send_rw(*conn, pattern(1)), GuestPacketVerdict::kCreditViolation);
+  EXPECT_EQ(conn->state(), ConnectionState::kDead);
+}
+
 TEST_F(Fixture, GuestRstForgetsWithoutReply) {
   auto conn = make(ConnectionState::kEstablished);
   conn->on_guest_packet(header(Op::kRst), {});

@@ -381,6 +381,9 @@ void Muxer::Impl::start_state_timer(MuxConnection& mc) {
       delay = options_.limits.request_timeout;
       break;
     case ConnectionState::kClosingAfterFlush:
+      mc.flush_backlog = mc.conn.host_backlog();
+      delay = options_.limits.shutdown_timeout;
+      break;
     case ConnectionState::kAwaitingGuestRst:
       delay = options_.limits.shutdown_timeout;
       break;
@@ -405,7 +408,13 @@ void Muxer::Impl::on_state_timer(uint64_t key, uint64_t id) {
       mc->conn.reset();
       break;
     case ConnectionState::kClosingAfterFlush:
-      log_info("local={} peer={} host did not take the last {} bytes in {} ms; closing", mc->conn.local_port(),
+      // The timeout is for a host that stopped reading, not a slow one: the
+      // host never sees a truncated stream while it keeps reading.
+      if (mc->conn.host_backlog() < mc->flush_backlog) {
+        start_state_timer(*mc);
+        return;
+      }
+      log_info("local={} peer={} host read none of the last {} bytes in {} ms; closing", mc->conn.local_port(),
                mc->conn.peer_port(), mc->conn.tx_buffered_bytes(), options_.limits.shutdown_timeout.count());
       mc->conn.reset();
       break;

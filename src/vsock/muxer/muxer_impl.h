@@ -40,6 +40,7 @@ struct MuxConnection {
   Connection conn;
   uint64_t id;  // unique for the muxer's lifetime: stale timers and events check it
   base::EventLoop::TimerId timer = 0;
+  size_t flush_backlog = 0;  // kClosingAfterFlush: host_backlog() when the timer was armed
   bool was_established = false;
   bool host_initiated = false;
   ListHook<MuxConnection> control_hook;

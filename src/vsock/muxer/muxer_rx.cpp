@@ -34,6 +34,7 @@ bool Muxer::Impl::acquire_rx_chain(virtio::SplitVirtqueue& queue, virtio::Descri
     if (status == virtio::PopStatus::kEmpty || status == virtio::PopStatus::kBroken) return false;
     if (status == virtio::PopStatus::kInvalidChain) {
       ++stats_.dropped_malformed;
+      rx_used_any_ = true;  // the queue returned it: the guest may need an interrupt
       continue;
     }
     if (chain.writable_bytes() >= kHeaderSize) return true;
@@ -144,12 +145,16 @@ Muxer::Impl::DataTurn Muxer::Impl::serve_data(virtio::SplitVirtqueue& queue, Mux
   size_t capacity = 0;
   bool can_unpop = true;  // false once the queue itself consumed an invalid chain after ours
   rx_iovecs_.clear();
-  while (capacity < budget && popped < kMaxRxBatch && rx_iovecs_.size() < IOV_MAX) {
+  // Chains skipped below are bounded too: a guest posting unusable chains as
+  // fast as we return them must not keep us here.
+  size_t examined = 0;
+  while (capacity < budget && popped < kMaxRxBatch && rx_iovecs_.size() < IOV_MAX && examined++ <= queue.size()) {
     virtio::DescriptorChain& chain = rx_chains_[popped];
     const virtio::PopStatus status = queue.pop(chain);
     if (status == virtio::PopStatus::kEmpty || status == virtio::PopStatus::kBroken) break;
     if (status == virtio::PopStatus::kInvalidChain) {
       ++stats_.dropped_malformed;
+      rx_used_any_ = true;
       if (popped > 0) {
         can_unpop = false;
         break;

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "vsock/muxer/muxer_test_fixture.h"
 
@@ -227,6 +229,87 @@ TEST_F(MuxerTest, HostCloseKillTimerSendsRstIfGuestStaysSilent) {
   EXPECT_EQ(h->stats().connections_active, 0u);
 }
 
+// A well-behaved guest writes to a host that does not read until our buffer
+// is full; returns what it sent, or nothing if it never stalled.
+std::vector<uint8_t> send_until_credit_runs_out(MuxerHarness& h, uint32_t buf_alloc) {
+  std::vector<uint8_t> sent;
+  uint32_t guest_sent = 0, peer_fwd_cnt = 0;
+  for (int round = 0; round < 5000; ++round) {
+    const uint32_t credit = buf_alloc - (guest_sent - peer_fwd_cnt);
+    if (credit == 0) return sent;
+    auto data = pattern(std::min<uint32_t>(credit, 4096), static_cast<size_t>(round));
+    h.send(h.guest_header(Op::kRw, kGuestPort, kHostPort, static_cast<uint32_t>(data.size())), data);
+    sent.insert(sent.end(), data.begin(), data.end());
+    guest_sent += static_cast<uint32_t>(data.size());
+    h.pump(2ms);
+    for (auto& p : h.received()) peer_fwd_cnt = p.header.fwd_cnt;
+  }
+  return {};
+}
+
+// Review finding: a guest write racing the host's close reset the connection,
+// so the guest lost the reply the host had written just before closing.
+TEST_F(MuxerTest, GuestWriteRacingHostCloseStillDeliversTheHostsReply) {
+  auto host = establish_guest_connection();
+  ASSERT_EQ(::write(host.get(), "reply", 5), 5);
+  host.reset();
+  // The guest's next write is processed before the device has seen the close.
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 4), bytes_of("more"));
+  std::string data;
+  uint32_t shutdown_flags = 0;
+  for (auto& p : drain()) {
+    EXPECT_NE(p.header.operation(), Op::kRst);
+    if (p.header.operation() == Op::kRw) data += text(p.payload);
+    if (p.header.operation() == Op::kShutdown) shutdown_flags |= p.header.flags;
+  }
+  EXPECT_EQ(data, "reply");
+  EXPECT_EQ(shutdown_flags, kShutdownRcv | kShutdownSend);
+  EXPECT_EQ(h->stats().resets_sent, 0u);
+  h->send(h->guest_header(Op::kRst, kGuestPort, kHostPort));
+  EXPECT_EQ(h->stats().connections_active, 0u);
+}
+
+// Review finding: after the guest closed, a host still reading (slowly) what it
+// had sent was cut off after shutdown_timeout even though it kept making
+// progress, and saw a clean EOF on a truncated stream.
+TEST_F(MuxerTest, SlowButSteadyHostReaderGetsEverythingAfterGuestClose) {
+  MuxerLimits big = limits();
+  big.tx_buffer_size = 256 * 1024;  // takes several host reads to drain
+  h.reset();
+  h = std::make_unique<MuxerHarness>(big);
+  h->post_rx_buffers(64);
+  auto listener = MuxerHarness::listen_unix(h->port_path(kHostPort));
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  ASSERT_EQ(drain().size(), 1u);  // RESPONSE
+  base::UniqueFd host(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK));
+  ASSERT_TRUE(host.valid());
+
+  std::vector<uint8_t> sent = send_until_credit_runs_out(*h, big.tx_buffer_size);
+  ASSERT_FALSE(sent.empty());
+  h->send(h->guest_header(Op::kShutdown, kGuestPort, kHostPort, 0, kShutdownRcv | kShutdownSend));
+
+  // One small read per 100 ms: each pause is shorter than shutdown_timeout
+  // (300 ms), all of them together much longer.
+  std::string received;
+  for (int i = 0; i < 12; ++i) {
+    char buf[4096];
+    const ssize_t n = ::read(host.get(), buf, sizeof(buf));
+    if (n > 0) received.append(buf, static_cast<size_t>(n));
+    h->run_for(100ms);
+  }
+  for (int i = 0; i < 200 && received.size() < sent.size(); ++i) {
+    received += read_some(host.get(), 5ms);
+    h->pump(5ms);
+  }
+  ASSERT_EQ(received.size(), sent.size());
+  EXPECT_TRUE(std::equal(received.begin(), received.end(), reinterpret_cast<const char*>(sent.data())));
+  h->pump(50ms);
+  EXPECT_TRUE(peer_closed(host.get()));
+  bool rst = false;
+  for (auto& p : h->received()) rst |= p.header.operation() == Op::kRst;
+  EXPECT_TRUE(rst);  // the normal end of a guest close
+}
+
 TEST_F(MuxerTest, SpoofedAddressesAreDroppedWithoutReply) {
   auto spoofed = h->guest_header(Op::kRequest, kGuestPort, kHostPort);
   spoofed.src_cid = 4;
@@ -338,6 +421,99 @@ TEST_F(MuxerTest, TooSmallRxBufferIsReturnedEmpty) {
   EXPECT_EQ(used->len, 0u);
   EXPECT_EQ(h->stats().rx_chains_too_small, 1u);
   EXPECT_EQ(h->stats().resets_sent, 1u);
+}
+
+TEST_F(MuxerTest, HostThatStopsReadingAfterGuestCloseIsCutOff) {
+  auto host = establish_guest_connection();
+  std::vector<uint8_t> sent = send_until_credit_runs_out(*h, 16 * 1024);
+  ASSERT_FALSE(sent.empty());
+  h->send(h->guest_header(Op::kShutdown, kGuestPort, kHostPort, 0, kShutdownRcv | kShutdownSend));
+  h->run_for(700ms);  // more than shutdown_timeout (300 ms) with no host read
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  bool rst = false;
+  for (auto& p : h->received()) rst |= p.header.operation() == Op::kRst;
+  EXPECT_TRUE(rst);
+  std::string received;
+  for (std::string chunk = read_some(host.get(), 5ms); !chunk.empty(); chunk = read_some(host.get(), 5ms)) {
+    received += chunk;
+  }
+  EXPECT_LT(received.size(), sent.size());  // our buffer was dropped
+  EXPECT_TRUE(peer_closed(host.get()));
+}
+
+// Review finding: an RX chain the queue rejected was returned to the guest
+// without an interrupt, so the guest did not learn of it.
+TEST_F(MuxerTest, InvalidRxChainIsReturnedWithAnInterrupt) {
+  h.reset();
+  h = std::make_unique<MuxerHarness>(limits());
+  h->rx_ring().write_descriptor(0, /*addr=*/1ULL << 40, 4096, testing::kDescFlagWrite, 0);  // outside guest RAM
+  h->rx_ring().publish_head(0);
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort));  // provokes an RST, which finds only the bad chain
+  h->pump();
+  auto used = h->rx_ring().pop_used_raw();
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->id, 0u);
+  EXPECT_EQ(used->len, 0u);
+  EXPECT_EQ(h->stats().dropped_malformed, 1u);
+  EXPECT_EQ(h->rx_interrupts(), 1);
+}
+
+// Review finding: filling RX chains with host data skipped chains it could not
+// use without any bound, so a guest that kept posting bad chains as fast as
+// the device returned them held the worker in one pass for as long as it liked.
+TEST_F(MuxerTest, GuestFeedingBadRxChainsCannotHoldTheWorker) {
+  h.reset();
+  h = std::make_unique<MuxerHarness>(limits(), /*queue_size=*/4096);
+  h->post_rx_buffers(1);  // for the RESPONSE; not reposted
+  auto listener = MuxerHarness::listen_unix(h->port_path(kHostPort));
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  h->pump();
+  ASSERT_EQ(h->received(/*repost=*/false).size(), 1u);
+  base::UniqueFd host(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK));
+  ASSERT_TRUE(host.valid());
+  const uint16_t size = h->rx_ring().size();
+  // A long chain whose last buffer lies outside guest RAM: cheap for the guest
+  // to post again and again, each costs the device a walk.
+  constexpr uint16_t kLength = 64;
+  const uint16_t bad = static_cast<uint16_t>(size - kLength);  // free descriptors
+  const uint64_t scratch = h->ram().alloc(16);
+  for (uint16_t i = 0; i + 1 < kLength; ++i) {
+    h->rx_ring().write_descriptor(static_cast<uint16_t>(bad + i), scratch, 16,
+                                  testing::kDescFlagWrite | testing::kDescFlagNext, static_cast<uint16_t>(bad + i + 1));
+  }
+  h->rx_ring().write_descriptor(static_cast<uint16_t>(bad + kLength - 1), /*addr=*/1ULL << 40, 4096,
+                                testing::kDescFlagWrite, 0);
+  // The guest, on another vCPU, posts the chain again as soon as there is room.
+  std::atomic<bool> stop{false};
+  std::atomic<uint32_t> posted{0};
+  std::thread guest([&] {
+    const auto deadline = std::chrono::steady_clock::now() + 3s;
+    testing::DriverVring& ring = h->rx_ring();
+    while (!stop.load() && std::chrono::steady_clock::now() < deadline) {
+      if (static_cast<uint16_t>(ring.avail_idx() - ring.device_used_idx()) < size) {
+        ring.publish_head(bad);
+        posted.fetch_add(1);
+      }
+    }
+  });
+  while (posted.load() < size) std::this_thread::yield();
+  ASSERT_EQ(::write(host.get(), "data", 4), 4);
+  // The host data sends the device looking for RX chains: no loop iteration
+  // may take long or consume much more than a ring's worth.
+  auto longest = std::chrono::steady_clock::duration::zero();
+  uint64_t most = 0;
+  for (int i = 0; i < 20; ++i) {
+    const uint64_t before = h->stats().dropped_malformed;
+    const auto start = std::chrono::steady_clock::now();
+    h->loop().run_once(std::chrono::milliseconds(10));
+    longest = std::max(longest, std::chrono::steady_clock::now() - start);
+    most = std::max(most, h->stats().dropped_malformed - before);
+  }
+  stop = true;
+  guest.join();
+  EXPECT_LT(longest, 1s);
+  EXPECT_LE(most, 2u * size);
+  EXPECT_EQ(h->stats().connections_active, 1u);
 }
 
 TEST_F(MuxerTest, ResetAllConnectionsClosesHostSockets) {
