@@ -188,6 +188,24 @@ TEST_F(Fixture, CreditUpdatePolicyHalfBufferOrOnRequest) {
   EXPECT_FALSE(conn->pending_control() & control::kCreditUpdate);
 }
 
+// Linux caps its view of our buf_alloc at its own (256 KiB by default): with a
+// larger --tx-buffer-size, waiting for half of ours would deadlock the stream.
+TEST_F(Fixture, CreditUpdateThresholdFollowsTheSmallerOfBothWindows) {
+  auto conn = make(ConnectionState::kEstablished);
+  const uint32_t guest_window = kBufAlloc / 4;
+  auto rw = header(Op::kRw, guest_window / 2 - 1);
+  rw.buf_alloc = guest_window;
+  std::vector<uint8_t> data = pattern(guest_window / 2 - 1);
+  iovec iov{data.data(), data.size()};
+  ASSERT_EQ(conn->on_guest_packet(rw, std::span(&iov, 1)), GuestPacketVerdict::kOk);
+  EXPECT_FALSE(conn->pending_control() & control::kCreditUpdate);
+  rw.len = 1;
+  iov.iov_len = 1;
+  ASSERT_EQ(conn->on_guest_packet(rw, std::span(&iov, 1)), GuestPacketVerdict::kOk);
+  EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);
+  EXPECT_EQ(conn->take_control_packet()->fwd_cnt, guest_window / 2);
+}
+
 TEST_F(Fixture, CreditRequestIsSentOnceUntilCreditMoves) {
   auto conn = make(ConnectionState::kEstablished);
   conn->update_peer_credit(0, 0);
