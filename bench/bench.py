@@ -279,7 +279,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     command = "bench/run" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
     out_md.parent.mkdir(parents=True, exist_ok=True)
     report.write_markdown(out_md, machine=machine_lines(ctx), command=command, method=METHOD, results=results,
-                          outcomes=outcomes, chart=chart_rel, notes=notes)
+                          outcomes=outcomes, chart=chart_rel, notes=notes, pins=ctx.pins)
     ctx.log(f"wrote {out_md}" + (f" and {chart_path}" if chart_rel else ""))
 
     broken = [r.measurement.id for r in results.values() if r.errors]

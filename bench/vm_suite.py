@@ -336,7 +336,7 @@ def run_one(ctx: Context, bvm: BenchVm, r: Result, mid: str, guest_cmd: str, hos
     try:
         cpu_before = bvm.cpu_seconds()
         obj = run_pair(bvm, str(ctx.binary(XFER_BINARY)), mid.replace(".", "_"), guest_cmd, host_argv,
-                       host_first, guest_listens, timeout=300)
+                       host_first, guest_listens, timeout=60 if ctx.smoke else 300)
         if "bytes" in obj and mid.startswith("vm.vsock."):
             # Includes the job start-up over the serial shell: a small overestimate.
             obj.update({k: v - cpu_before[k] for k, v in bvm.cpu_seconds().items()})
