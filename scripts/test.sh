@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test stage: build, unit, integration, end-to-end (real VM under
 # QEMU), sanitizers, fuzz smoke and benchmark smoke. This is the README's test
-# command and what CI runs. Select stages with VUV_STAGES (space separated):
+# command and what CI runs. Select stages with VUV_STAGES (space or comma separated):
 #   VUV_STAGES="build unit integration" scripts/test.sh
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-stages=${VUV_STAGES:-"deps build unit integration e2e asan tsan fuzz bench"}
+all_stages="deps build unit integration e2e asan tsan fuzz bench"
+stages=${VUV_STAGES:-$all_stages}
+stages=${stages//,/ }
+for stage in $stages; do
+  if [[ " $all_stages " != *" $stage "* ]]; then
+    echo "test.sh: unknown stage '$stage' in VUV_STAGES (stages: $all_stages)" >&2
+    exit 2
+  fi
+done
 jobs=${VUV_JOBS:-$(nproc)}
 # ccache keeps its default directory, shared with developer builds on this machine.
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}

@@ -117,13 +117,7 @@ void Muxer::Impl::reset_all_connections() {
 // TX: guest -> device
 
 void Muxer::Impl::schedule_tx() {
-  if (tx_scheduled_) return;
-  tx_scheduled_ = true;
-  loop_.defer([this, alive = std::weak_ptr<bool>(alive_)] {
-    if (alive.expired()) return;
-    tx_scheduled_ = false;
-    process_tx();
-  });
+  tx_task_.schedule();
 }
 
 void Muxer::Impl::process_tx() {
@@ -359,12 +353,18 @@ bool Muxer::Impl::after_change(MuxConnection& mc, ConnectionState before) {
     }
     start_state_timer(mc);
   }
+  if (mc.conn.wants_to_send_data()) {
+    if (mc.conn.peer_credit() > 0) {
+      data_list_.push_back(mc.data_hook);
+      schedule_rx();
+    } else {
+      // Not queued: a connection without guest credit would spin the RX pass
+      // until the guest's next CREDIT_UPDATE, which re-runs this function.
+      mc.conn.note_credit_starved();
+    }
+  }
   if (mc.conn.pending_control() != 0) {
     control_list_.push_back(mc.control_hook);
-    schedule_rx();
-  }
-  if (mc.conn.wants_to_send_data()) {
-    data_list_.push_back(mc.data_hook);
     schedule_rx();
   }
   return true;

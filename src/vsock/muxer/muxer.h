@@ -51,6 +51,7 @@ struct MuxerStats {
   uint64_t protocol_violations = 0;  // op not valid in the connection's state
   uint64_t rx_chains_too_small = 0;  // RX chains returned unused (no room for a header, or for data)
   uint64_t orphan_rsts_dropped = 0;  // RST replies lost because their bounded queue was full
+  uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
 };
 
 class Muxer {

@@ -148,9 +148,10 @@ class Muxer::Impl {
   size_t orphan_head_ = 0;
   size_t orphan_count_ = 0;
 
-  bool rx_scheduled_ = false;
   bool rx_used_any_ = false;  // this RX pass added used entries
-  bool tx_scheduled_ = false;
+  // Coalesced per event batch; scheduling them does not allocate.
+  base::DeferredTask rx_task_{loop_, [this] { process_rx(); }};
+  base::DeferredTask tx_task_{loop_, [this] { process_tx(); }};
 
   // Reused on every kick so the data path does not allocate.
   virtio::DescriptorChain tx_chain_;

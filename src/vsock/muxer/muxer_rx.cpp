@@ -17,13 +17,7 @@ constexpr size_t kMaxTurnsPerPass = 256;
 }  // namespace
 
 void Muxer::Impl::schedule_rx() {
-  if (rx_scheduled_) return;
-  rx_scheduled_ = true;
-  loop_.defer([this, alive = std::weak_ptr<bool>(alive_)] {
-    if (alive.expired()) return;
-    rx_scheduled_ = false;
-    process_rx();
-  });
+  rx_task_.schedule();
 }
 
 // Pops the next chain that can hold at least a header; chains too small are
@@ -58,6 +52,7 @@ bool Muxer::Impl::put_control(virtio::SplitVirtqueue& queue, const PacketHeader&
 void Muxer::Impl::process_rx() {
   virtio::SplitVirtqueue* queue = queues_[kRxQueue].queue;
   if (queue == nullptr || !queue->configured() || queue->broken()) return;
+  ++stats_.rx_passes;
   rx_used_any_ = false;
   bool rx_empty = false;
   bool yielded = false;
@@ -116,7 +111,9 @@ void Muxer::Impl::process_rx() {
       continue;
     }
     if (!after_change(*mc, before)) continue;
-    if (turn == DataTurn::kMore && mc->conn.wants_to_send_data()) data_list_.push_back(mc->data_hook);
+    if (turn == DataTurn::kMore && mc->conn.wants_to_send_data() && mc->conn.peer_credit() > 0) {
+      data_list_.push_back(mc->data_hook);
+    }
   }
 
   if (rx_used_any_) {
