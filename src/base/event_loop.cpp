@@ -2,6 +2,7 @@
 
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <system_error>
@@ -55,12 +56,25 @@ void EventLoop::remove(int fd) {
 
 EventLoop::TimerId EventLoop::add_timer(std::chrono::milliseconds delay, TimerCallback callback) {
   TimerId id = next_timer_id_++;
-  timers_.push(Timer{Clock::now() + delay, id});
+  timers_.push_back(Timer{Clock::now() + delay, id});
+  std::push_heap(timers_.begin(), timers_.end(), std::greater<>{});
   timer_callbacks_.emplace(id, std::move(callback));
   return id;
 }
 
-void EventLoop::cancel_timer(TimerId id) { timer_callbacks_.erase(id); }
+void EventLoop::cancel_timer(TimerId id) {
+  if (timer_callbacks_.erase(id) == 0) return;
+  // A cancelled entry stays in the heap until due. Timers that are set and
+  // cancelled per connection (request, handshake) would otherwise pile up for
+  // a whole timeout under churn; compacting at 2x keeps the cost amortised O(1).
+  constexpr size_t kCompactAbove = 64;
+  if (timers_.size() > kCompactAbove && timers_.size() > 2 * timer_callbacks_.size()) compact_timers();
+}
+
+void EventLoop::compact_timers() {
+  std::erase_if(timers_, [this](const Timer& timer) { return !timer_callbacks_.contains(timer.id); });
+  std::make_heap(timers_.begin(), timers_.end(), std::greater<>{});
+}
 
 void EventLoop::defer(TimerCallback callback) { deferred_.push_back(std::move(callback)); }
 
@@ -68,7 +82,7 @@ int EventLoop::next_timeout_ms(std::chrono::milliseconds max_wait) const {
   if (!deferred_.empty() || !scheduled_tasks_.empty()) return 0;
   int wait = max_wait.count() < 0 ? -1 : static_cast<int>(max_wait.count());
   if (!timers_.empty()) {
-    auto until = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.top().due - Clock::now()).count();
+    auto until = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.front().due - Clock::now()).count();
     int timer_wait = until <= 0 ? 0 : static_cast<int>(until + 1);
     if (wait < 0 || timer_wait < wait) wait = timer_wait;
   }
@@ -79,9 +93,10 @@ void EventLoop::run_due_timers() {
   auto now = Clock::now();
   // Bounded by the number of timers present now; timers added by callbacks wait.
   size_t budget = timers_.size();
-  while (budget-- > 0 && !timers_.empty() && timers_.top().due <= now) {
-    TimerId id = timers_.top().id;
-    timers_.pop();
+  while (budget-- > 0 && !timers_.empty() && timers_.front().due <= now) {
+    TimerId id = timers_.front().id;
+    std::pop_heap(timers_.begin(), timers_.end(), std::greater<>{});
+    timers_.pop_back();
     auto it = timer_callbacks_.find(id);
     if (it == timer_callbacks_.end()) continue;  // cancelled
     TimerCallback callback = std::move(it->second);

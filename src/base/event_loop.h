@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <queue>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -43,6 +42,9 @@ class EventLoop {
   // One-shot timer. Cancelling an expired or unknown id is a no-op.
   TimerId add_timer(std::chrono::milliseconds delay, TimerCallback callback);
   void cancel_timer(TimerId id);
+  // Entries in the timer heap, cancelled ones included (bounded at about
+  // twice the live timers; exposed for tests and diagnostics).
+  [[nodiscard]] size_t timer_heap_size() const { return timers_.size(); }
 
   // Runs callbacks for ready fds and due timers, waiting at most `max_wait`
   // (negative: until something happens).
@@ -71,13 +73,14 @@ class EventLoop {
 
   int next_timeout_ms(std::chrono::milliseconds max_wait) const;
   void run_due_timers();
+  void compact_timers();
   void run_deferred();
 
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;
   uint32_t next_generation_ = 1;
   std::unordered_map<int, Handler> handlers_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
+  std::vector<Timer> timers_;  // min-heap on due time (std::greater), cancelled entries included
   std::unordered_map<TimerId, TimerCallback> timer_callbacks_;
   TimerId next_timer_id_ = 1;
   std::vector<TimerCallback> deferred_;

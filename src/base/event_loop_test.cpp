@@ -67,6 +67,19 @@ TEST(EventLoop, TimersFireInOrderAndCancelledOnesDoNot) {
   EXPECT_EQ(fired, (std::vector<int>{1, 2}));
 }
 
+TEST(EventLoop, CancelledTimersDoNotPileUpUnderChurn) {
+  EventLoop loop;
+  std::vector<int> fired;
+  loop.add_timer(std::chrono::milliseconds(30), [&] { fired.push_back(2); });
+  // A connection burst: each sets a long timeout and cancels it at once.
+  for (int i = 0; i < 10000; ++i) loop.cancel_timer(loop.add_timer(std::chrono::hours(1), [&] { fired.push_back(99); }));
+  EXPECT_LE(loop.timer_heap_size(), 130u);
+  loop.add_timer(std::chrono::milliseconds(1), [&] { fired.push_back(1); });
+  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(2);
+  while (fired.size() < 2 && EventLoop::Clock::now() < deadline) loop.run_once(std::chrono::milliseconds(50));
+  EXPECT_EQ(fired, (std::vector<int>{1, 2}));  // order survives compaction
+}
+
 TEST(EventLoop, StopFromAnotherThreadEndsRun) {
   EventLoop loop;
   std::thread stopper([&] {

@@ -12,6 +12,7 @@
 #include <string>
 #include <system_error>
 
+#include "base/socket_file.h"
 #include "vhost_user/connection.h"
 
 namespace vhost_vsock::vhost_user {
@@ -77,11 +78,7 @@ class Server::Impl {
     if (::bind(listener_.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
       throw_for_path("cannot bind", path_, errno);
     }
-    struct stat info {};
-    if (::stat(path_.c_str(), &info) == 0) {
-      bound_device_ = info.st_dev;
-      bound_inode_ = info.st_ino;
-    }
+    socket_file_ = base::BoundSocketFile(path_);
     if (::listen(listener_.get(), 8) != 0) {
       int error = errno;
       unlink_socket_file();
@@ -155,20 +152,14 @@ class Server::Impl {
   }
 
   // Only removes the file if it is still the socket we bound, not a successor's.
-  void unlink_socket_file() {
-    struct stat info {};
-    if (::lstat(path_.c_str(), &info) != 0) return;
-    if (info.st_dev != bound_device_ || info.st_ino != bound_inode_) return;
-    ::unlink(path_.c_str());
-  }
+  void unlink_socket_file() { socket_file_.unlink_if_ours(); }
 
   base::EventLoop& loop_;
   std::string path_;
   Device& device_;
   ServerStats stats_;
   base::UniqueFd listener_;
-  dev_t bound_device_ = 0;
-  ino_t bound_inode_ = 0;
+  base::BoundSocketFile socket_file_;
   base::EventLoop::TimerId backoff_timer_ = 0;
   std::unique_ptr<FrontendConnection> connection_;
 };

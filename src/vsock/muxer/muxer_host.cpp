@@ -50,9 +50,10 @@ void Muxer::Impl::open_listener() {
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     fail_listener(path, "bind", errno);
   }
+  listener_file_ = base::BoundSocketFile(path);
   if (::listen(fd.get(), kListenBacklog) != 0) {
     const int error = errno;
-    ::unlink(path.c_str());
+    listener_file_.unlink_if_ours();
     fail_listener(path, "listen", error);
   }
   listener_ = std::move(fd);
@@ -66,7 +67,7 @@ void Muxer::Impl::close_listener() {
   if (!listener_) return;
   loop_.remove(listener_.get());
   listener_.reset();
-  ::unlink(options_.uds_path.c_str());
+  listener_file_.unlink_if_ours();  // not a successor's file at the same path
 }
 
 void Muxer::Impl::on_listener_ready() {

@@ -106,6 +106,15 @@ TEST_F(MuxerTest, ListenerSocketFileIsRemovedOnExit) {
   EXPECT_NE(::access(path.c_str(), F_OK), 0);
 }
 
+TEST_F(MuxerTest, ListenerLeavesASuccessorsSocketFileOnExit) {
+  const std::string path = h->uds_path();
+  ASSERT_EQ(::unlink(path.c_str()), 0);  // e.g. an operator started another daemon on the path
+  auto successor = MuxerHarness::listen_unix(path);
+  ASSERT_TRUE(successor.valid());
+  h->destroy_muxer();
+  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
+}
+
 TEST(MuxerListener, ReplacesStaleSocketRefusesLiveOneAndNamesThePath) {
   char dir[] = "/tmp/vmlXXXXXX";
   ASSERT_NE(::mkdtemp(dir), nullptr);

@@ -12,6 +12,7 @@
 
 #include "base/event_loop.h"
 #include "base/iovec_list.h"
+#include "base/socket_file.h"
 #include "base/unique_fd.h"
 #include "vsock/connection/connection.h"
 #include "vsock/muxer/connect_line.h"
@@ -132,6 +133,7 @@ class Muxer::Impl {
   std::array<QueueSlot, 2> queues_;
 
   base::UniqueFd listener_;
+  base::BoundSocketFile listener_file_;
   base::EventLoop::TimerId listener_retry_timer_ = 0;
   std::unordered_map<int, std::unique_ptr<PendingPeer>> handshakes_;
 
