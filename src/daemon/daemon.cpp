@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -54,23 +55,27 @@ base::UniqueFd setup_signals() {
 }
 
 // Each host connection holds a descriptor: lift the soft limit to the hard
-// one and say so if even that cannot cover --max-connections.
-void raise_open_file_limit(const DaemonConfig& config) {
+// one; if even that cannot cover --max-connections for every VM, lower the
+// cap to an equal share per VM and say so.
+RuntimeOptions fit_open_file_limit(const DaemonConfig& config) {
+  RuntimeOptions runtime = config.runtime;
   rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return runtime;
   if (limit.rlim_cur < limit.rlim_max) {
     rlimit raised = limit;
     raised.rlim_cur = limit.rlim_max;
     if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
   }
-  uint64_t needed = 16;
-  for (size_t i = 0; i < config.vms.size(); ++i) needed += config.runtime.max_connections + kFdsPerVmOverhead;
-  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed) {
+  if (limit.rlim_cur == RLIM_INFINITY) return runtime;
+  runtime.max_connections = connection_cap_for_open_files(limit.rlim_cur, config.vms.size(), runtime.max_connections);
+  if (runtime.max_connections < config.runtime.max_connections) {
     spdlog::warn(
-        "open-file limit is {} but {} VM(s) with --max-connections {} may need {}; connections beyond "
-        "the limit will fail",
-        static_cast<uint64_t>(limit.rlim_cur), config.vms.size(), config.runtime.max_connections, needed);
+        "open-file limit is {} for {} VM(s): lowering --max-connections from {} to {} per VM (raise the "
+        "hard limit, e.g. LimitNOFILE= or ulimit -Hn, to allow more)",
+        static_cast<uint64_t>(limit.rlim_cur), config.vms.size(), config.runtime.max_connections,
+        runtime.max_connections);
   }
+  return runtime;
 }
 
 void notify_failure(int fd) {
@@ -180,6 +185,15 @@ int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
 
 }  // namespace
 
+uint32_t connection_cap_for_open_files(uint64_t open_file_limit, size_t vm_count, uint32_t requested) {
+  constexpr uint64_t kProcessOverhead = 16;  // stdio, signalfd, eventfds, log files
+  const uint64_t vms = std::max<size_t>(vm_count, 1);
+  const uint64_t usable = open_file_limit > kProcessOverhead ? open_file_limit - kProcessOverhead : 0;
+  const uint64_t share = usable / vms;
+  const uint64_t cap = share > kFdsPerVmOverhead ? share - kFdsPerVmOverhead : 1;
+  return static_cast<uint32_t>(std::max<uint64_t>(1, std::min<uint64_t>(cap, requested)));
+}
+
 int run_daemon(const DaemonConfig& config) {
   base::UniqueFd signal_fd;
   base::UniqueFd failure_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -190,7 +204,7 @@ int run_daemon(const DaemonConfig& config) {
     spdlog::error("{}", e.what());
     return kExitRuntimeError;
   }
-  raise_open_file_limit(config);
+  const RuntimeOptions runtime = fit_open_file_limit(config);
 
   // Bind everything before serving anything: a VM that cannot start stops
   // the whole daemon, and its siblings' sockets are removed again.
@@ -198,7 +212,7 @@ int run_daemon(const DaemonConfig& config) {
   try {
     for (const VmConfig& vm : config.vms) {
       workers.push_back(
-          std::make_unique<VmWorker>(vm, config.runtime, [fd = failure_fd.get()] { notify_failure(fd); }));
+          std::make_unique<VmWorker>(vm, runtime, [fd = failure_fd.get()] { notify_failure(fd); }));
     }
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

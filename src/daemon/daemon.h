@@ -11,4 +11,10 @@ namespace vhost_vsock::daemon {
 // VM cannot start or a worker dies. Logging must be set up already.
 int run_daemon(const DaemonConfig& config);
 
+// Per-VM connection cap that fits `vm_count` VMs into `open_file_limit`
+// descriptors with an equal share each, so that one VM flooding connections
+// cannot take the descriptors the others need. Never above `requested`,
+// never below 1.
+uint32_t connection_cap_for_open_files(uint64_t open_file_limit, size_t vm_count, uint32_t requested);
+
 }  // namespace vhost_vsock::daemon

@@ -62,6 +62,23 @@ void block_sigterm() {
   ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &mask, nullptr), 0);
 }
 
+TEST(ConnectionCap, KeepsTheRequestedCapWhenDescriptorsSuffice) {
+  EXPECT_EQ(connection_cap_for_open_files(1 << 20, 4, 16384), 16384u);
+}
+
+TEST(ConnectionCap, SharesAShortLimitEquallyBetweenVms) {
+  // 1024 descriptors, 2 VMs: (1024 - 16) / 2 = 504 each, less 64 for the VM's own sockets.
+  const uint32_t cap = connection_cap_for_open_files(1024, 2, 16384);
+  EXPECT_EQ(cap, 440u);
+  EXPECT_LE(2 * (uint64_t{cap} + 64) + 16, 1024u);  // every VM at its cap still fits
+  EXPECT_EQ(connection_cap_for_open_files(1024, 1, 16384), 944u);
+}
+
+TEST(ConnectionCap, NeverZero) {
+  EXPECT_EQ(connection_cap_for_open_files(8, 3, 100), 1u);
+  EXPECT_EQ(connection_cap_for_open_files(1024, 0, 100), 100u);
+}
+
 TEST(MuxerLimits, ComeFromTheVmAndRuntimeOptions) {
   VmConfig vm;
   vm.tx_buffer_size = 12345;
