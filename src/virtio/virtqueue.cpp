@@ -219,6 +219,7 @@ const char* SplitVirtqueue::walk_chain(uint16_t head, DescriptorChain& out) {
   for (;;) {
     // Each table is walked at most once per entry, which also ends loops.
     if (++visited > table_entries) return "chain is longer than its descriptor table (loop?)";
+    ++stats_.descriptors_walked;
     const Descriptor d = read_descriptor(table, index);
 
     if (d.flags & kDescFlagIndirect) {

@@ -61,6 +61,7 @@ enum class PopStatus {
 
 struct QueueStats {
   uint64_t chains_popped = 0;
+  uint64_t descriptors_walked = 0;  // incl. indirect entries and invalid chains: the cost of pops
   uint64_t invalid_chains = 0;
   uint64_t notifications_sent = 0;
   uint64_t notifications_suppressed = 0;

@@ -123,10 +123,17 @@ void Muxer::Impl::schedule_tx() {
 void Muxer::Impl::process_tx() {
   virtio::SplitVirtqueue* queue = queues_[kTxQueue].queue;
   if (queue == nullptr || !queue->configured() || queue->broken()) return;
+  ++stats_.tx_passes;
   bool used_any = false;
+  const uint64_t walk_limit = queue->stats().descriptors_walked + walk_budget(*queue);
+  bool out_of_budget = false;
   for (int round = 0; round < kMaxTxRounds; ++round) {
     queue->disable_notifications();
     for (size_t i = 0; i < queue->size(); ++i) {
+      if (queue->stats().descriptors_walked >= walk_limit) {
+        out_of_budget = true;
+        break;
+      }
       const virtio::PopStatus status = queue->pop(tx_chain_);
       if (status == virtio::PopStatus::kEmpty || status == virtio::PopStatus::kBroken) break;
       used_any = true;  // an invalid chain was already returned by the queue
@@ -138,6 +145,10 @@ void Muxer::Impl::process_tx() {
       handle_tx_chain(tx_chain_);
       queue->add_used(tx_chain_.head_index(), 0);
       if (queues_[kTxQueue].queue != queue) return;  // detached underneath us (not expected)
+    }
+    if (out_of_budget) {
+      schedule_tx();  // notifications stay off: the next pass comes by itself
+      break;
     }
     queue->enable_notifications();
     if (queue->broken() || !queue->has_available()) break;

@@ -52,6 +52,7 @@ struct MuxerStats {
   uint64_t rx_chains_too_small = 0;  // RX chains returned unused (no room for a header, or for data)
   uint64_t orphan_rsts_dropped = 0;  // RST replies lost because their bounded queue was full
   uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
+  uint64_t tx_passes = 0;            // TX passes run (each drains the ring up to a budget)
 };
 
 class Muxer {

@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <unordered_map>
@@ -107,6 +108,13 @@ class Muxer::Impl {
 
   // --- muxer_rx.cpp: RX scheduling ---
   void schedule_rx();
+  // Descriptors one pass may walk before it yields to the event loop. Every
+  // chain walk is bounded by the queue size, but a guest can list suffixes of
+  // one long chain in every avail slot: without a budget a pass would cost
+  // O(queue size^2). Legitimate chains (2-3 descriptors) never reach it.
+  [[nodiscard]] static uint64_t walk_budget(const virtio::SplitVirtqueue& queue) {
+    return std::max<uint64_t>(uint64_t{1} << 16, 4 * uint64_t{queue.size()});
+  }
   void process_rx();
   bool acquire_rx_chain(virtio::SplitVirtqueue& queue, virtio::DescriptorChain& chain);
   bool put_control(virtio::SplitVirtqueue& queue, const PacketHeader& header);

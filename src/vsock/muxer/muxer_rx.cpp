@@ -57,8 +57,12 @@ void Muxer::Impl::process_rx() {
   bool rx_empty = false;
   bool yielded = false;
   size_t turns = 0;
+  // Chains that do not fit a turn are given back and walked again later, so
+  // the walk, not the turn count, is what bounds a pass.
+  const uint64_t walk_limit = queue->stats().descriptors_walked + walk_budget(*queue);
+  auto out_of_budget = [&] { return queue->stats().descriptors_walked >= walk_limit; };
 
-  while (!rx_empty) {
+  while (!rx_empty && !yielded) {
     // 1. Control packets owed by live connections.
     while (!rx_empty && !control_list_.empty()) {
       MuxConnection* mc = control_list_.front();
@@ -74,6 +78,10 @@ void Muxer::Impl::process_rx() {
         data_list_.push_back(mc->data_hook);
         continue;
       }
+      if (out_of_budget()) {
+        yielded = true;
+        break;
+      }
       if (!acquire_rx_chain(*queue, rx_chains_[0])) {
         rx_empty = true;
         break;
@@ -84,7 +92,11 @@ void Muxer::Impl::process_rx() {
       after_change(*mc, before);
     }
     // 2. RSTs for packets that matched no connection.
-    while (!rx_empty && orphan_count_ > 0) {
+    while (!rx_empty && !yielded && orphan_count_ > 0) {
+      if (out_of_budget()) {
+        yielded = true;
+        break;
+      }
       if (!acquire_rx_chain(*queue, rx_chains_[0])) {
         rx_empty = true;
         break;
@@ -93,10 +105,10 @@ void Muxer::Impl::process_rx() {
       orphan_head_ = (orphan_head_ + 1) % kMaxOrphanRsts;
       --orphan_count_;
     }
-    if (rx_empty) break;
+    if (rx_empty || yielded) break;
     // 3. Data, one quantum per connection per turn.
     if (data_list_.empty()) break;
-    if (turns >= kMaxTurnsPerPass) {
+    if (turns >= kMaxTurnsPerPass || out_of_budget()) {
       yielded = true;
       break;
     }

@@ -73,6 +73,7 @@ class MuxerHarness {
   Muxer& muxer() { return *muxer_; }
   base::EventLoop& loop() { return loop_; }
   const MuxerStats& stats() { return muxer_->stats(); }
+  [[nodiscard]] const virtio::SplitVirtqueue& tx_queue() const { return tx_queue_; }
   void destroy_muxer() { muxer_.reset(); }  // as at daemon exit; the scratch directory stays
   const std::string& uds_path() const { return uds_path_; }
   std::string port_path(uint32_t port) const { return uds_path_ + "_" + std::to_string(port); }
