@@ -97,10 +97,10 @@ void Connection::note_credit_starved() {
   pending_control_ |= control::kCreditRequest;
 }
 
-// Policy: advertise once the host has taken half of the guest's usable window
-// since the guest last heard from us. Linux caps its view of our buf_alloc at
+// Policy: advertise once the host has taken 1/kCreditUpdateDivisor of the
+// guest's usable window since the guest last heard from us. Linux caps its view of our buf_alloc at
 // its own buf_alloc (256 KiB by default), so the window is the smaller of the
-// two: with ours alone, a --tx-buffer-size above twice the guest's buffer
+// two: with ours alone, a --tx-buffer-size well above the guest's buffer
 // would leave the guest waiting at zero credit while we wait for more bytes.
 // A guest stalls only with its whole window unacknowledged; draining that
 // always crosses the threshold, so a stall with everything forwarded is
@@ -108,7 +108,7 @@ void Connection::note_credit_starved() {
 void Connection::after_forwarded(uint32_t guest_bytes) {
   fwd_cnt_ += guest_bytes;
   const uint32_t window = std::min(params_.buf_alloc, peer_buf_alloc_);
-  const uint32_t threshold = std::max<uint32_t>(1, window / 2);
+  const uint32_t threshold = std::max<uint32_t>(1, window / kCreditUpdateDivisor);
   if (fwd_cnt_ - advertised_fwd_cnt_ >= threshold && state_ == ConnectionState::kEstablished) {
     pending_control_ |= control::kCreditUpdate;
   }

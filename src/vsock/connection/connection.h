@@ -50,6 +50,13 @@ enum class GuestPacketVerdict : uint8_t {
   kHostGone,           // RW after the host socket was closed (RW the host stopped reading is dropped, kOk)
 };
 
+// A CREDIT_UPDATE goes out once the host has taken this fraction (1/N) of the
+// guest's usable window since the guest last heard from us. A quarter rather
+// than a half: with the default 64 KiB window and 64 KiB writes, a half let the
+// guest sit idle for each update's round trip (bench: 12 -> 21 Gbit/s pinned),
+// and it costs at most four updates per window.
+inline constexpr uint32_t kCreditUpdateDivisor = 4;
+
 struct ConnectionParams {
   uint64_t guest_cid = 0;
   uint32_t local_port = 0;  // host side (src_port of what we send)

@@ -168,16 +168,17 @@ TEST_F(Fixture, ExactlyFullCreditIsAccepted) {
   EXPECT_EQ(send_rw(*conn, pattern(1)), GuestPacketVerdict::kCreditViolation);
 }
 
-TEST_F(Fixture, CreditUpdatePolicyHalfBufferOrOnRequest) {
+TEST_F(Fixture, CreditUpdatePolicyAFractionOfTheBufferOrOnRequest) {
   auto conn = make(ConnectionState::kEstablished);
-  ASSERT_EQ(send_rw(*conn, pattern(kBufAlloc / 2 - 1)), GuestPacketVerdict::kOk);
+  const uint32_t threshold = kBufAlloc / kCreditUpdateDivisor;
+  ASSERT_EQ(send_rw(*conn, pattern(threshold - 1)), GuestPacketVerdict::kOk);
   EXPECT_FALSE(conn->pending_control() & control::kCreditUpdate);
   ASSERT_EQ(send_rw(*conn, pattern(1)), GuestPacketVerdict::kOk);
   EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);
   auto update = conn->take_control_packet();
   ASSERT_TRUE(update);
   EXPECT_EQ(update->operation(), Op::kCreditUpdate);
-  EXPECT_EQ(update->fwd_cnt, kBufAlloc / 2);
+  EXPECT_EQ(update->fwd_cnt, threshold);
   EXPECT_EQ(update->buf_alloc, kBufAlloc);
   EXPECT_EQ(conn->pending_control(), 0);
 
@@ -189,13 +190,14 @@ TEST_F(Fixture, CreditUpdatePolicyHalfBufferOrOnRequest) {
 }
 
 // Linux caps its view of our buf_alloc at its own (256 KiB by default): with a
-// larger --tx-buffer-size, waiting for half of ours would deadlock the stream.
+// larger --tx-buffer-size, waiting for a share of ours would deadlock the stream.
 TEST_F(Fixture, CreditUpdateThresholdFollowsTheSmallerOfBothWindows) {
   auto conn = make(ConnectionState::kEstablished);
-  const uint32_t guest_window = kBufAlloc / 4;
-  auto rw = header(Op::kRw, guest_window / 2 - 1);
+  const uint32_t guest_window = kBufAlloc / 8;
+  const uint32_t threshold = guest_window / kCreditUpdateDivisor;
+  auto rw = header(Op::kRw, threshold - 1);
   rw.buf_alloc = guest_window;
-  std::vector<uint8_t> data = pattern(guest_window / 2 - 1);
+  std::vector<uint8_t> data = pattern(threshold - 1);
   iovec iov{data.data(), data.size()};
   ASSERT_EQ(conn->on_guest_packet(rw, std::span(&iov, 1)), GuestPacketVerdict::kOk);
   EXPECT_FALSE(conn->pending_control() & control::kCreditUpdate);
@@ -203,7 +205,7 @@ TEST_F(Fixture, CreditUpdateThresholdFollowsTheSmallerOfBothWindows) {
   iov.iov_len = 1;
   ASSERT_EQ(conn->on_guest_packet(rw, std::span(&iov, 1)), GuestPacketVerdict::kOk);
   EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);
-  EXPECT_EQ(conn->take_control_packet()->fwd_cnt, guest_window / 2);
+  EXPECT_EQ(conn->take_control_packet()->fwd_cnt, threshold);
 }
 
 TEST_F(Fixture, CreditRequestIsSentOnceUntilCreditMoves) {
