@@ -91,8 +91,8 @@ def section(results: dict[str, Result], pins: list[str]) -> list[str]:
         "vhost-device-vsock) and sends CREDIT_UPDATE once a quarter of it is forwarded (a half, before",
         "2026-11-24: 12 → 21 Gbit/s pinned by hand with 64 KiB writes). So the guest can",
         "have at most 64 KiB in flight: with 64 KiB writes it sends "
-        f"{fmt(ev(f'sim.g2h.64k.1.{pin}', 'packets_from_guest_per_mib'), 1)} packets per MiB (each write",
-        "is cut in two by the credit), the daemon sends "
+        f"{fmt(ev(f'sim.g2h.64k.1.{pin}', 'packets_from_guest_per_mib'), 1)} packets per MiB (16 would be",
+        "one per write), the daemon sends "
         f"{fmt(ev(f'sim.g2h.64k.1.{pin}', 'credit_updates_to_guest_per_mib'), 1)} CREDIT_UPDATEs per MiB and",
         f"sleeps and wakes {fmt(ev(f'sim.g2h.64k.1.{pin}', 'daemon_wakeups_per_mib'), 1)} times per MiB: the three",
         "processes take turns instead of streaming. The non-default rows of the same run show it:",

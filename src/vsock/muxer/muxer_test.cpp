@@ -118,6 +118,14 @@ TEST_F(MuxerTest, NonReadingHostThrottlesGuestByCreditThenResumes) {
   EXPECT_EQ(peer_fwd_cnt, guest_sent);  // no stall with everything forwarded
 }
 
+size_t rw_payload_bytes(const std::vector<GuestPacket>& packets) {
+  size_t bytes = 0;
+  for (const auto& p : packets) {
+    if (p.header.operation() == Op::kRw) bytes += p.payload.size();
+  }
+  return bytes;
+}
+
 TEST_F(MuxerTest, HostToGuestRespectsGuestCreditAndAsksOnce) {
   auto host = establish_guest_connection();
   h->guest_buf_alloc = 8192;
@@ -136,11 +144,7 @@ TEST_F(MuxerTest, HostToGuestRespectsGuestCreditAndAsksOnce) {
   // The guest consumed it all: 8 KiB more may flow.
   h->guest_fwd_cnt = 8192;
   h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
-  rw_bytes = 0;
-  for (auto& p : drain()) {
-    if (p.header.operation() == Op::kRw) rw_bytes += p.payload.size();
-  }
-  EXPECT_EQ(rw_bytes, 8192u);
+  EXPECT_EQ(rw_payload_bytes(drain()), 8192u);
 }
 
 TEST_F(MuxerTest, HostDataWithoutGuestCreditLeavesTheLoopIdle) {
@@ -150,22 +154,14 @@ TEST_F(MuxerTest, HostDataWithoutGuestCreditLeavesTheLoopIdle) {
   drain();
   auto data = pattern(20000);
   ASSERT_EQ(::write(host.get(), data.data(), data.size()), 20000);
-  size_t rw_bytes = 0;
-  for (auto& p : drain()) {
-    if (p.header.operation() == Op::kRw) rw_bytes += p.payload.size();
-  }
-  ASSERT_EQ(rw_bytes, 4096u);
+  ASSERT_EQ(rw_payload_bytes(drain()), 4096u);
   // Host bytes wait for credit; the RX path must sleep, not poll for it.
   const uint64_t passes = h->stats().rx_passes;
   h->run_for(50ms);
   EXPECT_LE(h->stats().rx_passes - passes, 1u);
   h->guest_fwd_cnt = 4096;
   h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
-  rw_bytes = 0;
-  for (auto& p : drain()) {
-    if (p.header.operation() == Op::kRw) rw_bytes += p.payload.size();
-  }
-  EXPECT_EQ(rw_bytes, 4096u);
+  EXPECT_EQ(rw_payload_bytes(drain()), 4096u);
 }
 
 TEST_F(MuxerTest, BulkHostToGuestFillsManySmallBuffersIntact) {
