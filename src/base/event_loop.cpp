@@ -7,11 +7,12 @@
 #include <cstring>
 #include <system_error>
 
-
 namespace vhost_vsock::base {
 namespace {
 
-[[noreturn]] void throw_errno(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
+[[noreturn]] void throw_errno(const char* what) {
+  throw std::system_error(errno, std::generic_category(), what);
+}
 
 uint64_t pack(int fd, uint32_t generation) {
   return (static_cast<uint64_t>(generation) << 32) | static_cast<uint32_t>(fd);
@@ -76,7 +77,9 @@ void EventLoop::compact_timers() {
   std::make_heap(timers_.begin(), timers_.end(), std::greater<>{});
 }
 
-void EventLoop::defer(TimerCallback callback) { deferred_.push_back(std::move(callback)); }
+void EventLoop::defer(TimerCallback callback) {
+  deferred_.push_back(std::move(callback));
+}
 
 int EventLoop::next_timeout_ms(std::chrono::milliseconds max_wait) const {
   if (!deferred_.empty() || !scheduled_tasks_.empty()) return 0;

@@ -72,7 +72,8 @@ TEST(EventLoop, CancelledTimersDoNotPileUpUnderChurn) {
   std::vector<int> fired;
   loop.add_timer(std::chrono::milliseconds(30), [&] { fired.push_back(2); });
   // A connection burst: each sets a long timeout and cancels it at once.
-  for (int i = 0; i < 10000; ++i) loop.cancel_timer(loop.add_timer(std::chrono::hours(1), [&] { fired.push_back(99); }));
+  for (int i = 0; i < 10000; ++i)
+    loop.cancel_timer(loop.add_timer(std::chrono::hours(1), [&] { fired.push_back(99); }));
   EXPECT_LE(loop.timer_heap_size(), 130u);
   loop.add_timer(std::chrono::milliseconds(1), [&] { fired.push_back(1); });
   auto deadline = EventLoop::Clock::now() + std::chrono::seconds(2);

@@ -19,6 +19,8 @@ bool BoundSocketFile::still_ours() const {
   return recorded_ && ::lstat(path_.c_str(), &info) == 0 && info.st_dev == device_ && info.st_ino == inode_;
 }
 
-bool BoundSocketFile::unlink_if_ours() const { return still_ours() && ::unlink(path_.c_str()) == 0; }
+bool BoundSocketFile::unlink_if_ours() const {
+  return still_ours() && ::unlink(path_.c_str()) == 0;
+}
 
 }  // namespace vhost_vsock::base

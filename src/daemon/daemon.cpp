@@ -211,8 +211,7 @@ int run_daemon(const DaemonConfig& config) {
   std::vector<std::unique_ptr<VmWorker>> workers;
   try {
     for (const VmConfig& vm : config.vms) {
-      workers.push_back(
-          std::make_unique<VmWorker>(vm, runtime, [fd = failure_fd.get()] { notify_failure(fd); }));
+      workers.push_back(std::make_unique<VmWorker>(vm, runtime, [fd = failure_fd.get()] { notify_failure(fd); }));
     }
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

@@ -127,13 +127,8 @@ size_t rw_payload_bytes(const std::vector<GuestPacket>& packets) {
 }
 
 TEST_F(MuxerTest, HostToGuestRespectsGuestCreditAndAsksOnce) {
-  auto host = establish_guest_connection();
-  h->guest_buf_alloc = 8192;
-  h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
-  drain();
-  auto data = pattern(20000);
-  ASSERT_EQ(::write(host.get(), data.data(), data.size()), 20000);
-  auto packets = drain();
+  base::UniqueFd host;
+  auto packets = host_writes_beyond_guest_credit(host, 8192, 20000);
   size_t rw_bytes = 0, credit_requests = 0;
   for (auto& p : packets) {
     if (p.header.operation() == Op::kRw) rw_bytes += p.payload.size();
@@ -148,13 +143,8 @@ TEST_F(MuxerTest, HostToGuestRespectsGuestCreditAndAsksOnce) {
 }
 
 TEST_F(MuxerTest, HostDataWithoutGuestCreditLeavesTheLoopIdle) {
-  auto host = establish_guest_connection();
-  h->guest_buf_alloc = 4096;
-  h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
-  drain();
-  auto data = pattern(20000);
-  ASSERT_EQ(::write(host.get(), data.data(), data.size()), 20000);
-  ASSERT_EQ(rw_payload_bytes(drain()), 4096u);
+  base::UniqueFd host;
+  ASSERT_EQ(rw_payload_bytes(host_writes_beyond_guest_credit(host, 4096, 20000)), 4096u);
   // Host bytes wait for credit; the RX path must sleep, not poll for it.
   const uint64_t passes = h->stats().rx_passes;
   h->run_for(50ms);

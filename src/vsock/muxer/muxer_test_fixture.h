@@ -75,6 +75,19 @@ class MuxerTest : public ::testing::Test {
   }
 
   // Guest connects to host port `port` whose listener exists; returns the accepted host fd.
+  // An established connection whose guest grants `guest_window` bytes of
+  // credit, after its host peer wrote `host_bytes`; returns the drained packets.
+  std::vector<GuestPacket> host_writes_beyond_guest_credit(base::UniqueFd& host, uint32_t guest_window,
+                                                           size_t host_bytes) {
+    host = establish_guest_connection();
+    h->guest_buf_alloc = guest_window;
+    h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));
+    drain();
+    auto data = pattern(host_bytes);
+    EXPECT_EQ(::write(host.get(), data.data(), data.size()), static_cast<ssize_t>(host_bytes));
+    return drain();
+  }
+
   base::UniqueFd establish_guest_connection(uint32_t guest_port = kGuestPort, uint32_t port = kHostPort) {
     if (!listeners.contains(port)) listeners[port] = MuxerHarness::listen_unix(h->port_path(port));
     h->send(h->guest_header(Op::kRequest, guest_port, port));
