@@ -61,6 +61,15 @@ void Muxer::Impl::process_rx() {
   // the walk, not the turn count, is what bounds a pass.
   const uint64_t walk_limit = queue->stats().descriptors_walked + walk_budget(*queue);
   auto out_of_budget = [&] { return queue->stats().descriptors_walked >= walk_limit; };
+  // A chain for one control packet into rx_chains_[0], or the reason to stop.
+  auto take_control_chain = [&] {
+    if (out_of_budget()) {
+      yielded = true;
+    } else if (!acquire_rx_chain(*queue, rx_chains_[0])) {
+      rx_empty = true;
+    }
+    return !yielded && !rx_empty;
+  };
 
   while (!rx_empty && !yielded) {
     // 1. Control packets owed by live connections.
@@ -78,14 +87,7 @@ void Muxer::Impl::process_rx() {
         data_list_.push_back(mc->data_hook);
         continue;
       }
-      if (out_of_budget()) {
-        yielded = true;
-        break;
-      }
-      if (!acquire_rx_chain(*queue, rx_chains_[0])) {
-        rx_empty = true;
-        break;
-      }
+      if (!take_control_chain()) break;
       const ConnectionState before = mc->conn.state();
       put_control(*queue, *mc->conn.take_control_packet());
       if (mc->conn.pending_control() == 0) control_list_.pop_front();
@@ -93,14 +95,7 @@ void Muxer::Impl::process_rx() {
     }
     // 2. RSTs for packets that matched no connection.
     while (!rx_empty && !yielded && orphan_count_ > 0) {
-      if (out_of_budget()) {
-        yielded = true;
-        break;
-      }
-      if (!acquire_rx_chain(*queue, rx_chains_[0])) {
-        rx_empty = true;
-        break;
-      }
+      if (!take_control_chain()) break;
       put_control(*queue, orphan_rsts_[orphan_head_]);
       orphan_head_ = (orphan_head_ + 1) % kMaxOrphanRsts;
       --orphan_count_;
@@ -122,10 +117,7 @@ void Muxer::Impl::process_rx() {
       data_list_.push_back(mc->data_hook);  // keep its place for the next RX kick
       continue;
     }
-    if (!after_change(*mc, before)) continue;
-    if (turn == DataTurn::kMore && mc->conn.wants_to_send_data() && mc->conn.peer_credit() > 0) {
-      data_list_.push_back(mc->data_hook);
-    }
+    after_change(*mc, before);  // re-queues it behind the others if it still has data and credit
   }
 
   if (rx_used_any_) {
