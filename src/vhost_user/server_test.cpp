@@ -25,11 +25,7 @@ using test::FakeDevice;
 using test::GuestRam;
 using test::kRingSize;
 using test::kUserBase;
-
-struct Reply {
-  MessageHeader header;
-  std::vector<uint8_t> payload;
-};
+using test::Reply;
 
 base::UniqueFd connect_to(const std::string& path) {
   base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));

@@ -13,11 +13,7 @@ using test::FakeDevice;
 using test::GuestRam;
 using test::kRingSize;
 using test::kUserBase;
-
-struct Reply {
-  MessageHeader header;
-  std::vector<uint8_t> payload;
-};
+using test::Reply;
 
 std::vector<Reply> parse_replies(const std::vector<uint8_t>& bytes) {
   std::vector<Reply> replies;

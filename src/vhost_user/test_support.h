@@ -90,6 +90,12 @@ class GuestRam {
 
 // One region at guest-physical 0 and front-end address kUserBase, with two
 // rings of kRingSize entries laid out inside it.
+// A back-end reply as the tests read it off the socket.
+struct Reply {
+  MessageHeader header;
+  std::vector<uint8_t> payload;
+};
+
 inline constexpr uint64_t kUserBase = 0x7f0000000000;
 inline constexpr uint32_t kRingSize = 8;
 inline constexpr size_t kRamSize = 1 << 20;
