@@ -20,7 +20,10 @@ uint64_t pack(int fd, uint32_t generation) {
 
 }  // namespace
 
-EventLoop::EventLoop() : events_(256) {
+EventLoop::EventLoop(size_t post_capacity) : events_(256), posted_(post_capacity) {
+  constexpr size_t kDeferredReserve = 64;
+  deferred_.reserve(kDeferredReserve);
+  deferred_running_.reserve(kDeferredReserve);
   epoll_fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_fd_) throw_errno("epoll_create1");
   wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -77,12 +80,31 @@ void EventLoop::compact_timers() {
   std::make_heap(timers_.begin(), timers_.end(), std::greater<>{});
 }
 
-void EventLoop::defer(TimerCallback callback) {
+void EventLoop::defer(InlineTask callback) {
   deferred_.push_back(std::move(callback));
 }
 
+bool EventLoop::post(InlineTask&& task) {
+  if (stopping() || !posted_.try_push(task)) return false;
+  if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) {
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof(one));
+  }
+  return true;
+}
+
+void EventLoop::run_posted() {
+  // Before draining: a post() that finds the flag set relies on this drain.
+  wake_pending_.exchange(false, std::memory_order_acq_rel);
+  for (size_t budget = kPostedTasksPerIteration; budget > 0; --budget) {
+    std::optional<InlineTask> task = posted_.try_pop();
+    if (!task) return;
+    (*task)();
+  }
+}
+
 int EventLoop::next_timeout_ms(std::chrono::milliseconds max_wait) const {
-  if (!deferred_.empty() || !scheduled_tasks_.empty()) return 0;
+  if (!deferred_.empty() || !scheduled_tasks_.empty() || posted_.ready()) return 0;
   int wait = max_wait.count() < 0 ? -1 : static_cast<int>(max_wait.count());
   if (!timers_.empty()) {
     auto until = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.front().due - Clock::now()).count();
@@ -156,6 +178,7 @@ void EventLoop::run_once(std::chrono::milliseconds max_wait) {
     callback(events_[i].events);
   }
   run_due_timers();
+  run_posted();
   run_deferred();
 }
 

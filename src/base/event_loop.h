@@ -1,5 +1,6 @@
-// One epoll loop per VM worker: fd readiness callbacks, one-shot timers and a
-// thread-safe stop. Everything registered here runs on the loop's thread.
+// One epoll loop per VM worker: fd readiness callbacks, one-shot timers, a
+// cross-thread mailbox (post) and a thread-safe stop. Everything registered
+// or posted here runs on the loop's thread.
 #pragma once
 
 #include <sys/epoll.h>
@@ -12,6 +13,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "base/bounded_mpsc_queue.h"
+#include "base/inline_task.h"
 #include "base/unique_fd.h"
 
 namespace vhost_vsock::base {
@@ -25,7 +28,15 @@ class EventLoop {
   using Clock = std::chrono::steady_clock;
   using TimerId = uint64_t;
 
-  EventLoop();
+  // Bounded so that a stalled worker pushes back on its producers instead of
+  // growing without limit; 4096 tasks of 64 bytes each is 256 KiB per loop.
+  static constexpr size_t kDefaultPostCapacity = 4096;
+  // At most this many posted tasks run per loop iteration, so a flood of
+  // posts cannot starve fd events and timers.
+  static constexpr size_t kPostedTasksPerIteration = 256;
+
+  // `post_capacity` is rounded up to a power of two.
+  explicit EventLoop(size_t post_capacity = kDefaultPostCapacity);
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
@@ -54,10 +65,19 @@ class EventLoop {
   void stop();
   [[nodiscard]] bool stopping() const { return stop_requested_.load(std::memory_order_acquire); }
 
-  // Queues a callback to run on the loop thread after the current batch of
-  // events. Allocates when the callback does not fit std::function's inline
-  // storage: the data path uses DeferredTask instead.
-  void defer(TimerCallback callback);
+  // Loop thread only: queues a callback to run after the current batch of
+  // events. Allocation-free once the queue has reached its high-water mark.
+  void defer(InlineTask callback);
+
+  // Any thread: hands `task` to the loop thread, which runs it within its next
+  // iteration (posts from one thread run in the order they were posted). No
+  // lock and no allocation. Returns false, leaving `task` untouched for the
+  // caller to retry or handle, when the mailbox is full (backpressure) or
+  // stop() has been called. A task accepted just before stop() may never run;
+  // it is destroyed, releasing its captures, with the loop. The loop must
+  // outlive every post() call.
+  bool post(InlineTask&& task);
+  [[nodiscard]] size_t post_capacity() const { return posted_.capacity(); }
 
  private:
   friend class DeferredTask;
@@ -75,6 +95,7 @@ class EventLoop {
   void run_due_timers();
   void compact_timers();
   void run_deferred();
+  void run_posted();
 
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;
@@ -83,12 +104,17 @@ class EventLoop {
   std::vector<Timer> timers_;  // min-heap on due time (std::greater), cancelled entries included
   std::unordered_map<TimerId, TimerCallback> timer_callbacks_;
   TimerId next_timer_id_ = 1;
-  std::vector<TimerCallback> deferred_;
-  std::vector<TimerCallback> deferred_running_;  // kept to reuse its capacity
+  std::vector<InlineTask> deferred_;
+  std::vector<InlineTask> deferred_running_;  // kept to reuse its capacity
   std::vector<DeferredTask*> scheduled_tasks_;
   std::vector<DeferredTask*> running_tasks_;  // kept to reuse its capacity
   std::vector<epoll_event> events_;
   std::atomic<bool> stop_requested_{false};  // written by stop() from any thread
+  BoundedMpscQueue<InlineTask> posted_;
+  // Set by the first post() after a drain began: later posts skip the eventfd
+  // write because the loop is already due to wake. RMW on both sides, so a
+  // post either sees the flag cleared (and writes) or the drain sees its task.
+  std::atomic<bool> wake_pending_{false};
 };
 
 // Work coalesced to once per event batch ("process RX after this round of
@@ -96,7 +122,7 @@ class EventLoop {
 // allocating. Destroying a scheduled task unschedules it.
 class DeferredTask {
  public:
-  DeferredTask(EventLoop& loop, std::function<void()> callback) : loop_(loop), callback_(std::move(callback)) {}
+  DeferredTask(EventLoop& loop, InlineTask callback) : loop_(loop), callback_(std::move(callback)) {}
   ~DeferredTask();
   DeferredTask(const DeferredTask&) = delete;
   DeferredTask& operator=(const DeferredTask&) = delete;
@@ -108,7 +134,7 @@ class DeferredTask {
  private:
   friend class EventLoop;
   EventLoop& loop_;
-  std::function<void()> callback_;
+  InlineTask callback_;
   bool scheduled_ = false;
 };
 

@@ -1,10 +1,14 @@
 #include "base/event_loop.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <array>
+#include <atomic>
 #include <memory>
 #include <thread>
+#include <vector>
 
 namespace vhost_vsock::base {
 namespace {
@@ -148,6 +152,124 @@ TEST(DeferredTask, DestroyedTaskDoesNotRunEvenIfAlreadyInTheBatch) {
   unscheduled.reset();
   loop.run_once(std::chrono::milliseconds(0));
   EXPECT_EQ(victim_runs, 0);
+}
+
+TEST(EventLoopPost, TasksFromSeveralThreadsAllRunInOrderPerProducer) {
+  constexpr int kProducers = 4;
+  constexpr int kTasksEach = 20000;
+  // Touched only on the loop thread; read here after joining it.
+  struct ConsumerSide {
+    EventLoop loop{64};  // small, so producers also hit "full" and retry
+    std::array<int, kProducers> next_sequence{};
+    int out_of_order = 0;
+    int ran = 0;
+  } side;
+  std::thread consumer([&side] { side.loop.run(); });
+  std::vector<std::thread> producers;
+  for (int producer = 0; producer < kProducers; ++producer) {
+    producers.emplace_back([&side, producer] {
+      for (int sequence = 0; sequence < kTasksEach; ++sequence) {
+        InlineTask task([side = &side, producer, sequence] {
+          if (side->next_sequence[producer]++ != sequence) ++side->out_of_order;
+          if (++side->ran == kProducers * kTasksEach) side->loop.stop();
+        });
+        while (!side.loop.post(std::move(task))) {
+          EXPECT_TRUE(task) << "a refused task must stay with the caller";
+          std::this_thread::yield();
+        }
+      }
+    });
+  }
+  for (auto& producer : producers) producer.join();
+  consumer.join();
+  EXPECT_EQ(side.ran, kProducers * kTasksEach);
+  EXPECT_EQ(side.out_of_order, 0);
+  for (int count : side.next_sequence) EXPECT_EQ(count, kTasksEach);
+}
+
+TEST(EventLoopPost, FullMailboxRefusesAndLosesNothing) {
+  EventLoop loop(3);
+  ASSERT_EQ(loop.post_capacity(), 4u);  // rounded up to a power of two
+  std::vector<int> ran;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(loop.post([&ran, i] { ran.push_back(i); }));
+  InlineTask fifth([&ran] { ran.push_back(4); });
+  EXPECT_FALSE(loop.post(std::move(fifth)));
+  ASSERT_TRUE(fifth);  // still the caller's
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(ran, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_TRUE(loop.post(std::move(fifth)));
+  EXPECT_FALSE(fifth);
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(ran, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST(EventLoopPost, WakesABlockedRunOnce) {
+  EventLoop loop;
+  bool ran = false;
+  std::thread poster([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_TRUE(loop.post([&ran] { ran = true; }));
+  });
+  auto start = EventLoop::Clock::now();
+  loop.run_once(std::chrono::seconds(20));
+  auto waited = EventLoop::Clock::now() - start;
+  poster.join();
+  EXPECT_TRUE(ran);
+  EXPECT_LT(waited, std::chrono::seconds(10));
+}
+
+TEST(EventLoopPost, LeftoversBeyondTheIterationBudgetRunNextIterationWithoutWaiting) {
+  EventLoop loop(1024);
+  size_t ran = 0;
+  const size_t total = EventLoop::kPostedTasksPerIteration + 10;
+  for (size_t i = 0; i < total; ++i) ASSERT_TRUE(loop.post([&ran] { ++ran; }));
+  loop.run_once(std::chrono::milliseconds(0));
+  EXPECT_EQ(ran, EventLoop::kPostedTasksPerIteration);
+  auto start = EventLoop::Clock::now();
+  loop.run_once(std::chrono::seconds(20));  // must not sleep: tasks are still queued
+  EXPECT_LT(EventLoop::Clock::now() - start, std::chrono::seconds(10));
+  EXPECT_EQ(ran, total);
+}
+
+TEST(EventLoopPost, AfterStopIsRefusedAndQueuedTasksAreReleasedWithTheLoop) {
+  auto capture = std::make_shared<int>(0);
+  int ran = 0;
+  {
+    EventLoop loop;
+    ASSERT_TRUE(loop.post([capture, &ran] { ++ran; }));
+    loop.stop();
+    InlineTask late([capture, &ran] { ++ran; });
+    EXPECT_FALSE(loop.post(std::move(late)));
+    EXPECT_TRUE(late);
+    EXPECT_EQ(capture.use_count(), 3);
+  }
+  EXPECT_EQ(ran, 0);
+  EXPECT_EQ(capture.use_count(), 1);  // both captures released, none leaked
+}
+
+TEST(InlineTask, HoldsMoveOnlyCapturesAndReleasesThemOnce) {
+  SocketPair pair;
+  int fd = pair.a.get();
+  InlineTask task([owned = std::move(pair.a)] { EXPECT_TRUE(owned.valid()); });
+  InlineTask moved(std::move(task));
+  EXPECT_FALSE(task);
+  ASSERT_TRUE(moved);
+  moved();
+  EXPECT_NE(::fcntl(fd, F_GETFD), -1);  // still open: owned by the task
+  moved.reset();
+  EXPECT_EQ(::fcntl(fd, F_GETFD), -1);  // closed exactly when the task was destroyed
+}
+
+TEST(InlineTask, OnlyCallablesThatFitAreAccepted) {
+  std::array<char, InlineTask::kCapacity> fits{};
+  std::array<char, InlineTask::kCapacity + 1> too_big{};
+  auto small = [fits] { (void)fits; };
+  auto big = [too_big] { (void)too_big; };
+  static_assert(InlineTask::fits<decltype(small)>);
+  static_assert(!InlineTask::fits<decltype(big)>);
+  static_assert(sizeof(InlineTask) <= 56);
+  InlineTask task(small);
+  EXPECT_TRUE(task);
 }
 
 }  // namespace
