@@ -1,24 +1,12 @@
 #include "vsock/connection/connection.h"
 
-#include <fmt/format.h>
-#include <linux/sock_diag.h>
-#include <sys/socket.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <climits>
-#include <cstring>
-#include <string>
+#include <array>
 
 namespace vhost_vsock::vsock {
 namespace {
 
-constexpr size_t kMaxIovecsPerCall = IOV_MAX;
 constexpr uint32_t kShutdownBoth = kShutdownRcv | kShutdownSend;
-
-bool would_block(int error) {
-  return error == EAGAIN || error == EWOULDBLOCK;
-}
 
 }  // namespace
 
@@ -40,11 +28,11 @@ const char* to_string(ConnectionState state) {
   return "unknown";
 }
 
-Connection::Connection(base::EventLoop& loop, const ConnectionParams& params, base::UniqueFd host_fd,
+Connection::Connection(const ConnectionParams& params, std::unique_ptr<HostEndpoint> host,
                        ConnectionState initial_state)
-    : loop_(loop),
-      params_(params),
-      host_fd_(std::move(host_fd)),
+    : params_(params),
+      host_(std::move(host)),
+      socket_type_(host_->socket_type()),
       state_(initial_state),
       rx_cnt_(params.counter_base),
       fwd_cnt_(params.counter_base),
@@ -55,15 +43,14 @@ Connection::~Connection() {
   close_host();
 }
 
-void Connection::watch_host(base::EventLoop::FdCallback callback) {
-  if (!host_fd_) return;
-  loop_.add(host_fd_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, std::move(callback));
+void Connection::watch_host(HostEndpoint::EventCallback callback) {
+  if (!host_->is_open()) return;
+  host_->watch(std::move(callback));
 }
 
 void Connection::close_host() {
-  if (!host_fd_) return;
-  loop_.remove(host_fd_.get());
-  host_fd_.reset();
+  if (!host_->is_open()) return;
+  host_->close();
   tx_buffer_.clear();
   uncounted_front_bytes_ = 0;
   early_host_bytes_.clear();
@@ -115,16 +102,8 @@ void Connection::after_forwarded(uint32_t guest_bytes) {
 }
 
 size_t Connection::host_backlog() const {
-  if (!host_fd_) return 0;
-  // getsockopt rather than ioctl(SIOCOUTQ): the sandbox allows the former.
-  uint32_t meminfo[SK_MEMINFO_VARS] = {};
-  socklen_t length = sizeof(meminfo);
-  size_t unread = 0;
-  if (::getsockopt(host_fd_.get(), SOL_SOCKET, SO_MEMINFO, meminfo, &length) == 0 &&
-      length > SK_MEMINFO_WMEM_ALLOC * sizeof(uint32_t)) {
-    unread = meminfo[SK_MEMINFO_WMEM_ALLOC];  // sent bytes the peer has not read (AF_UNIX)
-  }
-  return tx_buffer_.size() + unread;
+  if (!host_->is_open()) return 0;
+  return tx_buffer_.size() + host_->unread_by_peer();
 }
 
 // ---- guest -> host ----
@@ -142,36 +121,10 @@ GuestPacketVerdict Connection::on_guest_packet(const PacketHeader& header, std::
         reset();
         return GuestPacketVerdict::kProtocolViolation;
       }
-      state_ = ConnectionState::kEstablished;
-      {
-        // Same ordered path as guest data, so a peer that never reads cannot block us.
-        const std::string reply = fmt::format("OK {}\n", params_.local_port);
-        uncounted_front_bytes_ +=
-            tx_buffer_.append(std::span(reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
-      }
-      host_readable_ = true;  // the socket may already hold data (edge-triggered: we must look)
-      // Some guest kernels give the accepted child socket no peer credit from
-      // our REQUEST; one update makes sure it can write before the host does.
-      pending_control_ |= control::kCreditUpdate;
-      flush_tx();
-      return GuestPacketVerdict::kOk;
+      return on_guest_accept();
 
     case ConnectionState::kEstablished:
-      switch (op) {
-        case Op::kRw:
-          return accept_guest_data(payload, header.len);
-        case Op::kShutdown:
-          on_guest_shutdown(header.flags);
-          return GuestPacketVerdict::kOk;
-        case Op::kCreditUpdate:
-          return GuestPacketVerdict::kOk;
-        case Op::kCreditRequest:
-          pending_control_ |= control::kCreditUpdate;
-          return GuestPacketVerdict::kOk;
-        default:
-          reset();
-          return GuestPacketVerdict::kProtocolViolation;
-      }
+      return on_established_packet(op, header, payload);
 
     case ConnectionState::kClosingAfterFlush:
       // The guest promised to send nothing more.
@@ -185,7 +138,7 @@ GuestPacketVerdict Connection::on_guest_packet(const PacketHeader& header, std::
       if (op == Op::kShutdown || op == Op::kRw) {
         // The guest is closing too (or raced us with data the host can no
         // longer take): finish with our RST.
-        kill();
+        reset();
       }
       return GuestPacketVerdict::kOk;
 
@@ -194,6 +147,41 @@ GuestPacketVerdict Connection::on_guest_packet(const PacketHeader& header, std::
       return GuestPacketVerdict::kOk;
   }
   return GuestPacketVerdict::kOk;
+}
+
+GuestPacketVerdict Connection::on_guest_accept() {
+  state_ = ConnectionState::kEstablished;
+  std::array<uint8_t, kMaxGreetingBytes> greeting;
+  const size_t greeting_bytes = host_->accept_greeting(params_.local_port, greeting);
+  if (greeting_bytes > 0) {
+    // Same ordered path as guest data, so a peer that never reads cannot block us.
+    uncounted_front_bytes_ += tx_buffer_.append(std::span<const uint8_t>(greeting.data(), greeting_bytes));
+  }
+  host_readable_ = true;  // the endpoint may already hold data (edge-triggered: we must look)
+  // Some guest kernels give the accepted child socket no peer credit from
+  // our REQUEST; one update makes sure it can write before the host does.
+  pending_control_ |= control::kCreditUpdate;
+  flush_tx();
+  return GuestPacketVerdict::kOk;
+}
+
+GuestPacketVerdict Connection::on_established_packet(Op op, const PacketHeader& header,
+                                                     std::span<const iovec> payload) {
+  switch (op) {
+    case Op::kRw:
+      return accept_guest_data(payload, header.len);
+    case Op::kShutdown:
+      on_guest_shutdown(header.flags);
+      return GuestPacketVerdict::kOk;
+    case Op::kCreditUpdate:
+      return GuestPacketVerdict::kOk;
+    case Op::kCreditRequest:
+      pending_control_ |= control::kCreditUpdate;
+      return GuestPacketVerdict::kOk;
+    default:
+      reset();
+      return GuestPacketVerdict::kProtocolViolation;
+  }
 }
 
 GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload, uint32_t len) {
@@ -206,7 +194,7 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
     return GuestPacketVerdict::kCreditViolation;
   }
   if (len == 0) return GuestPacketVerdict::kOk;
-  if (!host_fd_) {
+  if (!host_->is_open()) {
     reset();
     return GuestPacketVerdict::kHostGone;
   }
@@ -219,7 +207,10 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
   size_t written = 0;
   // Order: once bytes are buffered, new bytes queue behind them.
   if (tx_buffer_.empty() && host_writable_) {
-    if (write_to_host(payload, written) == WriteStatus::kGone) {
+    const HostEndpoint::SendResult result = host_->send(payload);
+    written = result.bytes;
+    if (result.status == HostEndpoint::SendStatus::kWouldBlock) host_writable_ = false;
+    if (result.status == HostEndpoint::SendStatus::kGone) {
       if (written > 0) after_forwarded(static_cast<uint32_t>(written));
       on_host_write_closed();
       return GuestPacketVerdict::kOk;
@@ -251,62 +242,29 @@ void Connection::on_guest_shutdown(uint32_t flags) {
 }
 
 void Connection::maybe_finish_guest_send_side() {
-  if ((guest_shutdown_ & kShutdownSend) && tx_buffer_.empty() && !host_write_shut_ && host_fd_) {
+  if ((guest_shutdown_ & kShutdownSend) && tx_buffer_.empty() && !host_write_shut_ && host_->is_open()) {
     host_write_shut_ = true;
-    ::shutdown(host_fd_.get(), SHUT_WR);
+    host_->shutdown_send();
   }
-}
-
-Connection::WriteStatus Connection::write_to_host(std::span<const iovec> iovs, size_t& written) {
-  written = 0;
-  while (!iovs.empty()) {
-    const size_t count = std::min(iovs.size(), kMaxIovecsPerCall);
-    msghdr msg{};
-    msg.msg_iov = const_cast<iovec*>(iovs.data());
-    msg.msg_iovlen = count;
-    const ssize_t n = ::sendmsg(host_fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (would_block(errno)) {
-        host_writable_ = false;
-        return WriteStatus::kWouldBlock;
-      }
-      return WriteStatus::kGone;
-    }
-    written += static_cast<size_t>(n);
-    size_t left = static_cast<size_t>(n);
-    size_t i = 0;
-    while (i < count && left >= iovs[i].iov_len) left -= iovs[i++].iov_len;
-    // Partial write: the caller buffers the rest and flushes, which finds out
-    // for certain whether the socket is full (and arms EPOLLOUT if so).
-    if (i < count) return WriteStatus::kOk;
-    iovs = iovs.subspan(count);
-  }
-  return WriteStatus::kOk;
 }
 
 void Connection::flush_tx() {
-  while (!tx_buffer_.empty() && host_writable_ && host_fd_) {
+  while (!tx_buffer_.empty() && host_writable_ && host_->is_open()) {
     iovec iov[2];
     const size_t count = tx_buffer_.readable_iovecs(iov);
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = count;
-    const ssize_t n = ::sendmsg(host_fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (would_block(errno)) {
-        host_writable_ = false;
-        break;
-      }
+    const HostEndpoint::SendResult result = host_->send(std::span<const iovec>(iov, count));
+    const size_t uncounted = std::min(result.bytes, uncounted_front_bytes_);
+    uncounted_front_bytes_ -= uncounted;
+    tx_buffer_.consume(result.bytes);
+    if (result.bytes > uncounted) after_forwarded(static_cast<uint32_t>(result.bytes - uncounted));
+    if (result.status == HostEndpoint::SendStatus::kWouldBlock) {
+      host_writable_ = false;
+      break;
+    }
+    if (result.status == HostEndpoint::SendStatus::kGone) {
       on_host_write_closed();
       return;
     }
-    size_t sent = static_cast<size_t>(n);
-    const size_t uncounted = std::min(sent, uncounted_front_bytes_);
-    uncounted_front_bytes_ -= uncounted;
-    tx_buffer_.consume(sent);
-    if (sent > uncounted) after_forwarded(static_cast<uint32_t>(sent - uncounted));
   }
   if (!tx_buffer_.empty()) return;
   if (state_ == ConnectionState::kClosingAfterFlush) {
@@ -325,7 +283,7 @@ void Connection::set_early_host_bytes(std::span<const uint8_t> bytes) {
 }
 
 bool Connection::wants_to_send_data() const {
-  return state_ == ConnectionState::kEstablished && host_fd_.valid() && !(guest_shutdown_ & kShutdownRcv) &&
+  return state_ == ConnectionState::kEstablished && host_->is_open() && !(guest_shutdown_ & kShutdownRcv) &&
          !host_eof_ && host_readable();
 }
 
@@ -337,36 +295,33 @@ Connection::ReadStatus Connection::read_from_host(std::span<const iovec> into, s
     if (early_host_bytes_.empty()) early_host_bytes_.shrink_to_fit();
     return bytes > 0 ? ReadStatus::kData : ReadStatus::kWouldBlock;
   }
-  if (!host_fd_) return ReadStatus::kError;
-  const int count = static_cast<int>(std::min(into.size(), kMaxIovecsPerCall));
-  for (;;) {
-    const ssize_t n = ::readv(host_fd_.get(), into.data(), count);
-    if (n > 0) {
-      bytes = static_cast<size_t>(n);
+  if (!host_->is_open()) return ReadStatus::kError;
+  const HostEndpoint::ReceiveResult result = host_->receive(into);
+  switch (result.status) {
+    case HostEndpoint::ReceiveStatus::kData:
+      bytes = result.bytes;
       return ReadStatus::kData;
-    }
-    if (n == 0) {
+    case HostEndpoint::ReceiveStatus::kEof:
       on_host_eof();
       return ReadStatus::kEof;
-    }
-    if (errno == EINTR) continue;
-    if (would_block(errno)) {
+    case HostEndpoint::ReceiveStatus::kWouldBlock:
       host_readable_ = false;
       return ReadStatus::kWouldBlock;
-    }
-    on_host_fully_closed();
-    return ReadStatus::kError;
+    case HostEndpoint::ReceiveStatus::kError:
+      break;
   }
+  on_host_fully_closed();
+  return ReadStatus::kError;
 }
 
-void Connection::on_host_events(uint32_t events) {
-  if (!host_fd_) return;
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) host_readable_ = true;
-  if (events & (EPOLLHUP | EPOLLERR)) host_hup_ = true;
-  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+void Connection::on_host_events(HostEvents events) {
+  if (!host_->is_open()) return;
+  if (events.readable) host_readable_ = true;
+  if (events.hangup) host_hup_ = true;
+  if (events.writable) {
     host_writable_ = true;
     flush_tx();
-    if (!host_fd_) return;
+    if (!host_->is_open()) return;
   }
   // Nothing more will be read towards a guest that shut its receive side, or
   // after EOF: a hang-up then means the peer is entirely gone.
@@ -430,7 +385,7 @@ PacketHeader Connection::make_header(Op op, uint32_t len, uint32_t flags) {
   h.src_port = params_.local_port;
   h.dst_port = params_.peer_port;
   h.len = len;
-  h.type = static_cast<uint16_t>(SocketType::kStream);
+  h.type = static_cast<uint16_t>(socket_type_);
   h.op = static_cast<uint16_t>(op);
   h.flags = flags;
   h.buf_alloc = params_.buf_alloc;
@@ -477,12 +432,6 @@ void Connection::forget() {
   close_host();
   pending_control_ = 0;
   state_ = ConnectionState::kForgotten;
-}
-
-void Connection::kill() {
-  close_host();
-  pending_control_ = control::kRst;
-  state_ = ConnectionState::kDead;
 }
 
 }  // namespace vhost_vsock::vsock

@@ -1,21 +1,22 @@
-// One vsock stream between the guest and a host AF_UNIX socket: its state
+// One vsock connection between the guest and a host endpoint: its state
 // machine, credit accounting in both directions (wrapping u32 arithmetic, as
-// the spec requires), the bounded TX buffer used while the host socket would
-// block, and the credit-update policy. It knows nothing of other connections,
-// queues or timers: the muxer routes packets here, moves host->guest bytes into
-// RX chains, and watches state() to run timers and forget dead connections.
+// the spec requires), the bounded TX buffer used while the host endpoint would
+// block, and the credit-update policy. It knows nothing of sockets (that is the
+// HostEndpoint's), other connections, queues or timers: the muxer routes packets
+// here, moves host->guest bytes into RX chains, and watches state() to run
+// timers and forget dead connections.
 #pragma once
 
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
 
-#include "base/event_loop.h"
 #include "base/iovec_list.h"
-#include "base/unique_fd.h"
+#include "vsock/connection/host_endpoint.h"
 #include "vsock/connection/tx_ring_buffer.h"
 #include "vsock/packet/header.h"
 
@@ -26,7 +27,7 @@ enum class ConnectionState : uint8_t {
   kEstablished,        // data flows; half-close is tracked by the shutdown flags
   kClosingAfterFlush,  // guest sent SHUTDOWN(RCV|SEND): drain the TX buffer, then close + RST
   kAwaitingGuestRst,   // host closed; we sent SHUTDOWN(RCV|SEND) and wait for the guest's RST
-  kDead,               // host socket closed; only our RST remains to be sent
+  kDead,               // host endpoint closed; only our RST remains to be sent
   kForgotten,          // nothing left to do: the muxer erases it
 };
 const char* to_string(ConnectionState state);
@@ -47,7 +48,7 @@ enum class GuestPacketVerdict : uint8_t {
   kOk,
   kCreditViolation,    // RW beyond the credit we advertised
   kProtocolViolation,  // op not valid in this state (e.g. RW after SHUTDOWN(SEND))
-  kHostGone,           // RW after the host socket was closed (RW the host stopped reading is dropped, kOk)
+  kHostGone,           // RW after the host endpoint was closed (RW the host stopped reading is dropped, kOk)
 };
 
 // A CREDIT_UPDATE goes out once the host has taken this fraction (1/N) of the
@@ -70,30 +71,29 @@ struct ConnectionParams {
 class Connection {
  public:
   // Room in the TX buffer beyond buf_alloc for bytes the guest did not send
-  // (the "OK <port>\n" handshake reply), which never count toward credit.
-  static constexpr size_t kUncountedReserve = 32;
+  // (the endpoint's accept greeting), which never count toward credit.
+  static constexpr size_t kUncountedReserve = kMaxGreetingBytes;
 
-  Connection(base::EventLoop& loop, const ConnectionParams& params, base::UniqueFd host_fd,
-             ConnectionState initial_state);
+  // `host` is connected (or connecting) and not yet watched; never null.
+  Connection(const ConnectionParams& params, std::unique_ptr<HostEndpoint> host, ConnectionState initial_state);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Registers the host socket (edge-triggered) with `callback`, which should
-  // end up in on_host_events().
-  void watch_host(base::EventLoop::FdCallback callback);
+  // Starts watching the host endpoint (edge-triggered); `callback` should end
+  // up in on_host_events(). Throws std::system_error if the loop refuses.
+  void watch_host(HostEndpoint::EventCallback callback);
 
   [[nodiscard]] ConnectionState state() const { return state_; }
   [[nodiscard]] uint32_t local_port() const { return params_.local_port; }
   [[nodiscard]] uint32_t peer_port() const { return params_.peer_port; }
   [[nodiscard]] uint64_t guest_cid() const { return params_.guest_cid; }
-  [[nodiscard]] bool host_open() const { return host_fd_.valid(); }
-  [[nodiscard]] int host_fd() const { return host_fd_.get(); }
+  [[nodiscard]] bool host_open() const { return host_->is_open(); }
 
   // ---- credit ----
   [[nodiscard]] uint32_t buf_alloc() const { return params_.buf_alloc; }
   [[nodiscard]] uint32_t rx_cnt() const { return rx_cnt_; }    // guest bytes accepted
-  [[nodiscard]] uint32_t fwd_cnt() const { return fwd_cnt_; }  // guest bytes that reached the host socket
+  [[nodiscard]] uint32_t fwd_cnt() const { return fwd_cnt_; }  // guest bytes that reached the host endpoint
   [[nodiscard]] uint32_t tx_cnt() const { return tx_cnt_; }    // bytes we sent to the guest
   [[nodiscard]] uint32_t last_advertised_fwd_cnt() const { return advertised_fwd_cnt_; }
   // How many more bytes the guest may send: buf_alloc - (rx_cnt - fwd_cnt).
@@ -108,19 +108,19 @@ class Connection {
   // connection. Violations reset the connection (state kDead, RST pending).
   GuestPacketVerdict on_guest_packet(const PacketHeader& header, std::span<const iovec> payload);
 
-  // ---- host socket ----
-  // Epoll events for the host socket: records readability, flushes the TX
-  // buffer on EPOLLOUT and notices a fully closed peer.
-  void on_host_events(uint32_t events);
+  // ---- host endpoint ----
+  // Readiness of the host endpoint: records readability, flushes the TX
+  // buffer when writable and notices a fully closed peer.
+  void on_host_events(HostEvents events);
   [[nodiscard]] bool tx_buffered() const { return !tx_buffer_.empty(); }
   [[nodiscard]] size_t tx_buffered_bytes() const { return tx_buffer_.size(); }
   [[nodiscard]] bool tx_buffer_allocated() const { return tx_buffer_.allocated(); }
-  // Guest bytes the host has not read yet: our TX buffer plus what sits unread
-  // in the host socket (its send-buffer use). Falls as the host reads; 0 once closed.
+  // Guest bytes the host has not read yet: our TX buffer plus what the host
+  // endpoint reports unread. Falls as the host reads; 0 once closed.
   [[nodiscard]] size_t host_backlog() const;
 
   // Bytes the host sent right after its CONNECT line; they reach the guest
-  // before anything read from the socket afterwards.
+  // before anything received from the endpoint afterwards.
   void set_early_host_bytes(std::span<const uint8_t> bytes);
 
   // Whether host->guest data may flow now (state, half-close, readability).
@@ -150,20 +150,19 @@ class Connection {
   PacketHeader make_header(Op op, uint32_t len = 0, uint32_t flags = 0);
 
   // ---- transitions driven by the muxer ----
-  // Protocol error or timeout: close the host socket, owe the guest an RST.
+  // Protocol error, timeout, or a guest that never answered our full
+  // SHUTDOWN: close the host endpoint, owe the guest an RST (state kDead).
   void reset();
-  // Guest RST: close the host socket, owe nothing.
+  // Guest RST: close the host endpoint, owe nothing.
   void forget();
-  // The guest never answered our full SHUTDOWN: send RST and forget.
-  void kill();
   // Queues a REQUEST (host-initiated connections start with one).
   void request_connect() { pending_control_ |= control::kRequest; }
-  // Guest-initiated: the host socket is connected, answer with RESPONSE.
+  // Guest-initiated: the host endpoint is connected, answer with RESPONSE.
   void accept_connect() { pending_control_ |= control::kResponse; }
 
  private:
-  enum class WriteStatus { kOk, kWouldBlock, kGone };
-  WriteStatus write_to_host(std::span<const iovec> iovs, size_t& written);
+  GuestPacketVerdict on_guest_accept();
+  GuestPacketVerdict on_established_packet(Op op, const PacketHeader& header, std::span<const iovec> payload);
   GuestPacketVerdict accept_guest_data(std::span<const iovec> payload, uint32_t len);
   void on_guest_shutdown(uint32_t flags);
   void flush_tx();
@@ -174,9 +173,9 @@ class Connection {
   void on_host_fully_closed();
   void close_host();
 
-  base::EventLoop& loop_;
   ConnectionParams params_;
-  base::UniqueFd host_fd_;
+  std::unique_ptr<HostEndpoint> host_;
+  SocketType socket_type_;
   ConnectionState state_;
 
   uint32_t rx_cnt_ = 0;
@@ -187,7 +186,7 @@ class Connection {
   uint32_t peer_fwd_cnt_ = 0;
 
   TxRingBuffer tx_buffer_;
-  size_t uncounted_front_bytes_ = 0;  // handshake reply bytes at the front of tx_buffer_
+  size_t uncounted_front_bytes_ = 0;  // accept greeting bytes at the front of tx_buffer_
   std::vector<uint8_t> early_host_bytes_;
 
   uint8_t pending_control_ = 0;
@@ -199,7 +198,7 @@ class Connection {
   bool host_eof_ = false;
   bool host_hup_ = false;
   bool host_write_closed_ = false;
-  bool host_write_shut_ = false;  // we did shutdown(SHUT_WR)
+  bool host_write_shut_ = false;  // we shut the host endpoint's send side
   bool credit_request_sent_ = false;
 };
 

@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "vsock/transport/hybrid_peer_endpoint.h"
+#include "vsock/transport/unix_stream_endpoint.h"
+
 namespace vhost_vsock::vsock {
 namespace {
 
@@ -15,7 +18,10 @@ constexpr uint32_t kBufAlloc = 4096;
 struct Fixture : ::testing::Test {
   base::EventLoop loop;
   base::UniqueFd host_peer;  // what the host program holds
+  int device_fd = -1;        // the connection's end of the socketpair
 
+  // Host-initiated connections come through the hybrid listener, which greets
+  // the host peer once the guest accepts.
   std::unique_ptr<Connection> make(ConnectionState state, uint32_t counter_base = 0, bool tiny_socket = false) {
     int fds[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds), 0);
@@ -25,11 +31,21 @@ struct Fixture : ::testing::Test {
       ::setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     }
     host_peer.reset(fds[1]);
+    device_fd = fds[0];
     ConnectionParams params{3, 5000, 1234, kBufAlloc, counter_base};
-    auto conn = std::make_unique<Connection>(loop, params, base::UniqueFd(fds[0]), state);
+    std::unique_ptr<HostEndpoint> endpoint;
+    if (state == ConnectionState::kAwaitingResponse) {
+      endpoint = std::make_unique<HybridPeerEndpoint>(loop, base::UniqueFd(fds[0]));
+    } else {
+      endpoint = std::make_unique<UnixStreamEndpoint>(loop, base::UniqueFd(fds[0]));
+    }
+    auto conn = std::make_unique<Connection>(params, std::move(endpoint), state);
     conn->update_peer_credit(65536, 0);
     return conn;
   }
+
+  // Readiness as the event loop would report it for the socket.
+  static HostEvents epoll(uint32_t epoll_events) { return host_events_from_epoll(epoll_events); }
 
   static PacketHeader header(Op op, uint32_t len = 0, uint32_t flags = 0) {
     PacketHeader h;
@@ -122,7 +138,7 @@ TEST_F(Fixture, GuestCreditWrapsAroundTwoToTheThirtyTwo) {
 
 TEST_F(Fixture, BlockedHostSocketBuffersInOrderAndFlushesOnEpollout) {
   auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
-  const size_t junk = fill_socket(conn->host_fd());
+  const size_t junk = fill_socket(device_fd);
   auto first = pattern(1000, 1), second = pattern(1500, 2);
   ASSERT_EQ(send_rw(*conn, first), GuestPacketVerdict::kOk);
   ASSERT_EQ(send_rw(*conn, second), GuestPacketVerdict::kOk);
@@ -133,10 +149,10 @@ TEST_F(Fixture, BlockedHostSocketBuffersInOrderAndFlushesOnEpollout) {
   std::vector<uint8_t> received;
   while (received.size() < junk + 2500) {
     auto chunk = read_host();
-    if (chunk.empty()) conn->on_host_events(EPOLLOUT);
+    if (chunk.empty()) conn->on_host_events(epoll(EPOLLOUT));
     received.insert(received.end(), chunk.begin(), chunk.end());
   }
-  conn->on_host_events(EPOLLOUT);
+  conn->on_host_events(epoll(EPOLLOUT));
   std::vector<uint8_t> expected(first);
   expected.insert(expected.end(), second.begin(), second.end());
   EXPECT_EQ(std::vector<uint8_t>(received.begin() + static_cast<std::ptrdiff_t>(junk), received.end()), expected);
@@ -147,7 +163,7 @@ TEST_F(Fixture, BlockedHostSocketBuffersInOrderAndFlushesOnEpollout) {
 
 TEST_F(Fixture, CreditViolationResetsInsteadOfDropping) {
   auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
-  fill_socket(conn->host_fd());
+  fill_socket(device_fd);
   ASSERT_EQ(send_rw(*conn, pattern(kBufAlloc - 10)), GuestPacketVerdict::kOk);
   EXPECT_EQ(conn->guest_credit(), 10u);
   EXPECT_EQ(send_rw(*conn, pattern(11)), GuestPacketVerdict::kCreditViolation);
@@ -162,7 +178,7 @@ TEST_F(Fixture, CreditViolationResetsInsteadOfDropping) {
 
 TEST_F(Fixture, ExactlyFullCreditIsAccepted) {
   auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
-  fill_socket(conn->host_fd());
+  fill_socket(device_fd);
   EXPECT_EQ(send_rw(*conn, pattern(kBufAlloc)), GuestPacketVerdict::kOk);
   EXPECT_EQ(conn->guest_credit(), 0u);
   EXPECT_EQ(send_rw(*conn, pattern(1)), GuestPacketVerdict::kCreditViolation);
@@ -226,7 +242,7 @@ TEST_F(Fixture, HostBytesAreReadStraightIntoGuestBuffers) {
   auto conn = make(ConnectionState::kEstablished);
   auto data = pattern(300);
   ASSERT_EQ(::write(host_peer.get(), data.data(), data.size()), 300);
-  conn->on_host_events(EPOLLIN);
+  conn->on_host_events(epoll(EPOLLIN));
   EXPECT_TRUE(conn->wants_to_send_data());
   std::vector<uint8_t> a(100), b(500);
   std::vector<iovec> iovs{{a.data(), a.size()}, {b.data(), b.size()}};
@@ -242,7 +258,7 @@ TEST_F(Fixture, HostBytesAreReadStraightIntoGuestBuffers) {
 TEST_F(Fixture, HostHalfCloseSendsShutdownSendAndKeepsGuestToHost) {
   auto conn = make(ConnectionState::kEstablished);
   ::shutdown(host_peer.get(), SHUT_WR);
-  conn->on_host_events(EPOLLIN | EPOLLRDHUP);
+  conn->on_host_events(epoll(EPOLLIN | EPOLLRDHUP));
   std::vector<uint8_t> buf(64);
   iovec iov{buf.data(), buf.size()};
   size_t got = 0;
@@ -260,7 +276,7 @@ TEST_F(Fixture, HostHalfCloseSendsShutdownSendAndKeepsGuestToHost) {
 
 TEST_F(Fixture, GuestShutdownSendHalfClosesHostAfterFlush) {
   auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
-  const size_t junk = fill_socket(conn->host_fd());
+  const size_t junk = fill_socket(device_fd);
   auto data = pattern(700);
   ASSERT_EQ(send_rw(*conn, data), GuestPacketVerdict::kOk);
   conn->on_guest_packet(header(Op::kShutdown, 0, kShutdownSend), {});
@@ -272,13 +288,13 @@ TEST_F(Fixture, GuestShutdownSendHalfClosesHostAfterFlush) {
     ssize_t n = ::read(host_peer.get(), buf.data(), buf.size());
     if (n == 0) eof = true;
     if (n > 0) total += static_cast<size_t>(n);
-    if (n < 0) conn->on_host_events(EPOLLOUT);
+    if (n < 0) conn->on_host_events(epoll(EPOLLOUT));
   }
   EXPECT_TRUE(eof);
   EXPECT_EQ(total, junk + 700);
   // Host -> guest still works.
   ASSERT_EQ(::write(host_peer.get(), "hi", 2), 2);
-  conn->on_host_events(EPOLLIN);
+  conn->on_host_events(epoll(EPOLLIN));
   EXPECT_TRUE(conn->wants_to_send_data());
 }
 
@@ -293,7 +309,7 @@ TEST_F(Fixture, GuestFullShutdownWithEmptyBufferClosesAndOwesRst) {
 
 TEST_F(Fixture, GuestFullShutdownFlushesBufferedBytesFirst) {
   auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
-  const size_t junk = fill_socket(conn->host_fd());
+  const size_t junk = fill_socket(device_fd);
   ASSERT_EQ(send_rw(*conn, pattern(900)), GuestPacketVerdict::kOk);
   conn->on_guest_packet(header(Op::kShutdown, 0, kShutdownRcv | kShutdownSend), {});
   EXPECT_EQ(conn->state(), ConnectionState::kClosingAfterFlush);
@@ -302,7 +318,7 @@ TEST_F(Fixture, GuestFullShutdownFlushesBufferedBytesFirst) {
   for (int i = 0; i < 100000 && conn->state() == ConnectionState::kClosingAfterFlush; ++i) {
     auto chunk = read_host();
     total += chunk.size();
-    conn->on_host_events(EPOLLOUT);
+    conn->on_host_events(epoll(EPOLLOUT));
   }
   for (auto chunk = read_host(); !chunk.empty(); chunk = read_host()) total += chunk.size();
   EXPECT_EQ(total, junk + 900);
@@ -314,7 +330,7 @@ TEST_F(Fixture, HostFullCloseSendsFullShutdownAndAwaitsRst) {
   auto conn = make(ConnectionState::kEstablished);
   ASSERT_EQ(::write(host_peer.get(), "bye", 3), 3);
   host_peer.reset();
-  conn->on_host_events(EPOLLIN | EPOLLRDHUP | EPOLLHUP);
+  conn->on_host_events(epoll(EPOLLIN | EPOLLRDHUP | EPOLLHUP));
   std::vector<uint8_t> buf(64);
   iovec iov{buf.data(), buf.size()};
   size_t got = 0;
@@ -350,7 +366,7 @@ TEST_F(Fixture, GuestDataRacingHostCloseKeepsTheHostsLastBytes) {
   EXPECT_EQ(send_rw(*conn, pattern(20)), GuestPacketVerdict::kOk);
   EXPECT_EQ(conn->guest_credit(), kBufAlloc - 30);
 
-  conn->on_host_events(EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP);
+  conn->on_host_events(epoll(EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP));
   std::vector<uint8_t> buf(64);
   iovec iov{buf.data(), buf.size()};
   size_t got = 0;

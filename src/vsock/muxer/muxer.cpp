@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "vsock/muxer/muxer_impl.h"
+#include "vsock/transport/unix_stream_endpoint.h"
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -273,8 +274,8 @@ void Muxer::Impl::handle_guest_connect(const PacketHeader& header) {
     return;
   }
   ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size};
-  auto owned = std::make_unique<MuxConnection>(loop_, params, std::move(fd), ConnectionState::kEstablished,
-                                               next_connection_id_++);
+  auto owned = std::make_unique<MuxConnection>(params, std::make_unique<UnixStreamEndpoint>(loop_, std::move(fd)),
+                                               ConnectionState::kEstablished, next_connection_id_++);
   MuxConnection& mc = insert(std::move(owned));
   mc.conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
   mc.conn.accept_connect();
@@ -336,9 +337,9 @@ void Muxer::Impl::watch(MuxConnection& mc) {
   const uint64_t key = connection_key(mc.conn.local_port(), mc.conn.peer_port());
   const uint64_t id = mc.id;
   try {
-    mc.conn.watch_host([this, key, id](uint32_t events) { on_host_event(key, id, events); });
+    mc.conn.watch_host([this, key, id](HostEvents events) { on_host_event(key, id, events); });
   } catch (const std::exception& error) {
-    // epoll refused the fd (out of memory or watches): this connection cannot work.
+    // epoll refused the socket (out of memory or watches): this connection cannot work.
     spdlog::error("cid={} local={} peer={} cannot watch host socket: {}", options_.guest_cid, mc.conn.local_port(),
                   mc.conn.peer_port(), error.what());
     mc.conn.reset();
@@ -432,7 +433,7 @@ void Muxer::Impl::on_state_timer(uint64_t key, uint64_t id) {
     case ConnectionState::kAwaitingGuestRst:
       spdlog::debug("cid={} local={} peer={} guest did not RST after SHUTDOWN; forgetting", options_.guest_cid,
                     mc->conn.local_port(), mc->conn.peer_port());
-      mc->conn.kill();
+      mc->conn.reset();
       break;
     default:
       return;
@@ -440,7 +441,7 @@ void Muxer::Impl::on_state_timer(uint64_t key, uint64_t id) {
   after_change(*mc, before);
 }
 
-void Muxer::Impl::on_host_event(uint64_t key, uint64_t id, uint32_t events) {
+void Muxer::Impl::on_host_event(uint64_t key, uint64_t id, HostEvents events) {
   MuxConnection* mc = find(key);
   if (mc == nullptr || mc->id != id) return;
   const ConnectionState before = mc->conn.state();

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "vsock/muxer/muxer_impl.h"
+#include "vsock/transport/hybrid_peer_endpoint.h"
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -199,10 +200,9 @@ void Muxer::Impl::finish_handshake(int fd) {
     return;
   }
   ConnectionParams params{options_.guest_cid, *host_port, guest_port, options_.limits.tx_buffer_size};
-  auto owned = std::make_unique<MuxConnection>(loop_, params, std::move(peer->fd), ConnectionState::kAwaitingResponse,
-                                               next_connection_id_++);
+  auto owned = std::make_unique<MuxConnection>(params, std::make_unique<HybridPeerEndpoint>(loop_, std::move(peer->fd)),
+                                               ConnectionState::kAwaitingResponse, next_connection_id_++);
   MuxConnection& mc = insert(std::move(owned));
-  mc.host_initiated = true;
   mc.conn.set_early_host_bytes(peer->reader.leftover());
   mc.conn.request_connect();
   spdlog::debug("cid={} local={} peer={} host connect: REQUEST sent to the guest", options_.guest_cid, *host_port,

@@ -29,9 +29,8 @@ inline uint64_t connection_key(uint32_t local_port, uint32_t peer_port) {
 }
 
 struct MuxConnection {
-  MuxConnection(base::EventLoop& loop, const ConnectionParams& params, base::UniqueFd fd, ConnectionState state,
-                uint64_t id_)
-      : conn(loop, params, std::move(fd), state), id(id_) {
+  MuxConnection(const ConnectionParams& params, std::unique_ptr<HostEndpoint> host, ConnectionState state, uint64_t id_)
+      : conn(params, std::move(host), state), id(id_) {
     control_hook.owner = this;
     data_hook.owner = this;
   }
@@ -44,7 +43,6 @@ struct MuxConnection {
   base::EventLoop::TimerId timer = 0;
   size_t flush_backlog = 0;  // kClosingAfterFlush: host_backlog() when the timer was armed
   bool was_established = false;
-  bool host_initiated = false;
   ListHook<MuxConnection> control_hook;
   ListHook<MuxConnection> data_hook;
 };
@@ -99,7 +97,7 @@ class Muxer::Impl {
   bool after_change(MuxConnection& mc, ConnectionState before);
   void start_state_timer(MuxConnection& mc);
   void on_state_timer(uint64_t key, uint64_t id);
-  void on_host_event(uint64_t key, uint64_t id, uint32_t events);
+  void on_host_event(uint64_t key, uint64_t id, HostEvents events);
   void watch(MuxConnection& mc);
   template <typename... Args>
   void warn_guest(fmt::format_string<Args...> format, Args&&... args);

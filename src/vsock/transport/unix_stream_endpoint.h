@@ -1,0 +1,38 @@
+// A host endpoint over a connected AF_UNIX SOCK_STREAM socket: guest connects
+// to <uds-path>_<port>, and host peers accepted on uds-path.
+#pragma once
+
+#include <cstdint>
+
+#include "base/event_loop.h"
+#include "base/unique_fd.h"
+#include "vsock/connection/host_endpoint.h"
+
+namespace vhost_vsock::vsock {
+
+// Maps epoll readiness onto HostEvents; shared by the fd-based endpoints.
+HostEvents host_events_from_epoll(uint32_t epoll_events);
+
+class UnixStreamEndpoint : public HostEndpoint {
+ public:
+  // `fd` must be connected and non-blocking.
+  UnixStreamEndpoint(base::EventLoop& loop, base::UniqueFd fd);
+  ~UnixStreamEndpoint() override;
+  UnixStreamEndpoint(const UnixStreamEndpoint&) = delete;
+  UnixStreamEndpoint& operator=(const UnixStreamEndpoint&) = delete;
+
+  void watch(EventCallback callback) override;
+  SendResult send(std::span<const iovec> iovs) override;
+  ReceiveResult receive(std::span<const iovec> into) override;
+  void shutdown_send() override;
+  [[nodiscard]] size_t unread_by_peer() const override;
+  void close() override;
+  [[nodiscard]] bool is_open() const override { return fd_.valid(); }
+  [[nodiscard]] SocketType socket_type() const override { return SocketType::kStream; }
+
+ private:
+  base::EventLoop& loop_;
+  base::UniqueFd fd_;
+};
+
+}  // namespace vhost_vsock::vsock
