@@ -1,14 +1,8 @@
 #include "vsock/muxer/muxer.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-
-#include <cerrno>
-#include <cstring>
 
 #include "vsock/muxer/muxer_impl.h"
-#include "vsock/transport/unix_stream_endpoint.h"
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -255,27 +249,16 @@ void Muxer::Impl::handle_guest_connect(const PacketHeader& header) {
     reply_rst(header);
     return;
   }
-  const std::string path = options_.uds_path + "_" + std::to_string(port);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  base::UniqueFd fd;
-  int error = ENAMETOOLONG;
-  if (!options_.uds_path.empty() && path.size() < sizeof(address.sun_path)) {
-    std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
-    fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    error = fd ? 0 : errno;
-    // AF_UNIX connect completes or fails at once (EAGAIN: listener backlog full).
-    if (fd && ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) error = errno;
-  }
-  if (error != 0) {
+  UnixStreamDialer::Result dialed = dialer_.dial(port);
+  if (!dialed.endpoint) {
     ++stats_.host_connects_refused;
-    log_info("local={} peer={} guest connect refused: {}: {}", port, header.src_port, path, std::strerror(error));
+    log_info("local={} peer={} guest connect refused: {}", port, header.src_port, dialed.failure);
     reply_rst(header);
     return;
   }
   ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size};
-  auto owned = std::make_unique<MuxConnection>(params, std::make_unique<UnixStreamEndpoint>(loop_, std::move(fd)),
-                                               ConnectionState::kEstablished, next_connection_id_++);
+  auto owned = std::make_unique<MuxConnection>(params, std::move(dialed.endpoint), ConnectionState::kEstablished,
+                                               next_connection_id_++);
   MuxConnection& mc = insert(std::move(owned));
   mc.conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
   mc.conn.accept_connect();

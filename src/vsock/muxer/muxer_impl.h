@@ -21,6 +21,7 @@
 #include "vsock/muxer/muxer.h"
 #include "vsock/muxer/port_allocator.h"
 #include "vsock/packet/packet.h"
+#include "vsock/transport/unix_stream_dialer.h"
 
 namespace vhost_vsock::vsock {
 
@@ -142,6 +143,7 @@ class Muxer::Impl {
   base::BoundSocketFile listener_file_;
   base::EventLoop::TimerId listener_retry_timer_ = 0;
   std::unordered_map<int, std::unique_ptr<PendingPeer>> handshakes_;
+  UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
 
   std::unordered_map<uint64_t, std::unique_ptr<MuxConnection>> connections_;
   std::unordered_map<uint32_t, uint32_t> local_ports_in_use_;  // port -> live connections using it
