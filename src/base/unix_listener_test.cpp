@@ -1,0 +1,232 @@
+#include "base/unix_listener.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "base/unix_socket_address.h"
+
+namespace vhost_vsock::base {
+namespace {
+
+using std::chrono::milliseconds;
+
+class UnixListenerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/vuv-listener-XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    path_ = dir_ + "/l.sock";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  UnixListener::AcceptCallback collect() {
+    return [this](UniqueFd fd) { accepted_.push_back(std::move(fd)); };
+  }
+  std::string expect_refused(const std::string& path) {
+    try {
+      UnixListener listener(loop_, path, collect(), UnixListener::Options{.name = "test socket"});
+      ADD_FAILURE() << "listening on " << path << " should have been refused";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("test socket '" + path + "'"), std::string::npos) << e.what();
+      return e.what();
+    }
+    return "";
+  }
+  void run_until_accepted(size_t count) {
+    auto deadline = EventLoop::Clock::now() + std::chrono::seconds(10);
+    while (accepted_.size() < count && EventLoop::Clock::now() < deadline) loop_.run_once(milliseconds(20));
+  }
+
+  EventLoop loop_;
+  std::string dir_;
+  std::string path_;
+  std::vector<UniqueFd> accepted_;
+};
+
+UniqueFd connect_to(const std::string& path) {
+  const sockaddr_un address = unix_socket_address(path);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) return {};
+  return fd;
+}
+
+// A bound socket nobody listens on, as a crashed process leaves it.
+void leave_stale_socket(const std::string& path) {
+  const sockaddr_un address = unix_socket_address(path);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
+}
+
+TEST_F(UnixListenerTest, AcceptsConnectionsAsNonBlockingCloseOnExecFds) {
+  UnixListener listener(loop_, path_, collect());
+  UniqueFd first = connect_to(path_);
+  UniqueFd second = connect_to(path_);
+  ASSERT_TRUE(first && second);
+  run_until_accepted(2);
+  ASSERT_EQ(accepted_.size(), 2u);
+  EXPECT_EQ(listener.stats().accepted, 2u);
+  for (const auto& fd : accepted_) {
+    EXPECT_TRUE(::fcntl(fd.get(), F_GETFL) & O_NONBLOCK);
+    EXPECT_TRUE(::fcntl(fd.get(), F_GETFD) & FD_CLOEXEC);
+  }
+  ASSERT_EQ(::write(first.get(), "x", 1), 1);
+  char byte = 0;
+  EXPECT_EQ(::read(accepted_[0].get(), &byte, 1), 1);  // connected to the peer, not some other fd
+  EXPECT_EQ(byte, 'x');
+}
+
+TEST_F(UnixListenerTest, ReplacesAStaleSocketAndUnlinksItsOwnFileOnDestruction) {
+  leave_stale_socket(path_);
+  ASSERT_FALSE(connect_to(path_));  // stale: nobody listens
+  {
+    UnixListener listener(loop_, path_, collect());
+    UniqueFd client = connect_to(path_);
+    EXPECT_TRUE(client);
+    run_until_accepted(1);
+    EXPECT_EQ(accepted_.size(), 1u);
+  }
+  EXPECT_FALSE(std::filesystem::exists(path_));
+}
+
+TEST_F(UnixListenerTest, RefusesALiveListenerAndKeepsItsFile) {
+  UnixListener live(loop_, path_, collect());
+  std::string what = expect_refused(path_);
+  EXPECT_NE(what.find("another process is listening"), std::string::npos) << what;
+  EXPECT_TRUE(std::filesystem::exists(path_));
+  UniqueFd client = connect_to(path_);  // the live one still works
+  run_until_accepted(2);                // the refused setup's probe connection, then ours
+  EXPECT_EQ(accepted_.size(), 2u);
+}
+
+TEST_F(UnixListenerTest, RefusesALiveListenerWithAFullBacklog) {
+  UnixListener live(loop_, path_, collect(), UnixListener::Options{.backlog = 0});
+  loop_.remove(live.fd());  // nobody accepts: the backlog fills up
+  std::vector<UniqueFd> clients;
+  bool backlog_full = false;
+  while (!backlog_full && clients.size() < 64) {
+    const sockaddr_un address = unix_socket_address(path_);
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+      ASSERT_EQ(errno, EAGAIN);
+      backlog_full = true;
+    }
+    clients.push_back(std::move(fd));
+  }
+  ASSERT_TRUE(backlog_full);
+  std::string what = expect_refused(path_);
+  EXPECT_NE(what.find("backlog is full"), std::string::npos) << what;
+  EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(UnixListenerTest, RefusesAnythingThatIsNotASocket) {
+  std::string regular = dir_ + "/regular";
+  std::FILE* file = std::fopen(regular.c_str(), "w");
+  ASSERT_NE(file, nullptr);
+  std::fclose(file);
+  EXPECT_NE(expect_refused(regular).find("not a socket"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::is_regular_file(regular));
+  std::string directory = dir_ + "/directory";
+  ASSERT_EQ(::mkdir(directory.c_str(), 0700), 0);
+  EXPECT_NE(expect_refused(directory).find("not a socket"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::is_directory(directory));
+}
+
+TEST_F(UnixListenerTest, RefusesPathsAfUnixCannotHold) {
+  std::string too_long = dir_ + "/" + std::string(kMaxUnixPathLength, 'x');
+  std::string what = expect_refused(too_long);
+  EXPECT_NE(what.find(std::to_string(too_long.size()) + " bytes long"), std::string::npos) << what;
+  EXPECT_NE(what.find(std::to_string(kMaxUnixPathLength)), std::string::npos) << what;
+  expect_refused("");
+  std::string fits = dir_ + "/" + std::string(kMaxUnixPathLength - dir_.size() - 1, 'y');
+  ASSERT_EQ(fits.size(), kMaxUnixPathLength);
+  UnixListener listener(loop_, fits, collect());
+  EXPECT_TRUE(connect_to(fits));
+}
+
+TEST_F(UnixListenerTest, BindFailureNamesThePathAndCause) {
+  std::string what = expect_refused(dir_ + "/missing-directory/l.sock");
+  EXPECT_NE(what.find("cannot bind"), std::string::npos) << what;
+}
+
+TEST_F(UnixListenerTest, LeavesASuccessorsFileAlone) {
+  auto listener = std::make_unique<UnixListener>(loop_, path_, collect());
+  ASSERT_EQ(::unlink(path_.c_str()), 0);  // another instance replaced ours
+  leave_stale_socket(path_);
+  listener.reset();
+  EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(UnixListenerTest, CallbackMayDestroyTheListener) {
+  std::unique_ptr<UnixListener> listener;
+  int calls = 0;
+  listener = std::make_unique<UnixListener>(loop_, path_, [&](UniqueFd) {
+    ++calls;
+    listener.reset();
+  });
+  UniqueFd first = connect_to(path_);
+  UniqueFd second = connect_to(path_);
+  loop_.run_once(milliseconds(1000));
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(std::filesystem::exists(path_));
+}
+
+// Exit codes of the forked child below.
+enum PauseResult { kResumed = 0, kNotPaused = 10, kNotResumed, kLimitFailed, kSetupFailed };
+
+// Runs in a forked child: the fd limit is process-wide.
+PauseResult pause_and_resume_on_emfile(const std::string& path) {
+  EventLoop loop;
+  std::vector<UniqueFd> accepted;
+  UnixListener listener(
+      loop, path, [&](UniqueFd fd) { accepted.push_back(std::move(fd)); },
+      UnixListener::Options{.pause = milliseconds(50)});
+  UniqueFd client = connect_to(path);
+  if (!client) return kSetupFailed;
+  rlimit saved{};
+  if (::getrlimit(RLIMIT_NOFILE, &saved) != 0) return kLimitFailed;
+  const int lowest_free = ::dup(0);
+  ::close(lowest_free);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(lowest_free);  // no fd left for accept()
+  if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) return kLimitFailed;
+  loop.run_once(milliseconds(1000));
+  const bool paused = listener.paused() && !loop.watching(listener.fd()) && listener.stats().pauses == 1;
+  if (::setrlimit(RLIMIT_NOFILE, &saved) != 0) return kLimitFailed;
+  if (!paused || !accepted.empty()) return kNotPaused;
+  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(5);
+  while (accepted.empty() && EventLoop::Clock::now() < deadline) loop.run_once(milliseconds(20));
+  return accepted.size() == 1 && !listener.paused() && loop.watching(listener.fd()) ? kResumed : kNotResumed;
+}
+
+TEST_F(UnixListenerTest, PausesWhenOutOfFdsAndResumesLater) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int code = kSetupFailed;
+    try {
+      code = pause_and_resume_on_emfile(path_);
+    } catch (...) {
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), kResumed);
+}
+
+}  // namespace
+}  // namespace vhost_vsock::base
