@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "vsock/muxer/connect_line.h"
+#include "vsock/transport/connect_line.h"
 
 using namespace vhost_vsock::vsock;
 

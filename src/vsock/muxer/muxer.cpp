@@ -63,12 +63,7 @@ Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
 Muxer::Impl::~Impl() {
   *alive_ = false;
   reset_all_connections();
-  for (auto& [fd, peer] : handshakes_) {
-    loop_.remove(fd);
-    loop_.cancel_timer(peer->timer);
-  }
-  handshakes_.clear();
-  close_listener();
+  listener_.reset();  // closes host peers still in their handshake
 }
 
 void Muxer::Impl::attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, NotifyGuest notify) {
@@ -243,7 +238,7 @@ void Muxer::Impl::handle_guest_packet(const PacketHeader& header, std::span<cons
 
 void Muxer::Impl::handle_guest_connect(const PacketHeader& header) {
   const uint32_t port = header.dst_port;
-  if (connections_.size() + handshakes_.size() >= options_.limits.max_connections) {
+  if (connections_.size() + pending_host_peers() >= options_.limits.max_connections) {
     warn_guest("connection limit {} reached; refusing guest port {} -> host port {}", options_.limits.max_connections,
                header.src_port, port);
     reply_rst(header);

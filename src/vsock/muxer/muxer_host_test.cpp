@@ -1,6 +1,5 @@
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <string>
 
 #include "vsock/muxer/muxer_test_fixture.h"
@@ -34,18 +33,6 @@ TEST_F(MuxerTest, HostConnectWithoutEarlyBytesAdvertisesCreditAfterResponse) {
   EXPECT_EQ(packets[0].header.operation(), Op::kCreditUpdate);
   EXPECT_EQ(packets[0].header.buf_alloc, 16u * 1024);
   EXPECT_EQ(read_some(host.get()), "OK " + std::to_string(request.src_port) + "\n");
-}
-
-TEST_F(MuxerTest, ConnectLineSplitAcrossWrites) {
-  auto host = MuxerHarness::connect_unix(h->uds_path());
-  for (const char* piece : {"con", "NECT 4", "0000", "\r", "\n"}) {
-    ASSERT_GT(::write(host.get(), piece, std::strlen(piece)), 0);
-    h->pump(20ms);
-  }
-  auto packets = h->received();
-  ASSERT_EQ(packets.size(), 1u);
-  EXPECT_EQ(packets[0].header.operation(), Op::kRequest);
-  EXPECT_EQ(packets[0].header.dst_port, 40000u);
 }
 
 TEST_F(MuxerTest, SuccessiveHostConnectionsGetRoundRobinPorts) {
@@ -104,50 +91,6 @@ TEST_F(MuxerTest, ListenerSocketFileIsRemovedOnExit) {
   const std::string path = h->uds_path();
   h.reset();
   EXPECT_NE(::access(path.c_str(), F_OK), 0);
-}
-
-TEST_F(MuxerTest, ListenerLeavesASuccessorsSocketFileOnExit) {
-  const std::string path = h->uds_path();
-  ASSERT_EQ(::unlink(path.c_str()), 0);  // e.g. an operator started another daemon on the path
-  auto successor = MuxerHarness::listen_unix(path);
-  ASSERT_TRUE(successor.valid());
-  h->destroy_muxer();
-  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
-}
-
-TEST(MuxerListener, ReplacesStaleSocketRefusesLiveOneAndNamesThePath) {
-  char dir[] = "/tmp/vmlXXXXXX";
-  ASSERT_NE(::mkdtemp(dir), nullptr);
-  const std::string path = std::string(dir) + "/v";
-  base::EventLoop loop;
-  MuxerOptions options;
-  options.guest_cid = 3;
-  options.uds_path = path;
-  {
-    // A socket file left behind by a dead process.
-    auto stale = MuxerHarness::listen_unix(path);
-    ASSERT_TRUE(stale.valid());
-  }
-  {
-    Muxer muxer(loop, options);
-    auto client = MuxerHarness::connect_unix(path);
-    EXPECT_TRUE(client.valid());
-    // While it lives, a second one must not take the path over.
-    try {
-      Muxer second(loop, options);
-      ADD_FAILURE() << "second listener on a live path";
-    } catch (const std::runtime_error& error) {
-      EXPECT_NE(std::string(error.what()).find(path), std::string::npos) << error.what();
-    }
-  }
-  // A regular file is never removed.
-  FILE* file = std::fopen(path.c_str(), "w");
-  ASSERT_NE(file, nullptr);
-  std::fclose(file);
-  EXPECT_THROW(Muxer(loop, options), std::runtime_error);
-  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
-  ::unlink(path.c_str());
-  ::rmdir(dir);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Private to the muxer: the implementation class shared by muxer.cpp (guest
 // packets, connection lifecycle), muxer_rx.cpp (RX scheduling) and
-// muxer_host.cpp (hybrid listener and CONNECT handshake).
+// muxer_host.cpp (connections from the hybrid listener).
 #pragma once
 
 #include <spdlog/spdlog.h>
@@ -13,14 +13,13 @@
 
 #include "base/event_loop.h"
 #include "base/iovec_list.h"
-#include "base/socket_file.h"
 #include "base/unique_fd.h"
 #include "vsock/connection/connection.h"
-#include "vsock/muxer/connect_line.h"
 #include "vsock/muxer/intrusive_list.h"
 #include "vsock/muxer/muxer.h"
 #include "vsock/muxer/port_allocator.h"
 #include "vsock/packet/packet.h"
+#include "vsock/transport/hybrid_listener.h"
 #include "vsock/transport/unix_stream_dialer.h"
 
 namespace vhost_vsock::vsock {
@@ -46,14 +45,6 @@ struct MuxConnection {
   bool was_established = false;
   ListHook<MuxConnection> control_hook;
   ListHook<MuxConnection> data_hook;
-};
-
-// A host peer on uds-path that has not finished its CONNECT line.
-struct PendingPeer {
-  PendingPeer(base::UniqueFd fd_, size_t max_line) : fd(std::move(fd_)), reader(max_line) {}
-  base::UniqueFd fd;
-  ConnectLineReader reader;
-  base::EventLoop::TimerId timer = 0;
 };
 
 // Lets a hostile guest (or host peer) cost us a counter, not a disk: the
@@ -120,13 +111,12 @@ class Muxer::Impl {
   enum class DataTurn { kRxEmpty, kMore, kDone };
   DataTurn serve_data(virtio::SplitVirtqueue& queue, MuxConnection& mc);
 
-  // --- muxer_host.cpp: listener and CONNECT handshake ---
+  // --- muxer_host.cpp: connections from the hybrid listener ---
   void open_listener();
-  void close_listener();
-  void on_listener_ready();
-  void on_peer_readable(int fd);
-  void finish_handshake(int fd);
-  void fail_handshake(int fd, const char* reason);
+  [[nodiscard]] size_t pending_host_peers() const;
+  bool admit_host_peer();
+  void on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port,
+                       std::span<const uint8_t> early_bytes);
 
   struct QueueSlot {
     virtio::SplitVirtqueue* queue = nullptr;
@@ -139,10 +129,7 @@ class Muxer::Impl {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::array<QueueSlot, 2> queues_;
 
-  base::UniqueFd listener_;
-  base::BoundSocketFile listener_file_;
-  base::EventLoop::TimerId listener_retry_timer_ = 0;
-  std::unordered_map<int, std::unique_ptr<PendingPeer>> handshakes_;
+  std::unique_ptr<HybridListener> listener_;           // null without a uds-path
   UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
 
   std::unordered_map<uint64_t, std::unique_ptr<MuxConnection>> connections_;

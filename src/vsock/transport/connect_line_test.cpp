@@ -1,4 +1,4 @@
-#include "vsock/muxer/connect_line.h"
+#include "vsock/transport/connect_line.h"
 
 #include <gtest/gtest.h>
 

@@ -1,0 +1,120 @@
+#include "vsock/transport/hybrid_listener.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "base/errno_text.h"
+#include "vsock/transport/hybrid_peer_endpoint.h"
+
+namespace vhost_vsock::vsock {
+namespace {
+
+base::UnixListener::Options listener_options() {
+  base::UnixListener::Options options;
+  options.name = "uds-path";
+  options.accepts_per_event = 256;  // bounds one readiness event
+  return options;
+}
+
+}  // namespace
+
+HybridListener::HybridListener(base::EventLoop& loop, Options options, Callbacks callbacks)
+    : loop_(loop),
+      options_(std::move(options)),
+      callbacks_(std::move(callbacks)),
+      socket_(
+          loop_, options_.uds_path, [this](base::UniqueFd fd) { on_accepted(std::move(fd)); }, listener_options()) {}
+
+HybridListener::~HybridListener() {
+  for (auto& [fd, peer] : handshakes_) {
+    loop_.remove(fd);
+    loop_.cancel_timer(peer->timer);
+  }
+}
+
+void HybridListener::on_accepted(base::UniqueFd fd) {
+  if (!callbacks_.admit()) return;  // fd closes here
+  const int raw = fd.get();
+  auto peer = std::make_unique<PendingPeer>(std::move(fd), options_.max_connect_line);
+  peer->timer = loop_.add_timer(options_.handshake_timeout, [this, raw] {
+    auto it = handshakes_.find(raw);
+    if (it == handshakes_.end()) return;
+    it->second->timer = 0;
+    fail_handshake(raw, "no CONNECT line before the handshake timeout");
+  });
+  try {
+    loop_.add(raw, EPOLLIN | EPOLLRDHUP, [this, raw](uint32_t) { on_peer_readable(raw); });
+  } catch (const std::exception& error) {
+    loop_.cancel_timer(peer->timer);
+    spdlog::error("cannot watch host connection on {}: {}", options_.uds_path, error.what());
+    return;
+  }
+  handshakes_.emplace(raw, std::move(peer));
+  // The line may already be there.
+  on_peer_readable(raw);
+}
+
+void HybridListener::on_peer_readable(int fd) {
+  auto it = handshakes_.find(fd);
+  if (it == handshakes_.end()) return;
+  PendingPeer& peer = *it->second;
+  uint8_t buffer[256];
+  // Bounded: each read takes at least one byte of a line capped at max_connect_line.
+  for (;;) {
+    const size_t room = std::min(peer.reader.room(), sizeof(buffer));
+    if (room == 0) {
+      fail_handshake(fd, "CONNECT line too long");
+      return;
+    }
+    // Never read past the limit, so at most a line's worth of payload is held here.
+    const ssize_t n = ::read(fd, buffer, room);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      fail_handshake(fd, base::errno_text(errno).c_str());
+      return;
+    }
+    if (n == 0) {
+      fail_handshake(fd, "closed before completing the CONNECT line");
+      return;
+    }
+    switch (peer.reader.feed(std::span<const uint8_t>(buffer, static_cast<size_t>(n)))) {
+      case ConnectLineReader::Status::kNeedMore:
+        continue;
+      case ConnectLineReader::Status::kDone:
+        finish_handshake(fd);
+        return;
+      case ConnectLineReader::Status::kMalformed:
+        fail_handshake(fd, "malformed CONNECT line");
+        return;
+      case ConnectLineReader::Status::kTooLong:
+        fail_handshake(fd, "CONNECT line too long");
+        return;
+    }
+  }
+}
+
+void HybridListener::fail_handshake(int fd, const char* reason) {
+  auto it = handshakes_.find(fd);
+  if (it == handshakes_.end()) return;
+  loop_.remove(fd);
+  if (it->second->timer != 0) loop_.cancel_timer(it->second->timer);
+  handshakes_.erase(it);  // closes the peer
+  callbacks_.on_failure(reason);
+}
+
+void HybridListener::finish_handshake(int fd) {
+  auto it = handshakes_.find(fd);
+  if (it == handshakes_.end()) return;
+  std::unique_ptr<PendingPeer> peer = std::move(it->second);
+  handshakes_.erase(it);
+  loop_.remove(fd);
+  if (peer->timer != 0) loop_.cancel_timer(peer->timer);
+  // The endpoint watches the socket again, edge-triggered, once a connection owns it.
+  callbacks_.on_connect(std::make_unique<HybridPeerEndpoint>(loop_, std::move(peer->fd)), peer->reader.port(),
+                        peer->reader.leftover());
+}
+
+}  // namespace vhost_vsock::vsock

@@ -1,0 +1,208 @@
+#include "vsock/transport/hybrid_listener.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace vhost_vsock::vsock {
+namespace {
+
+using namespace std::chrono_literals;
+
+base::UniqueFd connect_unix(const std::string& path) {
+  base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) return {};
+  return fd;
+}
+
+base::UniqueFd listen_unix(const std::string& path) {
+  base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) return {};
+  if (::listen(fd.get(), 16) != 0) return {};
+  return fd;
+}
+
+// Returns true once the peer is closed (read returns 0 or ECONNRESET).
+bool peer_closed(int fd) {
+  char c;
+  ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+  return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+struct Connected {
+  std::unique_ptr<HostEndpoint> endpoint;
+  uint32_t guest_port;
+  std::string early_bytes;
+};
+
+struct HybridListenerTest : ::testing::Test {
+  void SetUp() override {
+    char dir_template[] = "/tmp/vhlXXXXXX";
+    ASSERT_NE(::mkdtemp(dir_template), nullptr);
+    dir = dir_template;
+    path = dir + "/v";
+  }
+  void TearDown() override {
+    listener.reset();
+    ::unlink(path.c_str());
+    ::rmdir(dir.c_str());
+  }
+
+  HybridListener::Callbacks callbacks() {
+    return {[this] { return admit; },
+            [this](std::unique_ptr<HostEndpoint> endpoint, uint32_t port, std::span<const uint8_t> early) {
+              connected.push_back({std::move(endpoint), port, std::string(early.begin(), early.end())});
+            },
+            [this](const char* reason) { failures.emplace_back(reason); }};
+  }
+  void start() {
+    listener = std::make_unique<HybridListener>(loop, HybridListener::Options{path, 300ms, 64}, callbacks());
+  }
+  void run_for(std::chrono::milliseconds duration) {
+    const auto end = base::EventLoop::Clock::now() + duration;
+    while (base::EventLoop::Clock::now() < end) loop.run_once(5ms);
+  }
+
+  base::EventLoop loop;
+  std::string dir;
+  std::string path;
+  std::unique_ptr<HybridListener> listener;
+  bool admit = true;
+  std::vector<Connected> connected;
+  std::vector<std::string> failures;
+};
+
+TEST_F(HybridListenerTest, CompletedLineHandsOverAnEndpointThePortAndTheBytesAfterIt) {
+  start();
+  auto host = connect_unix(path);
+  ASSERT_EQ(::write(host.get(), "CONNECT 40000\nearly bytes", 25), 25);
+  run_for(20ms);
+  ASSERT_EQ(connected.size(), 1u);
+  EXPECT_EQ(connected[0].guest_port, 40000u);
+  EXPECT_EQ(connected[0].early_bytes, "early bytes");
+  EXPECT_EQ(listener->pending(), 0u);
+  // The endpoint greets the host peer once the guest accepts.
+  std::array<uint8_t, kMaxGreetingBytes> greeting{};
+  const size_t n = connected[0].endpoint->accept_greeting(1073741824, greeting);
+  EXPECT_EQ(std::string(greeting.begin(), greeting.begin() + static_cast<std::ptrdiff_t>(n)), "OK 1073741824\n");
+  EXPECT_TRUE(failures.empty());
+}
+
+TEST_F(HybridListenerTest, ConnectLineSplitAcrossWrites) {
+  start();
+  auto host = connect_unix(path);
+  for (const char* piece : {"con", "NECT 4", "0000", "\r", "\n"}) {
+    ASSERT_GT(::write(host.get(), piece, std::strlen(piece)), 0);
+    run_for(20ms);
+  }
+  ASSERT_EQ(connected.size(), 1u);
+  EXPECT_EQ(connected[0].guest_port, 40000u);
+  EXPECT_EQ(connected[0].early_bytes, "");
+}
+
+TEST_F(HybridListenerTest, MalformedOrOverlongConnectLineClosesThatPeerOnly) {
+  start();
+  auto good = connect_unix(path);
+  auto bad = connect_unix(path);
+  auto long_one = connect_unix(path);
+  ASSERT_EQ(::write(bad.get(), "HELLO 12\n", 9), 9);
+  std::string overlong(100, '1');
+  ASSERT_EQ(::write(long_one.get(), overlong.data(), overlong.size()), 100);
+  run_for(50ms);
+  EXPECT_TRUE(peer_closed(bad.get()));
+  EXPECT_TRUE(peer_closed(long_one.get()));
+  EXPECT_FALSE(peer_closed(good.get()));
+  EXPECT_EQ(failures.size(), 2u);
+  EXPECT_EQ(listener->pending(), 1u);
+  EXPECT_TRUE(connected.empty());
+}
+
+TEST_F(HybridListenerTest, SilentHostPeerTimesOut) {
+  start();
+  auto silent = connect_unix(path);
+  ASSERT_EQ(::write(silent.get(), "CONN", 4), 4);
+  run_for(150ms);
+  EXPECT_FALSE(peer_closed(silent.get()));
+  EXPECT_EQ(listener->pending(), 1u);
+  run_for(650ms);
+  EXPECT_TRUE(peer_closed(silent.get()));
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_EQ(failures[0], "no CONNECT line before the handshake timeout");
+  EXPECT_EQ(listener->pending(), 0u);
+}
+
+TEST_F(HybridListenerTest, PeerRefusedByAdmitIsClosedBeforeItsHandshake) {
+  start();
+  admit = false;
+  auto refused = connect_unix(path);
+  ASSERT_EQ(::write(refused.get(), "CONNECT 1\n", 10), 10);
+  run_for(20ms);
+  EXPECT_TRUE(peer_closed(refused.get()));
+  EXPECT_EQ(listener->pending(), 0u);
+  EXPECT_TRUE(connected.empty());
+}
+
+TEST_F(HybridListenerTest, PeersStillInTheirHandshakeCloseWithTheListener) {
+  start();
+  auto waiting = connect_unix(path);
+  run_for(20ms);
+  EXPECT_EQ(listener->pending(), 1u);
+  listener.reset();
+  EXPECT_TRUE(peer_closed(waiting.get()));
+}
+
+TEST_F(HybridListenerTest, ListenerSocketFileIsRemovedOnExit) {
+  start();
+  listener.reset();
+  EXPECT_NE(::access(path.c_str(), F_OK), 0);
+}
+
+TEST_F(HybridListenerTest, ListenerLeavesASuccessorsSocketFileOnExit) {
+  start();
+  ASSERT_EQ(::unlink(path.c_str()), 0);  // e.g. an operator started another daemon on the path
+  auto successor = listen_unix(path);
+  ASSERT_TRUE(successor.valid());
+  listener.reset();
+  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
+}
+
+TEST_F(HybridListenerTest, ReplacesStaleSocketRefusesLiveOneAndNamesThePath) {
+  {
+    // A socket file left behind by a dead process.
+    auto stale = listen_unix(path);
+    ASSERT_TRUE(stale.valid());
+  }
+  {
+    start();
+    auto client = connect_unix(path);
+    EXPECT_TRUE(client.valid());
+    // While it lives, a second one must not take the path over.
+    try {
+      HybridListener second(loop, HybridListener::Options{path, 300ms, 64}, callbacks());
+      ADD_FAILURE() << "second listener on a live path";
+    } catch (const std::runtime_error& error) {
+      EXPECT_NE(std::string(error.what()).find(path), std::string::npos) << error.what();
+    }
+    listener.reset();
+  }
+  // A regular file is never removed.
+  FILE* file = std::fopen(path.c_str(), "w");
+  ASSERT_NE(file, nullptr);
+  std::fclose(file);
+  EXPECT_THROW(start(), std::runtime_error);
+  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock
