@@ -23,6 +23,8 @@
 #include <utility>
 #include <vector>
 
+#include "base/errno_text.h"
+
 namespace vhost_vsock::bench {
 
 inline double now_seconds() {
@@ -38,7 +40,7 @@ inline void (*g_before_failure_exit)() = nullptr;
 // Both end the process at once (no destructors: a benchmark may have threads
 // running); child processes are started with PR_SET_PDEATHSIG and go too.
 [[noreturn]] inline void die(const char* what) {
-  std::fprintf(stderr, "bench: %s: %s\n", what, std::strerror(errno));
+  std::fprintf(stderr, "bench: %s: %s\n", what, base::errno_text(errno).c_str());
   std::fflush(nullptr);
   if (auto hook = std::exchange(g_before_failure_exit, nullptr)) hook();
   std::_Exit(1);
@@ -129,10 +131,20 @@ inline std::optional<uint64_t> parse_size(std::string_view text) {
   if (text.empty()) return std::nullopt;
   uint64_t multiplier = 1;
   switch (text.back()) {
-    case 'K': case 'k': multiplier = 1ull << 10; break;
-    case 'M': case 'm': multiplier = 1ull << 20; break;
-    case 'G': case 'g': multiplier = 1ull << 30; break;
-    default: break;
+    case 'K':
+    case 'k':
+      multiplier = 1ull << 10;
+      break;
+    case 'M':
+    case 'm':
+      multiplier = 1ull << 20;
+      break;
+    case 'G':
+    case 'g':
+      multiplier = 1ull << 30;
+      break;
+    default:
+      break;
   }
   if (multiplier != 1) text.remove_suffix(1);
   uint64_t value = 0;
@@ -210,7 +222,9 @@ class JsonLine {
 inline double cpu_seconds(int who = RUSAGE_SELF) {
   rusage usage{};
   getrusage(who, &usage);
-  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6; };
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
+  };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 

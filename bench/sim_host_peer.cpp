@@ -6,6 +6,9 @@
 
 #include <memory>
 
+#include "base/errno_text.h"
+#include "base/unix_socket_address.h"
+
 namespace vhost_vsock::bench {
 
 bool send_line(int fd, const std::string& line) {
@@ -33,20 +36,20 @@ namespace {
   _exit(1);
 }
 
+// The peer runs in a forked child: a bad path ends it with a message, not an exception.
 sockaddr_un unix_address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) fail("socket path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return addr;
+  try {
+    return base::unix_socket_address(path);
+  } catch (const std::runtime_error& e) {
+    fail(e.what());
+  }
 }
 
 int unix_listen(const std::string& path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr = unix_address(path);
   ::unlink(path.c_str());
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 4096) != 0)
-    die("listen");
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 4096) != 0) die("listen");
   return fd;
 }
 
@@ -56,7 +59,7 @@ int hybrid_connect(const std::string& uds, uint32_t port, std::string& error) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr = unix_address(uds);
   if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    error = std::string("connect ") + uds + ": " + std::strerror(errno);
+    error = "connect " + uds + ": " + base::errno_text(errno);
     if (fd >= 0) close(fd);
     return -1;
   }
@@ -138,7 +141,8 @@ void send_streams(int control, const std::vector<int>& fds, uint64_t bytes, size
   if (fds.size() == 1) {
     for (uint64_t off = 0; off < bytes;) {
       size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - off));
-      if (!write_all(fds[0], patterns[0]->at(off), len)) peer_fail(control, "write failed at byte " + std::to_string(off));
+      if (!write_all(fds[0], patterns[0]->at(off), len))
+        peer_fail(control, "write failed at byte " + std::to_string(off));
       off += len;
     }
     return;
@@ -164,7 +168,7 @@ void send_streams(int control, const std::vector<int>& fds, uint64_t bytes, size
         size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - sent[i]));
         ssize_t n = ::send(fds[i], patterns[i]->at(sent[i]), len, MSG_NOSIGNAL);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-        if (n <= 0) peer_fail(control, "stream " + std::to_string(i) + " write failed: " + std::strerror(errno));
+        if (n <= 0) peer_fail(control, "stream " + std::to_string(i) + " write failed: " + base::errno_text(errno));
         sent[i] += static_cast<uint64_t>(n);
       }
       if (sent[i] == bytes) --remaining;

@@ -10,8 +10,8 @@ namespace vhost_vsock::base {
 
 sockaddr_un unix_socket_address(const std::string& path) {
   if (path.empty() || path.size() > kMaxUnixPathLength) {
-    throw std::invalid_argument(fmt::format("AF_UNIX path '{}' is {} bytes long; it must be 1..{} bytes", path,
-                                            path.size(), kMaxUnixPathLength));
+    throw std::runtime_error(fmt::format("AF_UNIX path '{}' is {} bytes long; it must be 1..{} bytes", path,
+                                         path.size(), kMaxUnixPathLength));
   }
   sockaddr_un address{};
   address.sun_family = AF_UNIX;

@@ -12,7 +12,7 @@ namespace vhost_vsock::base {
 // sun_path holds the path and its terminating NUL.
 inline constexpr size_t kMaxUnixPathLength = sizeof(sockaddr_un::sun_path) - 1;
 
-// Throws std::invalid_argument, naming the path and the limit, when `path` is
+// Throws std::runtime_error, naming the path and the limit, when `path` is
 // empty or longer than kMaxUnixPathLength bytes. The result is NUL-terminated,
 // so sizeof(sockaddr_un) is a valid length for bind() and connect().
 sockaddr_un unix_socket_address(const std::string& path);

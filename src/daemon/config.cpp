@@ -16,6 +16,9 @@
 #include <sstream>
 #include <system_error>
 
+#include "base/bits.h"
+#include "base/errno_text.h"
+
 namespace vhost_vsock::daemon {
 namespace {
 
@@ -29,10 +32,6 @@ std::string canonical_key(std::string_view key) {
     if (c == '-') c = '_';
   }
   return out;
-}
-
-bool is_power_of_two(uint64_t value) {
-  return value != 0 && (value & (value - 1)) == 0;
 }
 
 // Applies one key of a VM (from --vm or YAML) given as text. `seen` catches a
@@ -173,8 +172,8 @@ void check_socket_path(const std::string& field, const std::string& path, size_t
   const std::string dir = parent.empty() ? std::string(".") : parent.string();
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
-    errors->push_back({field, fmt::format("directory '{}' does not exist or cannot be reached ({})", dir,
-                                          std::generic_category().message(errno))});
+    errors->push_back(
+        {field, fmt::format("directory '{}' does not exist or cannot be reached ({})", dir, base::errno_text(errno))});
     return;
   }
   if (!S_ISDIR(st.st_mode)) {
@@ -182,8 +181,7 @@ void check_socket_path(const std::string& field, const std::string& path, size_t
     return;
   }
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
-    errors->push_back(
-        {field, fmt::format("directory '{}' is not writable ({})", dir, std::generic_category().message(errno))});
+    errors->push_back({field, fmt::format("directory '{}' is not writable ({})", dir, base::errno_text(errno))});
     return;
   }
   // A stale socket file gets replaced at startup; anything else there is not ours to delete.
@@ -385,7 +383,7 @@ bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, C
 bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, ConfigErrors* errors) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
-    errors->push_back({"--config", fmt::format("cannot open '{}': {}", path, std::generic_category().message(errno))});
+    errors->push_back({"--config", fmt::format("cannot open '{}': {}", path, base::errno_text(errno))});
     return false;
   }
   std::string text(static_cast<size_t>(kMaxConfigFileBytes) + 1, '\0');
@@ -412,7 +410,7 @@ void validate_vm(const VmConfig& vm, ConfigErrors* errors) {
     errors->push_back({vm_field(vm, "tx_buffer_size"), fmt::format("{} is out of range (must be >= 1 and <= {})",
                                                                    vm.tx_buffer_size, kMaxTxBufferSize)});
   }
-  if (vm.queue_size == 0 || vm.queue_size > kMaxQueueSize || !is_power_of_two(vm.queue_size)) {
+  if (vm.queue_size == 0 || vm.queue_size > kMaxQueueSize || !base::is_power_of_two(vm.queue_size)) {
     errors->push_back(
         {vm_field(vm, "queue_size"),
          fmt::format("{} is invalid (must be a power of two between 1 and {})", vm.queue_size, kMaxQueueSize)});

@@ -19,6 +19,7 @@
 #include <system_error>
 #include <vector>
 
+#include "base/errno_text.h"
 #include "base/unique_fd.h"
 #include "daemon/cli.h"
 #include "daemon/sandbox.h"
@@ -132,7 +133,7 @@ class SocketFileWatch {
       if (::lstat(file.path.c_str(), &now) != 0 || now.st_dev != file.dev || now.st_ino != file.ino) continue;
       if (::unlink(file.path.c_str()) == 0) continue;
       spdlog::warn("vm cid={} cannot remove {} {}: {} (it is replaced at the next start)", file.cid, file.role,
-                   file.path, std::generic_category().message(errno));
+                   file.path, base::errno_text(errno));
     }
   }
 
@@ -165,7 +166,7 @@ int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
     const int ready = ::poll(fds, 2, kSocketFileCheckMs);
     if (ready < 0) {
       if (errno == EINTR) continue;
-      spdlog::error("poll: {}", std::generic_category().message(errno));
+      spdlog::error("poll: {}", base::errno_text(errno));
       return kExitRuntimeError;
     }
     if (ready == 0) {

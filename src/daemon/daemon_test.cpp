@@ -15,6 +15,7 @@
 #include <future>
 #include <thread>
 
+#include "base/unix_socket_address.h"
 #include "daemon/cli.h"
 #include "daemon/test_temp_dir.h"
 #include "daemon/vm_worker.h"
@@ -37,10 +38,8 @@ bool exists(const std::string& path) {
 
 bool can_connect(const std::string& path) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  const sockaddr_un addr = base::unix_socket_address(path);
+  const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
   ::close(fd);
   return ok;
 }

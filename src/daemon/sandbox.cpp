@@ -25,12 +25,12 @@
 #include <system_error>
 #include <thread>
 
+#include "base/errno_text.h"
+
 namespace vhost_vsock::daemon {
 namespace {
 
-std::string errno_text(int error) {
-  return std::generic_category().message(error);
-}
+using base::errno_text;
 
 // Syscalls the steady state needs, with no argument conditions. Derived by
 // running the integration, hostile and e2e suites under `strace -f` and

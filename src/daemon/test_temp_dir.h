@@ -14,6 +14,9 @@
 #include <string>
 #include <system_error>
 
+#include "base/errno_text.h"
+#include "base/unix_socket_address.h"
+
 namespace vhost_vsock::daemon::test {
 
 class TempDir {
@@ -21,7 +24,7 @@ class TempDir {
   TempDir() {
     char pattern[] = "/tmp/vuvdXXXXXX";
     const char* made = ::mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << std::generic_category().message(errno);
+    EXPECT_NE(made, nullptr) << base::errno_text(errno);
     path_ = made ? made : "/tmp";
   }
   ~TempDir() {
@@ -44,10 +47,8 @@ class TempDir {
   std::string make_socket_file(const std::string& name) const {
     std::string path = file(name);
     int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << std::generic_category().message(errno);
+    const sockaddr_un addr = base::unix_socket_address(path);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0) << base::errno_text(errno);
     ::close(fd);
     return path;
   }

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <system_error>
 
+#include "base/errno_text.h"
+
 namespace vhost_vsock::memory {
 namespace {
 
@@ -70,7 +72,7 @@ std::shared_ptr<const GuestMemory> GuestMemory::map(std::vector<RegionSpec> regi
       const int saved_errno = errno;
       // Regions mapped so far are released by the destructor.
       return fail("mmap of memory region " + std::to_string(i) + " (" + std::to_string(length) +
-                  " bytes) failed: " + std::generic_category().message(saved_errno));
+                  " bytes) failed: " + base::errno_text(saved_errno));
     }
     memory->regions_.push_back(Region{
         .guest_phys_addr = r.guest_phys_addr,

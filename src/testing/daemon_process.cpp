@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "base/errno_text.h"
+
 namespace vhost_vsock::testing {
 
 namespace {
@@ -40,7 +42,7 @@ std::string DaemonProcess::binary_path() {
 
 DaemonProcess::DaemonProcess(DaemonOptions options) {
   char dir_template[] = "/tmp/vuvXXXXXX";
-  if (::mkdtemp(dir_template) == nullptr) throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
+  if (::mkdtemp(dir_template) == nullptr) throw std::runtime_error("mkdtemp: " + base::errno_text(errno));
   dir_ = dir_template;
   socket_path_ = dir_ + "/vhost.sock";
   uds_path_ = dir_ + "/vsock";
@@ -62,7 +64,7 @@ DaemonProcess::DaemonProcess(DaemonOptions options) {
   const pid_t parent = ::getpid();
   const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (log_fd < 0 || null_fd < 0) throw std::runtime_error("cannot open " + log_path_ + ": " + std::strerror(errno));
+  if (log_fd < 0 || null_fd < 0) throw std::runtime_error("cannot open " + log_path_ + ": " + base::errno_text(errno));
   pid_ = ::fork();
   if (pid_ == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -78,7 +80,7 @@ DaemonProcess::DaemonProcess(DaemonOptions options) {
   ::close(null_fd);
   if (pid_ < 0) {
     pid_ = -1;
-    throw std::runtime_error(std::string("fork: ") + std::strerror(fork_errno));
+    throw std::runtime_error("fork: " + base::errno_text(fork_errno));
   }
 
   const auto deadline = Clock::now() + options.startup_timeout;

@@ -13,6 +13,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/errno_text.h"
+#include "base/unix_socket_address.h"
+
 namespace vhost_vsock::testing {
 
 namespace {
@@ -55,21 +58,18 @@ std::vector<uint8_t> vring_state(uint16_t index, uint32_t num) {
 VhostUserFrontend::VhostUserFrontend(const std::string& socket_path, FrontendOptions options,
                                      std::chrono::milliseconds connect_timeout)
     : options_(options) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof(addr.sun_path)) fail("socket path too long: " + socket_path);
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  const sockaddr_un addr = base::unix_socket_address(socket_path);
   const auto deadline = Clock::now() + connect_timeout;
   for (;;) {
     base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd) fail(std::string("socket: ") + std::strerror(errno));
+    if (!fd) fail("socket: " + base::errno_text(errno));
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
       socket_ = std::move(fd);
       return;
     }
     const int err = errno;
     if ((err != ENOENT && err != ECONNREFUSED) || Clock::now() >= deadline) {
-      fail("connect " + socket_path + ": " + std::strerror(err));
+      fail("connect " + socket_path + ": " + base::errno_text(err));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -288,7 +288,7 @@ void VhostUserFrontend::setup_vring(uint16_t index, GuestRam& ram, DriverVring& 
 
   kick_fds_[index].reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   call_fds_[index].reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!kick_fds_[index] || !call_fds_[index]) fail(std::string("eventfd: ") + std::strerror(errno));
+  if (!kick_fds_[index] || !call_fds_[index]) fail("eventfd: " + base::errno_text(errno));
   std::vector<uint8_t> which;
   put<uint64_t>(which, index);
   const int kick = kick_fds_[index].get();

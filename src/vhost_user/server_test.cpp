@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "base/unix_socket_address.h"
 #include "vhost_user/message.h"
 #include "vhost_user/session.h"
 #include "vhost_user/test_support.h"
@@ -29,9 +30,7 @@ using test::Reply;
 
 base::UniqueFd connect_to(const std::string& path) {
   base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::memcpy(address.sun_path, path.c_str(), path.size());
+  const sockaddr_un address = base::unix_socket_address(path);
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) return {};
   return fd;
 }
@@ -309,9 +308,7 @@ TEST_F(ServerTest, SecondFrontendIsTurnedAwayWhileOneIsConnected) {
 TEST_F(ServerTest, StaleSocketFileIsReplaced) {
   {
     base::UniqueFd stale(::socket(AF_UNIX, SOCK_STREAM, 0));
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::memcpy(address.sun_path, path.c_str(), path.size());
+    const sockaddr_un address = base::unix_socket_address(path);
     ASSERT_EQ(::bind(stale.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
   }  // closed without unlinking, as a crashed daemon would leave it
   ASSERT_TRUE(std::filesystem::exists(path));

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "base/unix_socket_address.h"
 #include "hostile_support.h"
 
 namespace vhost_vsock::hostile {
@@ -24,10 +25,8 @@ using Clock = std::chrono::steady_clock;
 // A raw connect to uds-path that does not wait for anything.
 UniqueFd connect_now(const std::string& path) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return {};
+  const sockaddr_un addr = base::unix_socket_address(path);
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return {};
   return fd;
 }
 

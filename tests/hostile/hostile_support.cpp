@@ -20,6 +20,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "base/errno_text.h"
+
 extern char** environ;
 
 namespace vhost_vsock::hostile {
@@ -91,11 +93,11 @@ double peak_hwm_mib() {
 
 HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
   char pattern[] = "/tmp/vuvhXXXXXX";
-  if (::mkdtemp(pattern) == nullptr) throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
+  if (::mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp: " + base::errno_text(errno));
   dir_ = pattern;
   log_path_ = dir_ + "/daemon.log";
   if (spec_.uds_in_subdir && ::mkdir(uds_dir().c_str(), 0755) != 0) {
-    throw std::runtime_error("mkdir " + uds_dir() + ": " + std::strerror(errno));
+    throw std::runtime_error("mkdir " + uds_dir() + ": " + base::errno_text(errno));
   }
   ::chmod(dir_.c_str(), spec_.dir_mode);
   ::chmod(uds_dir().c_str(), spec_.dir_mode);
@@ -135,7 +137,7 @@ HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
   }
   ::close(log_fd);
   ::close(null_fd);
-  if (pid_ < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  if (pid_ < 0) throw std::runtime_error("fork: " + base::errno_text(errno));
 
   const auto deadline = Clock::now() + spec_.startup_timeout;
   for (int vm = 0; vm < spec_.vms; ++vm) {

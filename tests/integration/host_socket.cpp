@@ -12,6 +12,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include "base/errno_text.h"
+#include "base/unix_socket_address.h"
+
 namespace vhost_vsock::integration {
 
 namespace {
@@ -32,14 +35,6 @@ bool wait_fd(int fd, short events, Clock::time_point deadline) {
   }
 }
 
-sockaddr_un make_addr(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) throw std::runtime_error("unix path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return addr;
-}
-
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -51,15 +46,17 @@ uint64_t splitmix64(uint64_t x) {
 
 HostListener::HostListener(std::string path, int backlog) : path_(std::move(path)) {
   fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  const sockaddr_un addr = make_addr(path_);
+  const sockaddr_un addr = base::unix_socket_address(path_);
   ::unlink(path_.c_str());
   if (!fd_ || ::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 ||
       ::listen(fd_.get(), backlog) != 0) {
-    throw std::runtime_error("cannot listen on " + path_ + ": " + std::strerror(errno));
+    throw std::runtime_error("cannot listen on " + path_ + ": " + base::errno_text(errno));
   }
 }
 
-HostListener::~HostListener() { ::unlink(path_.c_str()); }
+HostListener::~HostListener() {
+  ::unlink(path_.c_str());
+}
 
 UniqueFd HostListener::accept(Millis timeout) {
   const auto deadline = Clock::now() + timeout;
@@ -73,7 +70,7 @@ UniqueFd HostListener::accept(Millis timeout) {
 
 UniqueFd unix_connect(const std::string& path, Millis timeout) {
   const auto deadline = Clock::now() + timeout;
-  const sockaddr_un addr = make_addr(path);
+  const sockaddr_un addr = base::unix_socket_address(path);
   for (;;) {
     UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
@@ -219,6 +216,8 @@ void Checksum::update(std::span<const uint8_t> data) {
   bytes_ += data.size();
 }
 
-uint64_t Checksum::value() const { return state_ ^ bytes_; }
+uint64_t Checksum::value() const {
+  return state_ ^ bytes_;
+}
 
 }  // namespace vhost_vsock::integration
