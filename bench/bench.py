@@ -51,6 +51,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--output", default="", help="markdown path (default docs/benchmarks.md; --smoke <build>/bench-smoke.md)")
     p.add_argument("--chart", default="", help="PNG path (default docs/benchmarks.png; --smoke none)")
     p.add_argument("--profile-output", default="docs/profile.md", help="callgrind summary path (profile group)")
+    p.add_argument("--peer", default="",
+                   help="another backend's binary with vhost-device-vsock's CLI (e.g. vhost-device-vsock, or an "
+                   "older build of ours): its sim figures are measured in the same rounds and reported as ratios")
+    p.add_argument("--peer-name", default="", help="the peer's name in the report (default: its file name)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each command")
     args = p.parse_args()
     args.groups = [g for g in (args.only.split(",") if args.only else (SMOKE_GROUPS if args.smoke else GROUPS)) if g]
@@ -58,6 +62,13 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         p.error(f"unknown group(s) {','.join(unknown)}; choose from {','.join(GROUPS)}")
     args.runs = args.runs or (1 if args.smoke else 5)
+    if args.peer:
+        args.peer = str(Path(args.peer).resolve())
+        if not os.access(args.peer, os.X_OK):
+            p.error(f"--peer {args.peer}: not an executable file")
+        if "sim" not in args.groups:
+            p.error("--peer compares sim figures: select the sim group")
+        args.peer_name = args.peer_name or Path(args.peer).name
     args.pins = [x for x in (args.pin or ("free" if args.smoke else "one,free")).split(",") if x]
     if any(x not in ("one", "free") for x in args.pins):
         p.error("--pin takes one and/or free")
@@ -152,6 +163,23 @@ def local_goals(pins: list[str]) -> list[Goal]:
     return goals
 
 
+def peer_goals(pins: list[str], name: str) -> list[Goal]:
+    """Ours ÷ the peer backend, same figure, same rounds."""
+    goals: list[Goal] = []
+    for pin in pins:
+        where = report.PIN_TEXT[pin]
+        for direction, text in (("g2h", "guest→host"), ("h2g", "host→guest")):
+            for tag, size in (("64k", "64 KiB"), ("4k", "4 KiB")):
+                goals.append(Goal(f"ours ÷ {name}: sim {text} {size} writes, 1 stream [{where}]",
+                                  f"sim.{direction}.{tag}.1.{pin}", f"peer.{direction}.{tag}.1.{pin}"))
+        goals.append(Goal(f"ours ÷ {name}: sim 1-byte round trip [{where}] (lower is better)",
+                          f"sim.rtt.{pin}", f"peer.rtt.{pin}", None, False))
+    for kind, text in (("host", "host-initiated"), ("guest", "guest-initiated")):
+        goals.append(Goal(f"ours ÷ {name}: sim {text} connects per second [unpinned]",
+                          f"sim.connect.{kind}.free", f"peer.connect.{kind}.free"))
+    return goals
+
+
 def vm_goals() -> list[Goal]:
     goals = []
     for alt, name in (("net", "virtio-net (user net)"), ("serial", "virtio-serial")):
@@ -172,6 +200,8 @@ METHOD = [
     "or `--build-dir DIR`); `bench/run --smoke` is the few-seconds check CI runs (one small run per",
     "figure, data verified, nothing under docs/ touched, non-zero exit only when something is broken);",
     "`bench/run --only ceiling,sim` (groups: ceiling, sim, vm, profile), `--runs N`, `--pin one,free`.",
+    "`--peer PATH` adds the same sim figures for another backend with vhost-device-vsock's command line",
+    "(`--guest-cid`, `--socket`, `--uds-path` only), measured in the same rounds, and reports ours ÷ peer.",
     "",
     "- **ceiling** (`bench/unix_ceiling.cpp`): a `socketpair(AF_UNIX, SOCK_STREAM)` between two processes",
     "  (fork). The child writes a deterministic pattern in 4 KiB or 64 KiB writes; the parent reads with",
@@ -231,6 +261,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         local += local_suite.ceiling_measurements(ctx)
     if "sim" in args.groups:
         local += local_suite.sim_measurements(ctx)
+        if args.peer:
+            local += local_suite.peer_measurements(ctx, args.peer, args.peer_name)
     for m in local:
         reason = blocked.get(m.group)
         if reason is None and m.argv and not Path(m.argv[0]).exists():
@@ -257,7 +289,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         else:
             profile_suite.run(ctx, results, root_path(ctx, args.profile_output))
 
-    goals = local_goals(ctx.pins) + vm_goals()
+    goals = local_goals(ctx.pins) + vm_goals() + (peer_goals(ctx.pins, args.peer_name) if args.peer else [])
     # Goals whose figures belong to groups not selected are left out, not listed as missing.
     outcomes = [report.evaluate(g, results) for g in goals
                 if g.ours in results and (g.reference is None or g.reference in results)]

@@ -90,3 +90,31 @@ def sim_measurements(ctx: Context) -> list[Measurement]:
         unit="KiB", higher_is_better=False, key="per_conn_bytes", extract=lambda o: o["per_conn_bytes"] / 1024.0,
         argv=[], derived_from="sim.idle.rss.free"))
     return out
+
+
+def peer_measurements(ctx: Context, peer: str, name: str) -> list[Measurement]:
+    """The sim figures that compare backends, with a peer daemon (any backend with
+    vhost-device-vsock's command line) in place of ours, in the same rounds."""
+    exe = str(ctx.binary(SIM_BINARY))
+    common = ["--daemon", peer, "--daemon-cli", "compat", "--dir", str(ctx.scratch)]
+    out: list[Measurement] = []
+    for pin in ctx.pins:
+        for direction, text in (("g2h", "guest→host"), ("h2g", "host→guest")):
+            for tag, size in WRITE_SIZES:
+                out.append(Measurement(
+                    id=f"peer.{direction}.{tag}.1.{pin}", group="sim",
+                    label=f"PEER {name}: sim {text}, {size} writes, 1 stream",
+                    unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
+                    argv=[exe, "stream", "--direction", direction, "--write-size", size, "--streams", "1",
+                          "--bytes", stream_bytes(ctx, size, 1)] + common))
+        out.append(Measurement(
+            id=f"peer.rtt.{pin}", group="sim", label=f"PEER {name}: sim 1-byte round trip",
+            unit="µs", higher_is_better=False, pin=pin, key="mean_us",
+            argv=[exe, "rtt", "--count", "2000" if ctx.smoke else "20000"] + common))
+    count = "1000" if ctx.smoke else "20000"
+    for kind, text in (("host", "host-initiated"), ("guest", "guest-initiated")):
+        out.append(Measurement(
+            id=f"peer.connect.{kind}.free", group="sim", label=f"PEER {name}: sim {text} connects",
+            unit="conn/s", higher_is_better=True, key="per_second",
+            argv=[exe, f"connect-{kind}", "--count", count] + common))
+    return out

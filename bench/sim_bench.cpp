@@ -10,6 +10,9 @@
 //   bench_sim idle --conns N           daemon VmRSS with N idle connections
 // Common: --daemon PATH --dir DIR [--daemon-wrapper "valgrind --tool=..."]
 //         [--daemon-args "--tx-buffer-size 262144"]
+//         [--daemon-cli compat]   only vhost-device-vsock's flags (--guest-cid,
+//                                 --socket, --uds-path): for a peer backend
+//                                 compared side by side (bench/run --peer)
 // Prints one JSON line; exits 1 if data differs, the simulator saw a protocol
 // violation, or the daemon died.
 #include <dirent.h>
@@ -143,8 +146,14 @@ class DaemonProcess {
       : socket_path_(dir + "/vhost.sock"), uds_path_(dir + "/v") {
     std::vector<std::string> args = split_words(options.text("daemon-wrapper", ""));
     args.insert(args.end(), {options.text("daemon", "build/vhost-user-vsock"), "--guest-cid", std::to_string(kGuestCid),
-                             "--socket", socket_path_, "--uds-path", uds_path_, "--log-level",
-                             options.text("log-level", "warn"), "--max-connections", std::to_string(max_connections)});
+                             "--socket", socket_path_, "--uds-path", uds_path_});
+    const std::string cli = options.text("daemon-cli", "ours");
+    if (cli == "ours") {
+      args.insert(args.end(), {"--log-level", options.text("log-level", "warn"), "--max-connections",
+                               std::to_string(max_connections)});
+    } else if (cli != "compat") {
+      fail("--daemon-cli takes ours or compat, not " + cli);
+    }
     // Non-default daemon settings for an experiment row, e.g. "--tx-buffer-size 262144".
     for (auto& word : split_words(options.text("daemon-args", ""))) args.push_back(word);
     if (args[0].find('/') == std::string::npos) {  // a wrapper named without a path
