@@ -11,7 +11,8 @@
 //       guest RAM); c & 16: afterwards kick every eventfd and run the loop.
 //   c >> 6 == 2: write guest RAM. Next two bytes * 16 = offset, next byte + 1
 //       = length, then the bytes.
-//   c >> 6 == 3: kick every eventfd, run the loop, notify ring c & 1.
+//   c >> 6 == 3: kick every eventfd, run the loop, notify on ring c & 1 (if
+//       started: Queue::notify() writes whatever call fd the ring has now).
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -43,32 +44,30 @@ class FuzzDevice : public vhost_user::Device {
   uint16_t queue_count() const override { return 2; }
   std::vector<uint8_t> config_space() const override { return {3, 0, 0, 0, 0, 0, 0, 0}; }
   void on_features_negotiated(uint64_t) override {}
-  void on_queue_started(uint16_t index, virtio::SplitVirtqueue& queue, vhost_user::GuestNotifier& notifier) override {
-    queues_[index] = &queue;
-    notifier_ = &notifier;
-  }
+  void on_queue_started(uint16_t index, virtio::Queue& queue) override { queues_[index] = &queue; }
   void on_queue_stopped(uint16_t index) override { queues_[index] = nullptr; }
   void on_queue_kicked(uint16_t index) override {
-    virtio::SplitVirtqueue* queue = queues_[index];
+    virtio::Queue* queue = queues_[index];
     if (queue == nullptr) __builtin_trap();  // kicked while stopped: a lifecycle bug
     // Bounded: at most one pass over the ring per kick.
     for (uint32_t i = 0; i < queue->size(); ++i) {
       auto status = queue->pop(chain_);
       if (status == virtio::PopStatus::kEmpty || status == virtio::PopStatus::kBroken) break;
       if (status == virtio::PopStatus::kChain) {
-        queue->add_used(chain_.head_index(), static_cast<uint32_t>(std::min<size_t>(chain_.writable_bytes(), 1)));
+        queue->add_used(chain_.id(), static_cast<uint32_t>(std::min<size_t>(chain_.writable_bytes(), 1)));
       }
     }
-    queue->flush_used();
-    if (queue->should_notify()) notifier_->notify_guest(index);
+    queue->notify();
   }
   void on_frontend_disconnected() override {
     if (queues_[0] != nullptr || queues_[1] != nullptr) __builtin_trap();  // must be stopped first
   }
+  void notify(uint16_t index) {
+    if (queues_[index] != nullptr) queues_[index]->notify();
+  }
 
  private:
-  virtio::SplitVirtqueue* queues_[2] = {nullptr, nullptr};
-  vhost_user::GuestNotifier* notifier_ = nullptr;
+  virtio::Queue* queues_[2] = {nullptr, nullptr};
   virtio::DescriptorChain chain_;
 };
 
@@ -194,7 +193,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         default:
           kick_all_and_run();
-          connection.session().notify_guest(control & 1);
+          device.notify(control & 1);
           break;
       }
     }

@@ -5,7 +5,8 @@
 // Input layout (little-endian):
 //   [0]      log2 of the queue size (mod 11: 1..1024)
 //   [1]      features: bit0 INDIRECT_DESC, bit1 EVENT_IDX, bit2 NOTIFY_ON_EMPTY,
-//            bit3 place memory just below 2^64 (wrap-around checks)
+//            bit3 place memory just below 2^64 (wrap-around checks),
+//            bit4 give the queue a call eventfd (else notify() has none)
 //   [2..3]   initial next_avail (SET_VRING_BASE)
 //   [4..5]   descriptor table offset in guest memory (rounded down to 16)
 //   [6..7]   avail ring offset (rounded down to 2)
@@ -15,6 +16,7 @@
 // Guest memory is a heap buffer of exactly kMemorySize bytes, so ASan reports
 // any iovec that strays outside it.
 #include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -23,14 +25,15 @@
 #include <vector>
 
 #include "memory/guest_memory.h"
-#include "virtio/virtqueue.h"
+#include "virtio/features.h"
+#include "virtio/split_queue.h"
 
 namespace {
 
 using vhost_vsock::memory::GuestMemory;
 using vhost_vsock::virtio::DescriptorChain;
 using vhost_vsock::virtio::PopStatus;
-using vhost_vsock::virtio::SplitVirtqueue;
+using vhost_vsock::virtio::SplitQueue;
 
 constexpr size_t kMemorySize = size_t{64} * 1024;
 constexpr uint64_t kLowBase = 0x100000;
@@ -103,8 +106,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (feature_bits & 2) features |= vhost_vsock::virtio::kFeatureEventIdx;
   if (feature_bits & 4) features |= vhost_vsock::virtio::kFeatureNotifyOnEmpty;
 
-  SplitVirtqueue queue;
+  SplitQueue queue;
   queue.set_features(features);
+  if (feature_bits & 16) queue.set_call_fd(vhost_vsock::base::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)));
   queue.set_next_avail(next_avail);
   std::string error;
   if (!queue.configure(memory, queue_size, base + desc_offset, base + avail_offset, base + used_offset, &error)) {
@@ -124,12 +128,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const PopStatus status = queue.pop(chain);
       if (status == PopStatus::kEmpty || status == PopStatus::kBroken) break;
       if (status == PopStatus::kInvalidChain) continue;
-      if (chain.head_index() >= queue_size) __builtin_trap();
+      if (chain.id() >= queue_size) __builtin_trap();
       sink += touch_chain(chain);
-      queue.add_used(chain.head_index(), static_cast<uint32_t>(chain.writable_bytes()));
+      queue.add_used(chain.id(), static_cast<uint32_t>(chain.writable_bytes()));
     }
-    queue.flush_used();
-    (void)queue.should_notify();
+    queue.notify();
     queue.enable_notifications();
     (void)queue.has_available();
   };
@@ -143,7 +146,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 1: {  // pop one and hold it, like an RX buffer reserved for later
         if (queue.pop(chain) == PopStatus::kChain) {
           sink += touch_chain(chain);
-          outstanding.push_back(chain.head_index());
+          outstanding.push_back(chain.id());
         }
         break;
       }
@@ -157,7 +160,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (uint16_t head : outstanding) queue.add_used(head, in.u8());
         outstanding.clear();
         queue.flush_used();
-        (void)queue.should_notify();
+        (void)queue.should_notify();  // the decision alone, as notify() takes it
         break;
       }
       case 4: {  // guest writes 2 bytes anywhere (e.g. avail idx, descriptors)

@@ -18,13 +18,11 @@
 #include <vector>
 
 #include "vhost_user/device.h"
-#include "virtio/virtqueue.h"
+#include "virtio/queue.h"
 #include "vsock/muxer/muxer.h"
+#include "vsock/packet/header.h"
 
 namespace vhost_vsock::daemon {
-
-// virtio 1.2 §5.10.3: stream sockets. SEQPACKET (bit 1) is not offered yet.
-inline constexpr uint64_t kVsockFeatureStream = 1ULL << 0;
 
 // A template over the muxer type only so unit tests can substitute a fake;
 // the daemon uses VsockDevice (= BasicVsockDevice<vsock::Muxer>).
@@ -41,7 +39,8 @@ class BasicVsockDevice final : public vhost_user::Device {
   BasicVsockDevice(const BasicVsockDevice&) = delete;
   BasicVsockDevice& operator=(const BasicVsockDevice&) = delete;
 
-  [[nodiscard]] uint64_t device_features() const override { return kVsockFeatureStream; }
+  // virtio 1.2 §5.10.3: stream sockets. SEQPACKET is not offered yet.
+  [[nodiscard]] uint64_t device_features() const override { return vsock::kFeatureStream; }
   [[nodiscard]] uint16_t queue_count() const override { return kQueueCount; }
   // struct virtio_vsock_config { le64 guest_cid; }
   [[nodiscard]] std::vector<uint8_t> config_space() const override {
@@ -54,20 +53,17 @@ class BasicVsockDevice final : public vhost_user::Device {
   [[nodiscard]] uint16_t max_queue_size() const override { return max_queue_size_; }
 
   void on_features_negotiated(uint64_t features) override {
-    negotiated_features_ = features;
+    muxer_.set_negotiated_features(features);
     spdlog::debug("vm cid={} features negotiated: {:#x}", guest_cid_, features);
   }
 
-  void on_queue_started(uint16_t index, virtio::SplitVirtqueue& queue, vhost_user::GuestNotifier& notifier) override {
+  void on_queue_started(uint16_t index, virtio::Queue& queue) override {
     if (index >= kQueueCount) {
       spdlog::warn("vm cid={} ignoring start of unknown queue {}", guest_cid_, index);
       return;
     }
     if (attached_[index]) muxer_.detach_queue(index);
-    // The notifier stays valid until on_queue_stopped(index), and the muxer
-    // drops this callback when the queue is detached.
-    vhost_user::GuestNotifier* target = &notifier;
-    muxer_.attach_queue(index, queue, [target](uint16_t queue_index) { target->notify_guest(queue_index); });
+    muxer_.attach_queue(index, queue);
     attached_[index] = true;
     spdlog::debug("vm cid={} queue {} started (size {})", guest_cid_, index, queue.size());
   }
@@ -89,7 +85,7 @@ class BasicVsockDevice final : public vhost_user::Device {
   void on_frontend_disconnected() override {
     detach_all_queues();
     muxer_.reset_all_connections();
-    negotiated_features_ = 0;
+    muxer_.set_negotiated_features(0);
   }
 
   // Before the server (which owns the queues) goes away.
@@ -101,14 +97,12 @@ class BasicVsockDevice final : public vhost_user::Device {
     }
   }
 
-  [[nodiscard]] uint64_t negotiated_features() const { return negotiated_features_; }
   [[nodiscard]] bool queue_attached(uint16_t index) const { return index < kQueueCount && attached_[index]; }
 
  private:
   MuxerT& muxer_;
   const uint64_t guest_cid_;
   const uint16_t max_queue_size_;
-  uint64_t negotiated_features_ = 0;
   std::array<bool, kQueueCount> attached_{};
 };
 

@@ -5,34 +5,50 @@
 #include <string>
 #include <vector>
 
+#include "virtio/features.h"
+#include "virtio/queue.h"
+
 namespace vhost_vsock::daemon {
 namespace {
+
+// The device only passes queues on; this one is never used.
+class FakeQueue final : public virtio::Queue {
+ public:
+  [[nodiscard]] bool configured() const override { return false; }
+  [[nodiscard]] bool broken() const override { return false; }
+  [[nodiscard]] uint16_t size() const override { return 0; }
+  [[nodiscard]] const virtio::QueueStats& stats() const override { return stats_; }
+  virtio::PopStatus pop(virtio::DescriptorChain&) override { return virtio::PopStatus::kEmpty; }
+  void unpop(uint16_t) override {}
+  [[nodiscard]] bool has_available() const override { return false; }
+  void add_used(uint16_t, uint32_t) override {}
+  void flush_used() override {}
+  void notify() override {}
+  void disable_notifications() override {}
+  void enable_notifications() override {}
+
+ private:
+  virtio::QueueStats stats_;
+};
 
 // Records what the device asks of the muxer.
 class FakeMuxer {
  public:
-  void attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, vsock::Muxer::NotifyGuest notify) {
+  void attach_queue(uint16_t index, virtio::Queue& queue) {
     calls.push_back("attach " + std::to_string(index));
     queues[index] = &queue;
-    notifiers[index] = std::move(notify);
   }
   void detach_queue(uint16_t index) {
     calls.push_back("detach " + std::to_string(index));
     queues[index] = nullptr;
-    notifiers[index] = nullptr;
   }
   void on_queue_kicked(uint16_t index) { calls.push_back("kick " + std::to_string(index)); }
   void reset_all_connections() { calls.push_back("reset"); }
+  void set_negotiated_features(uint64_t value) { features = value; }
 
   std::vector<std::string> calls;
-  virtio::SplitVirtqueue* queues[2] = {nullptr, nullptr};
-  vsock::Muxer::NotifyGuest notifiers[2];
-};
-
-class RecordingNotifier : public vhost_user::GuestNotifier {
- public:
-  void notify_guest(uint16_t queue_index) override { notified.push_back(queue_index); }
-  std::vector<uint16_t> notified;
+  virtio::Queue* queues[2] = {nullptr, nullptr};
+  uint64_t features = 0;
 };
 
 using Calls = std::vector<std::string>;
@@ -53,21 +69,16 @@ TEST(VsockDevice, ConfigSpaceIsLittleEndianGuestCid) {
   EXPECT_EQ(small.config_space(), (std::vector<uint8_t>{3, 0, 0, 0, 0, 0, 0, 0}));
 }
 
-TEST(VsockDevice, StartedQueuesGoToTheMuxerAndNotifyThroughTheServer) {
+TEST(VsockDevice, StartedQueuesGoToTheMuxer) {
   FakeMuxer muxer;
-  RecordingNotifier notifier;
-  virtio::SplitVirtqueue rx;
-  virtio::SplitVirtqueue tx;
+  FakeQueue rx;
+  FakeQueue tx;
   BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_queue_started(0, rx, notifier);
-  device.on_queue_started(1, tx, notifier);
+  device.on_queue_started(0, rx);
+  device.on_queue_started(1, tx);
   EXPECT_EQ(muxer.calls, (Calls{"attach 0", "attach 1"}));
   EXPECT_EQ(muxer.queues[0], &rx);
   EXPECT_EQ(muxer.queues[1], &tx);
-  ASSERT_TRUE(muxer.notifiers[0]);
-  muxer.notifiers[0](0);
-  muxer.notifiers[1](1);
-  EXPECT_EQ(notifier.notified, (std::vector<uint16_t>{0, 1}));
 
   device.on_queue_kicked(1);
   EXPECT_EQ(muxer.calls.back(), "kick 1");
@@ -75,12 +86,11 @@ TEST(VsockDevice, StartedQueuesGoToTheMuxerAndNotifyThroughTheServer) {
 
 TEST(VsockDevice, StoppingRxOrTxResetsEveryConnection) {
   FakeMuxer muxer;
-  RecordingNotifier notifier;
-  virtio::SplitVirtqueue rx;
-  virtio::SplitVirtqueue tx;
+  FakeQueue rx;
+  FakeQueue tx;
   BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_queue_started(0, rx, notifier);
-  device.on_queue_started(1, tx, notifier);
+  device.on_queue_started(0, rx);
+  device.on_queue_started(1, tx);
   muxer.calls.clear();
   device.on_queue_stopped(1);
   EXPECT_EQ(muxer.calls, (Calls{"detach 1", "reset"}));
@@ -96,10 +106,9 @@ TEST(VsockDevice, StoppingRxOrTxResetsEveryConnection) {
 
 TEST(VsockDevice, UnknownQueueIndicesAreIgnored) {
   FakeMuxer muxer;
-  RecordingNotifier notifier;
-  virtio::SplitVirtqueue event;
+  FakeQueue event;
   BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_queue_started(2, event, notifier);
+  device.on_queue_started(2, event);
   device.on_queue_kicked(2);
   device.on_queue_stopped(2);
   device.on_queue_kicked(65535);
@@ -108,28 +117,26 @@ TEST(VsockDevice, UnknownQueueIndicesAreIgnored) {
 
 TEST(VsockDevice, RestartingAQueueDetachesTheOldOneFirst) {
   FakeMuxer muxer;
-  RecordingNotifier notifier;
-  virtio::SplitVirtqueue first;
-  virtio::SplitVirtqueue second;
+  FakeQueue first;
+  FakeQueue second;
   BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_queue_started(0, first, notifier);
-  device.on_queue_started(0, second, notifier);
+  device.on_queue_started(0, first);
+  device.on_queue_started(0, second);
   EXPECT_EQ(muxer.calls, (Calls{"attach 0", "detach 0", "attach 0"}));
   EXPECT_EQ(muxer.queues[0], &second);
 }
 
 TEST(VsockDevice, FrontendDisconnectDetachesAndResets) {
   FakeMuxer muxer;
-  RecordingNotifier notifier;
-  virtio::SplitVirtqueue rx;
+  FakeQueue rx;
   BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_features_negotiated((1ULL << 32) | 1);
-  EXPECT_EQ(device.negotiated_features(), (1ULL << 32) | 1);
-  device.on_queue_started(0, rx, notifier);
+  device.on_features_negotiated(virtio::kFeatureVersion1 | vsock::kFeatureStream);
+  EXPECT_EQ(muxer.features, virtio::kFeatureVersion1 | vsock::kFeatureStream) << "negotiated features reach the muxer";
+  device.on_queue_started(0, rx);
   muxer.calls.clear();
   device.on_frontend_disconnected();
   EXPECT_EQ(muxer.calls, (Calls{"detach 0", "reset"}));
-  EXPECT_EQ(device.negotiated_features(), 0u);
+  EXPECT_EQ(muxer.features, 0u);
   // Without queues a disconnect still resets (the server may report it twice).
   device.on_frontend_disconnected();
   EXPECT_EQ(muxer.calls, (Calls{"detach 0", "reset", "reset"}));
@@ -137,11 +144,10 @@ TEST(VsockDevice, FrontendDisconnectDetachesAndResets) {
 
 TEST(VsockDevice, DestructionDetachesQueuesStillAttached) {
   FakeMuxer muxer;
-  RecordingNotifier notifier;
-  virtio::SplitVirtqueue tx;
+  FakeQueue tx;
   {
     BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-    device.on_queue_started(1, tx, notifier);
+    device.on_queue_started(1, tx);
   }
   EXPECT_EQ(muxer.calls, (Calls{"attach 1", "detach 1"}));
   EXPECT_EQ(muxer.queues[1], nullptr);

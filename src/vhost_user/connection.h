@@ -12,8 +12,8 @@
 #include "base/unique_fd.h"
 #include "vhost_user/device.h"
 #include "vhost_user/message.h"
-#include "vhost_user/server.h"
 #include "vhost_user/session.h"
+#include "vhost_user/stats.h"
 
 namespace vhost_vsock::vhost_user {
 

@@ -1,24 +1,17 @@
 // What the vhost-user server needs from the device it serves. The server owns
-// the protocol, memory table, rings and eventfds; the device owns what the
-// queues carry. The vsock device implements this in daemon/ (glue), so that
-// vhost_user/ never learns about vsock or host sockets.
+// the protocol, memory table, rings and eventfds (each queue writes its own
+// call eventfd in Queue::notify()); the device owns what the queues carry.
+// The vsock device implements this in daemon/ (glue), so that vhost_user/
+// never learns about vsock or host sockets.
 #pragma once
 
 #include <cstdint>
 #include <span>
 #include <vector>
 
-#include "virtio/virtqueue.h"
+#include "virtio/queue.h"
 
 namespace vhost_vsock::vhost_user {
-
-// Lets the device interrupt the guest on one of its queues (writes the call
-// eventfd). Implemented by the server.
-class GuestNotifier {
- public:
-  virtual ~GuestNotifier() = default;
-  virtual void notify_guest(uint16_t queue_index) = 0;
-};
 
 class Device {
  public:
@@ -37,8 +30,9 @@ class Device {
 
   virtual void on_features_negotiated(uint64_t features) = 0;
   // Queue `index` is configured, enabled and has a kick fd: the device may use
-  // it until on_queue_stopped(index). The reference stays valid until then.
-  virtual void on_queue_started(uint16_t index, virtio::SplitVirtqueue& queue, GuestNotifier& notifier) = 0;
+  // it until on_queue_stopped(index). The reference stays valid until then;
+  // its call fd may change meanwhile (SET_VRING_CALL), which notify() follows.
+  virtual void on_queue_started(uint16_t index, virtio::Queue& queue) = 0;
   // The ring stopped (GET_VRING_BASE, disable, reset or disconnect). The device
   // must not touch the queue after this returns.
   virtual void on_queue_stopped(uint16_t index) = 0;

@@ -9,15 +9,9 @@
 
 #include "base/event_loop.h"
 #include "vhost_user/device.h"
+#include "vhost_user/stats.h"
 
 namespace vhost_vsock::vhost_user {
-
-struct ServerStats {
-  uint64_t frontends_accepted = 0;
-  uint64_t frontend_disconnects = 0;
-  uint64_t protocol_errors = 0;  // malformed or out-of-order messages
-  uint64_t messages = 0;
-};
 
 class Server {
  public:

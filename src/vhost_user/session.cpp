@@ -12,6 +12,8 @@
 #include <cstring>
 #include <system_error>
 
+#include "virtio/features.h"
+
 namespace vhost_vsock::vhost_user {
 namespace {
 
@@ -41,6 +43,33 @@ bool region_fits_file(int fd, const MemoryRegionDescription& region) {
   if (!S_ISREG(info.st_mode)) return true;
   uint64_t end = region.mmap_offset + region.size;
   return end >= region.mmap_offset && end <= static_cast<uint64_t>(info.st_size);
+}
+
+// Which requests must come without fds, and what carrying some costs: the
+// front-end waits for the reply of a query, so a bad one ends the session.
+// The rest check their fds themselves (memory table, vring fds) or are
+// refused anyway.
+enum class FdRule { kAny, kNoneElseFail, kNoneElseFatal };
+FdRule fd_rule(Request request) {
+  switch (request) {
+    case Request::kGetFeatures:
+    case Request::kGetVringBase:
+    case Request::kGetProtocolFeatures:
+    case Request::kGetQueueNum:
+    case Request::kGetConfig:
+      return FdRule::kNoneElseFatal;
+    case Request::kSetFeatures:
+    case Request::kSetOwner:
+    case Request::kResetOwner:
+    case Request::kSetVringNum:
+    case Request::kSetVringAddr:
+    case Request::kSetVringBase:
+    case Request::kSetProtocolFeatures:
+    case Request::kSetVringEnable:
+      return FdRule::kNoneElseFail;
+    default:
+      return FdRule::kAny;
+  }
 }
 
 bool is_power_of_two(uint32_t value) {
@@ -96,78 +125,77 @@ Session::Outcome Session::handle(Message message, std::vector<uint8_t>& reply) {
 
 Session::Result Session::dispatch(Message& message, std::vector<uint8_t>& reply) {
   const uint32_t request = message.header.request;
-  auto expect_no_fds = [&]() {
-    if (message.fds.empty()) return true;
+  const FdRule rule = fd_rule(static_cast<Request>(request));
+  if (rule != FdRule::kAny && !message.fds.empty()) {
     protocol_warning("vhost-user {}: {} carries {} unexpected file descriptors", name_, request_name(request),
                      message.fds.size());
-    return false;
+    return rule == FdRule::kNoneElseFatal ? Result::kFatal : Result::kFailed;
+  }
+  auto answer = [&](uint64_t value) {
+    append_reply_u64(reply, request, value);
+    return Result::kOk;
   };
   switch (static_cast<Request>(request)) {
     case Request::kGetFeatures:
-      if (!expect_no_fds()) return Result::kFatal;
-      append_reply_u64(reply, request, offered_features_);
-      return Result::kOk;
+      return answer(offered_features_);
     case Request::kSetFeatures:
-      if (!expect_no_fds()) return Result::kFailed;
       return handle_set_features(message);
     case Request::kSetOwner:
-      if (!expect_no_fds()) return Result::kFailed;
       owner_set_ = true;
       return Result::kOk;
     case Request::kResetOwner:
-      if (!expect_no_fds()) return Result::kFailed;
       reset_owner();
       return Result::kOk;
     case Request::kSetMemTable:
       return handle_set_mem_table(message);
-    case Request::kSetLogBase:
-    case Request::kSetLogFd:
-      // We offer neither VHOST_F_LOG_ALL nor LOG_SHMFD (vsock is not migratable).
-      protocol_warning("vhost-user {}: {} is not supported (dirty logging was not offered)", name_,
-                       request_name(request));
-      return Result::kFailed;
     case Request::kSetVringNum:
-      if (!expect_no_fds()) return Result::kFailed;
       return handle_set_vring_num(message);
     case Request::kSetVringAddr:
-      if (!expect_no_fds()) return Result::kFailed;
       return handle_set_vring_addr(message);
     case Request::kSetVringBase:
-      if (!expect_no_fds()) return Result::kFailed;
       return handle_set_vring_base(message);
     case Request::kGetVringBase:
-      if (!expect_no_fds()) return Result::kFatal;
       return handle_get_vring_base(message, reply);
     case Request::kSetVringKick:
     case Request::kSetVringCall:
     case Request::kSetVringErr:
       return handle_vring_fd(message);
     case Request::kGetProtocolFeatures:
-      if (!expect_no_fds()) return Result::kFatal;
-      append_reply_u64(reply, request, kOfferedProtocolFeatures);
-      return Result::kOk;
+      return answer(kOfferedProtocolFeatures);
     case Request::kSetProtocolFeatures:
-      if (!expect_no_fds()) return Result::kFailed;
       return handle_set_protocol_features(message);
     case Request::kGetQueueNum:
-      if (!expect_no_fds()) return Result::kFatal;
-      append_reply_u64(reply, request, vrings_.size());
-      return Result::kOk;
+      return answer(vrings_.size());
     case Request::kSetVringEnable:
-      if (!expect_no_fds()) return Result::kFailed;
       return handle_set_vring_enable(message);
     case Request::kGetConfig:
-      if (!expect_no_fds()) return Result::kFatal;
       return handle_get_config(message, reply);
+    case Request::kSetLogBase:
+    case Request::kSetLogFd:
+    case Request::kSetConfig:
+    case Request::kGetMaxMemSlots:
+      break;
+  }
+  return refuse(message);
+}
+
+Session::Result Session::refuse(const Message& message) {
+  const uint32_t request = message.header.request;
+  switch (static_cast<Request>(request)) {
+    case Request::kSetLogBase:
+    case Request::kSetLogFd:
+      // We offer neither VHOST_F_LOG_ALL nor LOG_SHMFD (vsock is not migratable).
+      protocol_warning("vhost-user {}: {} is not supported (dirty logging was not offered)", name_,
+                       request_name(request));
+      return Result::kFailed;
     case Request::kSetConfig:
       protocol_warning("vhost-user {}: SET_CONFIG refused: the device config space is read-only", name_);
       return Result::kFailed;
-    case Request::kGetMaxMemSlots:  // only valid with CONFIGURE_MEM_SLOTS, which we do not offer
-      break;
+    default:  // incl. GET_MAX_MEM_SLOTS: only valid with CONFIGURE_MEM_SLOTS, which we do not offer
+      protocol_warning("vhost-user {}: unsupported request {} ({}) with {} payload bytes", name_, request,
+                       request_name(request), message.payload.size());
+      return Result::kFailed;
   }
-  protocol_warning("vhost-user {}: unsupported request {} ({}) with {} payload bytes", name_, request,
-                   request_name(request), message.payload.size());
-  return Result::kFailed;
 }
 
 Session::Result Session::handle_set_features(const Message& message) {
@@ -383,7 +411,9 @@ Session::Result Session::handle_vring_fd(Message& message) {
       reconcile(*index);
       return Result::kOk;
     case Request::kSetVringCall:
-      ring.call = std::move(fd);
+      // Kept by the queue whether or not the ring runs; a running device
+      // notifies through the new fd from its next pass on.
+      ring.queue.set_call_fd(std::move(fd));
       return Result::kOk;
     default:
       ring.err = std::move(fd);
@@ -446,8 +476,8 @@ void Session::shutdown() {
 
 void Session::forget_ring(Vring& ring) {
   ring.queue.reset();
+  ring.queue.set_call_fd(base::UniqueFd());
   ring.kick.reset();
-  ring.call.reset();
   ring.err.reset();
   ring.size = 0;
   ring.has_address = false;
@@ -514,7 +544,7 @@ void Session::start(uint16_t index) {
   ring.started = true;
   spdlog::info("vhost-user {}: ring {} started (size {}, next avail {})", name_, index, ring.size,
                ring.queue.next_avail());
-  device_.on_queue_started(index, ring.queue, *this);
+  device_.on_queue_started(index, ring.queue);
   // Buffers made available before the kick fd was watched would otherwise wait for the next kick.
   device_.on_queue_kicked(index);
 }
@@ -546,13 +576,6 @@ void Session::on_kick(uint16_t index, uint32_t events) {
   stop(index);
   ring.kick.reset();
   signal_error(index);
-}
-
-void Session::notify_guest(uint16_t queue_index) {
-  if (queue_index >= vrings_.size() || !vrings_[queue_index].call) return;
-  uint64_t one = 1;
-  // EAGAIN means the counter is saturated: the front-end has a pending signal anyway.
-  [[maybe_unused]] ssize_t n = ::write(vrings_[queue_index].call.get(), &one, sizeof(one));
 }
 
 void Session::signal_error(uint16_t index) {

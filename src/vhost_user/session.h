@@ -18,8 +18,8 @@
 #include "memory/guest_memory.h"
 #include "vhost_user/device.h"
 #include "vhost_user/message.h"
-#include "vhost_user/server.h"
-#include "virtio/virtqueue.h"
+#include "vhost_user/stats.h"
+#include "virtio/split_queue.h"
 
 namespace vhost_vsock::vhost_user {
 
@@ -29,13 +29,13 @@ inline constexpr uint64_t kOfferedProtocolFeatures =
 // Vrings served at most (the SET_VRING_* payloads carry an 8-bit index).
 inline constexpr uint16_t kMaxVrings = 64;
 
-class Session final : public GuestNotifier {
+class Session final {
  public:
   enum class Outcome { kContinue, kDisconnect };
 
   // `name` identifies the connection in logs (the socket path).
   Session(base::EventLoop& loop, Device& device, ServerStats& stats, std::string name);
-  ~Session() override;  // shutdown()
+  ~Session();  // shutdown()
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -48,9 +48,6 @@ class Session final : public GuestNotifier {
   // Stops every ring (device.on_queue_stopped first), then tells the device the
   // front-end is gone and releases memory and eventfds. Idempotent.
   void shutdown();
-
-  // GuestNotifier: signals the call eventfd of `queue_index`, if any.
-  void notify_guest(uint16_t queue_index) override;
 
   [[nodiscard]] uint64_t offered_features() const { return offered_features_; }
   [[nodiscard]] uint64_t acked_features() const { return acked_features_; }
@@ -70,12 +67,13 @@ class Session final : public GuestNotifier {
     bool enabled = false;
     bool started = false;
     base::UniqueFd kick;
-    base::UniqueFd call;
     base::UniqueFd err;
-    virtio::SplitVirtqueue queue;
+    virtio::SplitQueue queue;  // also owns the call fd
   };
 
   Result dispatch(Message& message, std::vector<uint8_t>& reply);
+  // Requests we never accept: logs why.
+  Result refuse(const Message& message);
   Result handle_set_features(const Message& message);
   Result handle_set_protocol_features(const Message& message);
   Result handle_set_mem_table(Message& message);

@@ -1,10 +1,14 @@
 #include "vhost_user/session.h"
 
+#include <endian.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include "vhost_user/test_support.h"
+#include "virtio/features.h"
 
 namespace vhost_vsock::vhost_user {
 namespace {
@@ -71,16 +75,22 @@ class SessionTest : public ::testing::Test {
     return send_acked(Request::kSetMemTable, encode_memory_table(regions), std::move(fds));
   }
 
-  // Everything but enable; returns the write side of the kick eventfd.
-  base::UniqueFd configure_ring(uint32_t index, uint32_t base = 0) {
-    EXPECT_EQ(send_acked(Request::kSetVringNum, encode_vring_state({index, kRingSize})), 0u);
-    EXPECT_EQ(send_acked(Request::kSetVringBase, encode_vring_state({index, base})), 0u);
-    EXPECT_EQ(send_acked(Request::kSetVringAddr, encode_vring_address(test::ring_address(index))), 0u);
+  // Sends SET_VRING_CALL with a new eventfd; returns our copy of it.
+  base::UniqueFd send_call_fd(uint32_t index) {
     base::UniqueFd call = test::make_eventfd();
-    call_fds[index] = base::UniqueFd(::dup(call.get()));
+    base::UniqueFd ours(::dup(call.get()));
     std::vector<base::UniqueFd> call_message;
     call_message.push_back(std::move(call));
     EXPECT_EQ(send_acked(Request::kSetVringCall, encode_u64(index), std::move(call_message)), 0u);
+    return ours;
+  }
+
+  // Everything but enable; returns the write side of the kick eventfd.
+  base::UniqueFd configure_ring(uint32_t index, uint32_t base = 0, bool with_call = true) {
+    EXPECT_EQ(send_acked(Request::kSetVringNum, encode_vring_state({index, kRingSize})), 0u);
+    EXPECT_EQ(send_acked(Request::kSetVringBase, encode_vring_state({index, base})), 0u);
+    EXPECT_EQ(send_acked(Request::kSetVringAddr, encode_vring_address(test::ring_address(index))), 0u);
+    if (with_call) call_fds[index] = send_call_fd(index);
     base::UniqueFd kick = test::make_eventfd();
     base::UniqueFd kick_writer(::dup(kick.get()));
     std::vector<base::UniqueFd> kick_message;
@@ -89,12 +99,39 @@ class SessionTest : public ::testing::Test {
     return kick_writer;
   }
 
+  // Plays driver and device for one chain on a started ring: makes a chain
+  // (one writable descriptor) available, pops it, completes it, notifies.
+  void complete_one_chain(uint32_t index) {
+    virtio::Queue* queue = device.queues.at(index);
+    ASSERT_NE(queue, nullptr);
+    const VringAddress address = test::ring_address(index);
+    uint8_t* desc = ram.host() + (address.desc_user_addr - kUserBase);
+    uint8_t* avail = ram.host() + (address.avail_user_addr - kUserBase);
+    const uint16_t avail_idx = next_avail_idx_[index]++;
+    const uint16_t head = avail_idx % kRingSize;
+    const uint64_t buffer = htole64(0x80000 + 0x100ULL * head);
+    const uint32_t length = htole32(64);
+    const uint16_t flags = htole16(2);  // VIRTQ_DESC_F_WRITE
+    std::memcpy(desc + 16 * head, &buffer, 8);
+    std::memcpy(desc + 16 * head + 8, &length, 4);
+    std::memcpy(desc + 16 * head + 12, &flags, 2);
+    const uint16_t head_le = htole16(head);
+    const uint16_t idx_le = htole16(static_cast<uint16_t>(avail_idx + 1));
+    std::memcpy(avail + 4 + 2 * head, &head_le, 2);
+    std::memcpy(avail + 2, &idx_le, 2);
+    virtio::DescriptorChain chain;
+    ASSERT_EQ(queue->pop(chain), virtio::PopStatus::kChain);
+    queue->add_used(chain.id(), 0);
+    queue->notify();
+  }
+
   base::EventLoop loop;
   FakeDevice device;
   ServerStats stats;
   Session session{loop, device, stats, "session-test"};
   GuestRam ram{test::kRamSize};
   std::array<base::UniqueFd, 2> call_fds;
+  std::array<uint16_t, 2> next_avail_idx_{};
   Session::Outcome last_outcome = Session::Outcome::kContinue;
 };
 
@@ -264,21 +301,65 @@ TEST_F(SessionTest, KickEventfdReachesTheDevice) {
   EXPECT_EQ(test::drain_eventfd(kick.get()), 0u);  // the server drained it
 }
 
-TEST_F(SessionTest, NotifyGuestSignalsTheCallEventfd) {
+TEST_F(SessionTest, QueueNotifySignalsTheCallFdSetBeforeTheRingStarted) {
   negotiate(true);
   set_single_region_table();
   auto kick = configure_ring(0);
   send(Request::kSetVringEnable, encode_vring_state({0, 1}));
-  ASSERT_NE(device.notifier, nullptr);
-  device.notifier->notify_guest(0);
-  device.notifier->notify_guest(0);
-  EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 2u);
-  device.notifier->notify_guest(1);   // no call fd on ring 1: nothing happens
-  device.notifier->notify_guest(77);  // out of range: ignored
+  ASSERT_NE(device.queues[0], nullptr);
+  complete_one_chain(0);
+  EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 1u);
+  device.queues[0]->notify();  // nothing new: no second interrupt
+  EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 0u);
+  EXPECT_EQ(device.queues[0]->stats().notifications_sent, 1u);
+}
+
+TEST_F(SessionTest, CallFdArrivingAfterTheRingStartedIsUsed) {
+  negotiate(true);
+  set_single_region_table();
+  auto kick = configure_ring(0, 0, /*with_call=*/false);
+  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  ASSERT_NE(device.queues[0], nullptr);
+  complete_one_chain(0);  // no call fd yet: counted, nothing written, no crash
+  EXPECT_EQ(device.queues[0]->stats().notifications_without_fd, 1u);
+  base::UniqueFd call = send_call_fd(0);
+  complete_one_chain(0);
+  EXPECT_EQ(test::drain_eventfd(call.get()), 1u);
+}
+
+TEST_F(SessionTest, ReplacedCallFdIsUsedAndNoFdStopsSignalling) {
+  negotiate(true);
+  set_single_region_table();
+  auto kick = configure_ring(0);
+  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  ASSERT_NE(device.queues[0], nullptr);
+  base::UniqueFd replacement = send_call_fd(0);
+  complete_one_chain(0);
+  EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 0u);
+  EXPECT_EQ(test::drain_eventfd(replacement.get()), 1u);
   // SET_VRING_CALL with the no-fd flag clears the fd.
   EXPECT_EQ(send_acked(Request::kSetVringCall, encode_u64(0 | kVringNoFdFlag)), 0u);
-  device.notifier->notify_guest(0);
-  EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 0u);
+  complete_one_chain(0);
+  EXPECT_EQ(test::drain_eventfd(replacement.get()), 0u);
+  EXPECT_EQ(device.queues[0]->stats().notifications_sent, 1u);
+  EXPECT_EQ(device.queues[0]->stats().notifications_without_fd, 1u);
+}
+
+TEST_F(SessionTest, CallFdSurvivesARingStopAndRestart) {
+  negotiate(true);
+  set_single_region_table();
+  auto kick = configure_ring(0);
+  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  send(Request::kGetVringBase, encode_vring_state({0, 0}));
+  ASSERT_EQ(device.queues[0], nullptr);
+  // The front-end restarts the ring with a new kick fd only, as QEMU does.
+  base::UniqueFd new_kick = test::make_eventfd();
+  std::vector<base::UniqueFd> kick_message;
+  kick_message.push_back(base::UniqueFd(::dup(new_kick.get())));
+  EXPECT_EQ(send_acked(Request::kSetVringKick, encode_u64(0), std::move(kick_message)), 0u);
+  ASSERT_NE(device.queues[0], nullptr);
+  complete_one_chain(0);
+  EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 1u);
 }
 
 TEST_F(SessionTest, GetVringBaseStopsTheRingAndReturnsItsIndex) {
@@ -362,7 +443,10 @@ TEST_F(SessionTest, NewMemoryTableRestartsRunningRings) {
   EXPECT_EQ(device.events[0], "stopped 0");
   EXPECT_EQ(device.events[1], "started 0");
   EXPECT_TRUE(session.ring_started(0));
-  EXPECT_EQ(device.queues[0]->next_avail(), 3u);  // position kept across the remap
+  // The session's rings are split queues; the device sees only the interface.
+  const auto* split = dynamic_cast<const virtio::SplitQueue*>(device.queues[0]);
+  ASSERT_NE(split, nullptr);
+  EXPECT_EQ(split->next_avail(), 3u);  // position kept across the remap
 }
 
 TEST_F(SessionTest, VringValidation) {

@@ -17,7 +17,7 @@
 #include "base/unique_fd.h"
 #include "vhost_user/device.h"
 #include "vhost_user/message.h"
-#include "virtio/virtqueue.h"
+#include "virtio/queue.h"
 
 namespace vhost_vsock::vhost_user::test {
 
@@ -34,9 +34,8 @@ class FakeDevice : public Device {
     negotiated = features;
     events.push_back("features");
   }
-  void on_queue_started(uint16_t index, virtio::SplitVirtqueue& queue, GuestNotifier& guest_notifier) override {
+  void on_queue_started(uint16_t index, virtio::Queue& queue) override {
     queues.at(index) = &queue;
-    notifier = &guest_notifier;
     events.push_back("started " + std::to_string(index));
   }
   void on_queue_stopped(uint16_t index) override {
@@ -57,9 +56,8 @@ class FakeDevice : public Device {
 
   std::vector<uint8_t> config = {3, 0, 0, 0, 0, 0, 0, 0};  // le64 guest_cid = 3
   std::vector<std::string> events;
-  std::array<virtio::SplitVirtqueue*, 2> queues{};
+  std::array<virtio::Queue*, 2> queues{};
   std::array<int, 2> kicks{};
-  GuestNotifier* notifier = nullptr;
   uint64_t negotiated = 0;
   uint16_t max_size = virtio::kMaxQueueSize;
 };

@@ -36,8 +36,8 @@ bool LogLimiter::allow() {
 
 Muxer::Muxer(base::EventLoop& loop, MuxerOptions options) : impl_(std::make_unique<Impl>(loop, std::move(options))) {}
 Muxer::~Muxer() = default;
-void Muxer::attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, NotifyGuest notify) {
-  impl_->attach_queue(index, queue, std::move(notify));
+void Muxer::attach_queue(uint16_t index, virtio::Queue& queue) {
+  impl_->attach_queue(index, queue);
 }
 void Muxer::detach_queue(uint16_t index) {
   impl_->detach_queue(index);
@@ -47,6 +47,12 @@ void Muxer::on_queue_kicked(uint16_t index) {
 }
 void Muxer::reset_all_connections() {
   impl_->reset_all_connections();
+}
+void Muxer::set_negotiated_features(uint64_t features) {
+  impl_->negotiated_features_ = features;
+}
+uint64_t Muxer::negotiated_features() const {
+  return impl_->negotiated_features_;
 }
 const MuxerStats& Muxer::stats() const {
   return impl_->stats();
@@ -66,9 +72,9 @@ Muxer::Impl::~Impl() {
   listener_.reset();  // closes host peers still in their handshake
 }
 
-void Muxer::Impl::attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, NotifyGuest notify) {
+void Muxer::Impl::attach_queue(uint16_t index, virtio::Queue& queue) {
   if (index >= queues_.size()) return;
-  queues_[index] = QueueSlot{&queue, std::move(notify)};
+  queues_[index] = QueueSlot{&queue};
   queue.enable_notifications();
   // Work may have piled up while the queue was away.
   if (index == kRxQueue) schedule_rx();
@@ -111,7 +117,7 @@ void Muxer::Impl::schedule_tx() {
 }
 
 void Muxer::Impl::process_tx() {
-  virtio::SplitVirtqueue* queue = queues_[kTxQueue].queue;
+  virtio::Queue* queue = queues_[kTxQueue].queue;
   if (queue == nullptr || !queue->configured() || queue->broken()) return;
   ++stats_.tx_passes;
   bool used_any = false;
@@ -144,10 +150,7 @@ void Muxer::Impl::process_tx() {
     if (queue->broken() || !queue->has_available()) break;
     if (round + 1 == kMaxTxRounds) schedule_tx();  // the guest keeps adding: yield, come back
   }
-  if (used_any) {
-    queue->flush_used();
-    if (queue->should_notify() && queues_[kTxQueue].notify) queues_[kTxQueue].notify(kTxQueue);
-  }
+  if (used_any) queue->notify();
   schedule_rx();
 }
 

@@ -6,12 +6,11 @@
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 
 #include "base/event_loop.h"
-#include "virtio/virtqueue.h"
+#include "virtio/queue.h"
 
 namespace vhost_vsock::vsock {
 
@@ -57,7 +56,6 @@ struct MuxerStats {
 
 class Muxer {
  public:
-  using NotifyGuest = std::function<void(uint16_t queue_index)>;
   static constexpr uint16_t kRxQueue = 0;
   static constexpr uint16_t kTxQueue = 1;
 
@@ -68,15 +66,19 @@ class Muxer {
   Muxer(const Muxer&) = delete;
   Muxer& operator=(const Muxer&) = delete;
 
-  // The guest's queues come and go with the front-end. `notify` interrupts the
-  // guest on a queue. While a queue is missing, work for it waits (bounded by
-  // the limits above).
-  void attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, NotifyGuest notify);
+  // The guest's queues come and go with the front-end; each interrupts the
+  // guest itself (Queue::notify()). While a queue is missing, work for it
+  // waits (bounded by the limits above).
+  void attach_queue(uint16_t index, virtio::Queue& queue);
   void detach_queue(uint16_t index);
   void on_queue_kicked(uint16_t index);
   // The guest's driver state is gone (front-end disconnect, device reset,
   // reboot): close every host socket and forget every connection.
   void reset_all_connections();
+  // The virtio features the driver acked (vsock bits such as
+  // VIRTIO_VSOCK_F_SEQPACKET included); 0 until negotiated.
+  void set_negotiated_features(uint64_t features);
+  [[nodiscard]] uint64_t negotiated_features() const;
 
   [[nodiscard]] const MuxerStats& stats() const;
 

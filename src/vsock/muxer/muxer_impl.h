@@ -68,7 +68,7 @@ class Muxer::Impl {
   Impl(base::EventLoop& loop, MuxerOptions options);
   ~Impl();
 
-  void attach_queue(uint16_t index, virtio::SplitVirtqueue& queue, NotifyGuest notify);
+  void attach_queue(uint16_t index, virtio::Queue& queue);
   void detach_queue(uint16_t index);
   void on_queue_kicked(uint16_t index);
   void reset_all_connections();
@@ -102,14 +102,14 @@ class Muxer::Impl {
   // chain walk is bounded by the queue size, but a guest can list suffixes of
   // one long chain in every avail slot: without a budget a pass would cost
   // O(queue size^2). Legitimate chains (2-3 descriptors) never reach it.
-  [[nodiscard]] static uint64_t walk_budget(const virtio::SplitVirtqueue& queue) {
+  [[nodiscard]] static uint64_t walk_budget(const virtio::Queue& queue) {
     return std::max<uint64_t>(uint64_t{1} << 16, 4 * uint64_t{queue.size()});
   }
   void process_rx();
-  bool acquire_rx_chain(virtio::SplitVirtqueue& queue, virtio::DescriptorChain& chain);
-  bool put_control(virtio::SplitVirtqueue& queue, const PacketHeader& header);
+  bool acquire_rx_chain(virtio::Queue& queue, virtio::DescriptorChain& chain);
+  bool put_control(virtio::Queue& queue, const PacketHeader& header);
   enum class DataTurn { kRxEmpty, kMore, kDone };
-  DataTurn serve_data(virtio::SplitVirtqueue& queue, MuxConnection& mc);
+  DataTurn serve_data(virtio::Queue& queue, MuxConnection& mc);
 
   // --- muxer_host.cpp: connections from the hybrid listener ---
   void open_listener();
@@ -119,8 +119,7 @@ class Muxer::Impl {
                        std::span<const uint8_t> early_bytes);
 
   struct QueueSlot {
-    virtio::SplitVirtqueue* queue = nullptr;
-    NotifyGuest notify;
+    virtio::Queue* queue = nullptr;
   };
 
   base::EventLoop& loop_;
@@ -128,6 +127,7 @@ class Muxer::Impl {
   MuxerStats stats_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::array<QueueSlot, 2> queues_;
+  uint64_t negotiated_features_ = 0;  // Muxer::set_negotiated_features()
 
   std::unique_ptr<HybridListener> listener_;           // null without a uds-path
   UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>

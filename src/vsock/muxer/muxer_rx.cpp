@@ -22,7 +22,7 @@ void Muxer::Impl::schedule_rx() {
 
 // Pops the next chain that can hold at least a header; chains too small are
 // returned to the guest with length 0.
-bool Muxer::Impl::acquire_rx_chain(virtio::SplitVirtqueue& queue, virtio::DescriptorChain& chain) {
+bool Muxer::Impl::acquire_rx_chain(virtio::Queue& queue, virtio::DescriptorChain& chain) {
   for (size_t i = 0; i <= queue.size(); ++i) {
     const virtio::PopStatus status = queue.pop(chain);
     if (status == virtio::PopStatus::kEmpty || status == virtio::PopStatus::kBroken) return false;
@@ -39,7 +39,7 @@ bool Muxer::Impl::acquire_rx_chain(virtio::SplitVirtqueue& queue, virtio::Descri
   return false;
 }
 
-bool Muxer::Impl::put_control(virtio::SplitVirtqueue& queue, const PacketHeader& header) {
+bool Muxer::Impl::put_control(virtio::Queue& queue, const PacketHeader& header) {
   // The caller acquired the chain into rx_chains_[0].
   write_rx_header(rx_chains_[0].writable(), header);
   queue.add_used(rx_chains_[0].head_index(), static_cast<uint32_t>(kHeaderSize));
@@ -50,7 +50,7 @@ bool Muxer::Impl::put_control(virtio::SplitVirtqueue& queue, const PacketHeader&
 }
 
 void Muxer::Impl::process_rx() {
-  virtio::SplitVirtqueue* queue = queues_[kRxQueue].queue;
+  virtio::Queue* queue = queues_[kRxQueue].queue;
   if (queue == nullptr || !queue->configured() || queue->broken()) return;
   ++stats_.rx_passes;
   rx_used_any_ = false;
@@ -120,10 +120,7 @@ void Muxer::Impl::process_rx() {
     after_change(*mc, before);  // re-queues it behind the others if it still has data and credit
   }
 
-  if (rx_used_any_) {
-    queue->flush_used();
-    if (queue->should_notify() && queues_[kRxQueue].notify) queues_[kRxQueue].notify(kRxQueue);
-  }
+  if (rx_used_any_) queue->notify();
   if (rx_empty) {
     // Out of buffers: ask the guest to kick when it adds some (with
     // EVENT_IDX this moves avail_event), then close the race with a re-check.
@@ -134,7 +131,7 @@ void Muxer::Impl::process_rx() {
   if (yielded) schedule_rx();
 }
 
-Muxer::Impl::DataTurn Muxer::Impl::serve_data(virtio::SplitVirtqueue& queue, MuxConnection& mc) {
+Muxer::Impl::DataTurn Muxer::Impl::serve_data(virtio::Queue& queue, MuxConnection& mc) {
   Connection& conn = mc.conn;
   const uint32_t credit = conn.peer_credit();
   if (credit == 0) {

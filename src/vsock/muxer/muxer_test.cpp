@@ -466,7 +466,7 @@ TEST_F(MuxerTest, InvalidRxChainIsReturnedWithAnInterrupt) {
   EXPECT_EQ(used->id, 0u);
   EXPECT_EQ(used->len, 0u);
   EXPECT_EQ(h->stats().dropped_malformed, 1u);
-  EXPECT_EQ(h->rx_interrupts(), 1);
+  EXPECT_EQ(h->rx_interrupts(), 1u);
 }
 
 // Review finding: filling RX chains with host data skipped chains it could not
@@ -548,12 +548,19 @@ TEST_F(MuxerTest, DetachedQueuesAreNotTouched) {
   h->pump(20ms);
   EXPECT_EQ(h->stats().packets_from_guest, 0u);
   EXPECT_EQ(h->reclaim_tx(), 0u);
-  h->muxer().attach_queue(Muxer::kTxQueue, h->tx_queue(), [](uint16_t) {});
-  h->muxer().attach_queue(Muxer::kRxQueue, h->rx_queue(), [](uint16_t) {});
+  h->muxer().attach_queue(Muxer::kTxQueue, h->tx_queue());
+  h->muxer().attach_queue(Muxer::kRxQueue, h->rx_queue());
   auto packets = drain();
   EXPECT_EQ(h->stats().packets_from_guest, 1u);
   ASSERT_EQ(packets.size(), 1u);
   EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+}
+
+TEST_F(MuxerTest, NegotiatedFeaturesReachTheMuxer) {
+  EXPECT_EQ(h->muxer().negotiated_features(), 0u);
+  const uint64_t features = virtio::kFeatureVersion1 | kFeatureStream | kFeatureSeqpacket;
+  h->muxer().set_negotiated_features(features);
+  EXPECT_EQ(h->muxer().negotiated_features(), features);
 }
 
 }  // namespace

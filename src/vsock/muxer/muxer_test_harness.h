@@ -1,9 +1,10 @@
 // Test-only (unit tests and the muxer fuzzer): a Muxer driven through real
-// SplitVirtqueues whose driver side is the testing/ simulator's DriverVring,
+// SplitQueues whose driver side is the testing/ simulator's DriverVring,
 // with a temp directory for uds-path. Header-only so it needs no library.
 #pragma once
 
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -21,7 +22,8 @@
 #include "memory/guest_memory.h"
 #include "testing/driver_vring.h"
 #include "testing/guest_ram.h"
-#include "virtio/virtqueue.h"
+#include "virtio/features.h"
+#include "virtio/split_queue.h"
 #include "vsock/muxer/muxer.h"
 #include "vsock/packet/header.h"
 
@@ -53,14 +55,16 @@ class MuxerHarness {
         throw std::runtime_error(error);
       }
       queue->set_features(virtio::kFeatureVersion1 | (event_idx ? virtio::kFeatureEventIdx : 0));
+      // A real call eventfd, as the vhost-user session hands over: interrupts are counted as sent.
+      queue->set_call_fd(base::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)));
     }
     MuxerOptions options;
     options.guest_cid = kGuestCid;
     options.uds_path = with_listener ? uds_path_ : "";
     options.limits = limits;
     muxer_ = std::make_unique<Muxer>(loop_, options);
-    muxer_->attach_queue(Muxer::kRxQueue, rx_queue_, [this](uint16_t) { ++rx_interrupts_; });
-    muxer_->attach_queue(Muxer::kTxQueue, tx_queue_, [this](uint16_t) { ++tx_interrupts_; });
+    muxer_->attach_queue(Muxer::kRxQueue, rx_queue_);
+    muxer_->attach_queue(Muxer::kTxQueue, tx_queue_);
     tx_area_ = ram_.alloc(kTxAreaBytes);
   }
 
@@ -73,16 +77,17 @@ class MuxerHarness {
   Muxer& muxer() { return *muxer_; }
   base::EventLoop& loop() { return loop_; }
   const MuxerStats& stats() { return muxer_->stats(); }
-  [[nodiscard]] const virtio::SplitVirtqueue& tx_queue() const { return tx_queue_; }
+  [[nodiscard]] const virtio::SplitQueue& tx_queue() const { return tx_queue_; }
   void destroy_muxer() { muxer_.reset(); }  // as at daemon exit; the scratch directory stays
   const std::string& uds_path() const { return uds_path_; }
   std::string port_path(uint32_t port) const { return uds_path_ + "_" + std::to_string(port); }
   testing::DriverVring& rx_ring() { return rx_ring_; }
   testing::DriverVring& tx_ring() { return tx_ring_; }
   testing::GuestRam& ram() { return ram_; }
-  virtio::SplitVirtqueue& rx_queue() { return rx_queue_; }
-  virtio::SplitVirtqueue& tx_queue() { return tx_queue_; }
-  int rx_interrupts() const { return rx_interrupts_; }
+  virtio::SplitQueue& rx_queue() { return rx_queue_; }
+  virtio::SplitQueue& tx_queue() { return tx_queue_; }
+  // Times the muxer's notify() wrote the RX call eventfd.
+  uint64_t rx_interrupts() const { return rx_queue_.stats().notifications_sent; }
 
   // Posts `count` RX buffers shaped like Linux's: header and payload in two descriptors.
   void post_rx_buffers(size_t count, uint32_t payload_bytes = kRxPayload) {
@@ -230,8 +235,8 @@ class MuxerHarness {
   testing::DriverVring rx_ring_;
   testing::DriverVring tx_ring_;
   std::shared_ptr<const memory::GuestMemory> memory_;
-  virtio::SplitVirtqueue rx_queue_;
-  virtio::SplitVirtqueue tx_queue_;
+  virtio::SplitQueue rx_queue_;
+  virtio::SplitQueue tx_queue_;
   base::EventLoop loop_;
   std::string dir_;
   std::string uds_path_;
@@ -239,8 +244,6 @@ class MuxerHarness {
   std::map<uint16_t, RxBuffers> rx_posted_;
   uint64_t tx_area_ = 0;
   size_t tx_offset_ = 0;
-  int rx_interrupts_ = 0;
-  int tx_interrupts_ = 0;
 };
 
 }  // namespace vhost_vsock::vsock::test

@@ -2,14 +2,14 @@
 #include <limits>
 #include <vector>
 
-#include "virtio/virtqueue_test_support.h"
+#include "virtio/split_queue_test_support.h"
 
 namespace vhost_vsock::virtio {
 namespace {
 
 using namespace test;  // NOLINT(google-build-using-namespace): test helpers
 
-TEST_F(VirtqueueTest, UnpopGivesChainsBack) {
+TEST_F(SplitQueueTest, UnpopGivesChainsBack) {
   start(8);
   for (uint16_t i = 0; i < 3; ++i) {
     ring_->set_desc(i, kData, 16, kWrite);
@@ -23,13 +23,13 @@ TEST_F(VirtqueueTest, UnpopGivesChainsBack) {
   EXPECT_EQ(queue_.next_avail(), 1);
   EXPECT_TRUE(queue_.has_available());
   ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-  EXPECT_EQ(chain_.head_index(), 1);
+  EXPECT_EQ(chain_.id(), 1);
   // Asking for more than was popped is clamped.
   queue_.unpop(100);
   EXPECT_EQ(queue_.next_avail(), 0);
 }
 
-TEST_F(VirtqueueTest, UnpopNeverReachesBackOverAnInvalidChain) {
+TEST_F(SplitQueueTest, UnpopNeverReachesBackOverAnInvalidChain) {
   start(8);
   ring_->set_desc(0, kData, 16, kWrite);
   ring_->set_desc(1, kEnd, 16, kWrite);  // invalid
@@ -46,7 +46,7 @@ TEST_F(VirtqueueTest, UnpopNeverReachesBackOverAnInvalidChain) {
   EXPECT_EQ(queue_.next_avail(), 2);
 }
 
-TEST_F(VirtqueueTest, UsedRingEntriesAppearOnlyAfterFlush) {
+TEST_F(SplitQueueTest, UsedRingEntriesAppearOnlyAfterFlush) {
   start(4);
   for (uint16_t round = 0; round < 3; ++round) {
     for (uint16_t i = 0; i < 4; ++i) {
@@ -55,7 +55,7 @@ TEST_F(VirtqueueTest, UsedRingEntriesAppearOnlyAfterFlush) {
     }
     for (uint16_t i = 0; i < 4; ++i) {
       ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-      queue_.add_used(chain_.head_index(), 10u * round + i);
+      queue_.add_used(chain_.id(), 10u * round + i);
     }
     EXPECT_EQ(ring_->used_idx(), 4 * round);
     queue_.flush_used();
@@ -71,7 +71,7 @@ TEST_F(VirtqueueTest, UsedRingEntriesAppearOnlyAfterFlush) {
   EXPECT_EQ(ring_->used_idx(), 12);
 }
 
-TEST_F(VirtqueueTest, NotifyWithoutEventIdxFollowsNoInterrupt) {
+TEST_F(SplitQueueTest, NotifyWithoutEventIdxFollowsNoInterrupt) {
   start(8);
   for (uint16_t i = 0; i < 3; ++i) {
     ring_->set_desc(i, kData, 4);
@@ -100,7 +100,7 @@ TEST_F(VirtqueueTest, NotifyWithoutEventIdxFollowsNoInterrupt) {
   EXPECT_EQ(queue_.stats().notifications_suppressed, 1u);
 }
 
-TEST_F(VirtqueueTest, NotifyOnEmptyOverridesNoInterrupt) {
+TEST_F(SplitQueueTest, NotifyOnEmptyOverridesNoInterrupt) {
   start(8, kFeatureVersion1 | kFeatureNotifyOnEmpty);
   ring_->set_avail_flags(1);
   for (uint16_t i = 0; i < 2; ++i) {
@@ -117,7 +117,7 @@ TEST_F(VirtqueueTest, NotifyOnEmptyOverridesNoInterrupt) {
   EXPECT_TRUE(queue_.should_notify());  // ran out of buffers
 }
 
-TEST_F(VirtqueueTest, NotifyOnEmptyOverridesUsedEvent) {
+TEST_F(SplitQueueTest, NotifyOnEmptyOverridesUsedEvent) {
   start(8, kFeatureVersion1 | kFeatureEventIdx | kFeatureNotifyOnEmpty);
   ring_->set_desc(0, kData, 4);
   ring_->make_available(0);
@@ -133,7 +133,7 @@ TEST_F(VirtqueueTest, NotifyOnEmptyOverridesUsedEvent) {
   EXPECT_TRUE(queue_.should_notify());  // but the ring is empty
 }
 
-TEST_F(VirtqueueTest, EventIdxDecisions) {
+TEST_F(SplitQueueTest, EventIdxDecisions) {
   start(16, kFeatureVersion1 | kFeatureEventIdx);
   ring_->set_avail_flags(1);  // ignored with EVENT_IDX
   for (uint16_t i = 0; i < 16; ++i) {
@@ -143,7 +143,7 @@ TEST_F(VirtqueueTest, EventIdxDecisions) {
   auto complete = [&](int n) {
     for (int k = 0; k < n; ++k) {
       ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-      queue_.add_used(chain_.head_index(), 0);
+      queue_.add_used(chain_.id(), 0);
     }
     queue_.flush_used();
   };
@@ -171,7 +171,7 @@ TEST_F(VirtqueueTest, EventIdxDecisions) {
   EXPECT_FALSE(queue_.should_notify());
 }
 
-TEST_F(VirtqueueTest, EventIdxAcrossIndexWrap) {
+TEST_F(SplitQueueTest, EventIdxAcrossIndexWrap) {
   start(4, kFeatureVersion1 | kFeatureEventIdx);
   ring_->set_avail_idx(65535);
   ring_->set_used_idx(65535);
@@ -189,7 +189,7 @@ TEST_F(VirtqueueTest, EventIdxAcrossIndexWrap) {
   EXPECT_TRUE(queue_.should_notify());
 }
 
-TEST_F(VirtqueueTest, NotificationSuppressionWithoutEventIdx) {
+TEST_F(SplitQueueTest, NotificationSuppressionWithoutEventIdx) {
   start(8);
   EXPECT_EQ(ring_->used_flags(), 0);
   queue_.disable_notifications();
@@ -198,7 +198,7 @@ TEST_F(VirtqueueTest, NotificationSuppressionWithoutEventIdx) {
   EXPECT_EQ(ring_->used_flags(), 0);
 }
 
-TEST_F(VirtqueueTest, NotificationSuppressionWithEventIdx) {
+TEST_F(SplitQueueTest, NotificationSuppressionWithEventIdx) {
   start(8, kFeatureVersion1 | kFeatureEventIdx);
   for (uint16_t i = 0; i < 3; ++i) {
     ring_->set_desc(i, kData, 4);
@@ -214,9 +214,9 @@ TEST_F(VirtqueueTest, NotificationSuppressionWithEventIdx) {
   EXPECT_TRUE(queue_.has_available());  // the re-check after enabling sees the third
 }
 
-TEST_F(VirtqueueTest, ConfigureValidates) {
+TEST_F(SplitQueueTest, ConfigureValidates) {
   ring_ = std::make_unique<DriverRing>(memory_, 8, kDesc, kAvail, kUsed);
-  SplitVirtqueue q;
+  SplitQueue q;
   std::string error;
   EXPECT_FALSE(q.configure(nullptr, 8, kDesc, kAvail, kUsed, &error));
   EXPECT_FALSE(q.configure(memory_, 0, kDesc, kAvail, kUsed, &error));
@@ -241,7 +241,7 @@ TEST_F(VirtqueueTest, ConfigureValidates) {
   EXPECT_EQ(q.size(), 32768);
 }
 
-TEST_F(VirtqueueTest, ConfigureTakesUsedIndexFromTheRing) {
+TEST_F(SplitQueueTest, ConfigureTakesUsedIndexFromTheRing) {
   ring_ = std::make_unique<DriverRing>(memory_, 8, kDesc, kAvail, kUsed);
   // A previous backend stopped at avail 5, having used all 5.
   ring_->set_avail_idx(6);
@@ -256,7 +256,7 @@ TEST_F(VirtqueueTest, ConfigureTakesUsedIndexFromTheRing) {
   std::string error;
   ASSERT_TRUE(queue_.configure(memory_, 8, kDesc, kAvail, kUsed, &error)) << error;
   ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-  EXPECT_EQ(chain_.head_index(), 2);
+  EXPECT_EQ(chain_.id(), 2);
   queue_.add_used(2, 7);
   queue_.flush_used();
   EXPECT_EQ(ring_->used_idx(), 6);
@@ -264,7 +264,7 @@ TEST_F(VirtqueueTest, ConfigureTakesUsedIndexFromTheRing) {
   EXPECT_EQ(ring_->used_elem(5).second, 7u);
 }
 
-TEST_F(VirtqueueTest, ReconfigureKeepsIndicesAndPublishesPendingEntries) {
+TEST_F(SplitQueueTest, ReconfigureKeepsIndicesAndPublishesPendingEntries) {
   start(8);
   ring_->set_desc(0, kData, 4);
   ring_->make_available(0);
@@ -282,7 +282,7 @@ TEST_F(VirtqueueTest, ReconfigureKeepsIndicesAndPublishesPendingEntries) {
   EXPECT_EQ(ring_->used_elem(1).second, 4u);
 }
 
-TEST_F(VirtqueueTest, ResetForgetsEverything) {
+TEST_F(SplitQueueTest, ResetForgetsEverything) {
   start(8);
   ring_->set_desc(0, kData, 4);
   ring_->make_available(0);

@@ -2,14 +2,14 @@
 #include <limits>
 #include <vector>
 
-#include "virtio/virtqueue_test_support.h"
+#include "virtio/split_queue_test_support.h"
 
 namespace vhost_vsock::virtio {
 namespace {
 
 using namespace test;  // NOLINT(google-build-using-namespace): test helpers
 
-TEST_F(VirtqueueTest, PopsASimpleChainThenEmpty) {
+TEST_F(SplitQueueTest, PopsASimpleChainThenEmpty) {
   start(8);
   EXPECT_FALSE(queue_.has_available());
   EXPECT_EQ(queue_.pop(chain_), PopStatus::kEmpty);
@@ -17,7 +17,7 @@ TEST_F(VirtqueueTest, PopsASimpleChainThenEmpty) {
   ring_->make_available(3);
   EXPECT_TRUE(queue_.has_available());
   ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-  EXPECT_EQ(chain_.head_index(), 3);
+  EXPECT_EQ(chain_.id(), 3);
   ASSERT_EQ(chain_.readable().size(), 1u);
   EXPECT_EQ(chain_.readable()[0].iov_base, host(kData));
   EXPECT_EQ(chain_.readable()[0].iov_len, 100u);
@@ -30,7 +30,7 @@ TEST_F(VirtqueueTest, PopsASimpleChainThenEmpty) {
   EXPECT_EQ(queue_.stats().chains_popped, 1u);
 }
 
-TEST_F(VirtqueueTest, SplitHeaderPayloadAndWritableTail) {
+TEST_F(SplitQueueTest, SplitHeaderPayloadAndWritableTail) {
   start(8);
   ring_->set_desc(0, kData, 44, kNext, 5);
   ring_->set_desc(5, kData + 0x1000, 4096, kNext, 2);
@@ -49,7 +49,7 @@ TEST_F(VirtqueueTest, SplitHeaderPayloadAndWritableTail) {
   EXPECT_EQ(chain_.writable_bytes(), 768u);
 }
 
-TEST_F(VirtqueueTest, ReusedChainObjectIsClearedBetweenPops) {
+TEST_F(SplitQueueTest, ReusedChainObjectIsClearedBetweenPops) {
   start(4);
   ring_->set_desc(0, kData, 10, kNext, 1);
   ring_->set_desc(1, kData + 100, 20, kWrite);
@@ -58,14 +58,14 @@ TEST_F(VirtqueueTest, ReusedChainObjectIsClearedBetweenPops) {
   ring_->make_available(2);
   ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
   ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-  EXPECT_EQ(chain_.head_index(), 2);
+  EXPECT_EQ(chain_.id(), 2);
   EXPECT_EQ(chain_.readable().size(), 1u);
   EXPECT_EQ(chain_.readable_bytes(), 30u);
   EXPECT_TRUE(chain_.writable().empty());
   EXPECT_EQ(chain_.writable_bytes(), 0u);
 }
 
-TEST_F(VirtqueueTest, IndirectTable) {
+TEST_F(SplitQueueTest, IndirectTable) {
   start(4, kFeatureVersion1 | kFeatureIndirectDesc);
   const uint64_t table_gpa = kData + 0x8000;
   uint8_t* table = host(table_gpa);
@@ -76,7 +76,7 @@ TEST_F(VirtqueueTest, IndirectTable) {
   ring_->set_desc(1, table_gpa, 3 * 16, kIndirect | kWrite);
   ring_->make_available(1);
   ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-  EXPECT_EQ(chain_.head_index(), 1);
+  EXPECT_EQ(chain_.id(), 1);
   ASSERT_EQ(chain_.readable().size(), 2u);
   EXPECT_EQ(chain_.readable()[1].iov_base, host(kData + 0x100));
   EXPECT_EQ(chain_.readable_bytes(), 104u);
@@ -84,7 +84,7 @@ TEST_F(VirtqueueTest, IndirectTable) {
   EXPECT_EQ(chain_.writable_bytes(), 1000u);
 }
 
-TEST_F(VirtqueueTest, IndirectAfterDirectDescriptorsInTheChain) {
+TEST_F(SplitQueueTest, IndirectAfterDirectDescriptorsInTheChain) {
   start(4, kFeatureVersion1 | kFeatureIndirectDesc);
   const uint64_t table_gpa = kData + 0x8000;
   DriverRing::write_desc(host(table_gpa), 0, kData + 0x100, 8, kWrite);
@@ -96,7 +96,7 @@ TEST_F(VirtqueueTest, IndirectAfterDirectDescriptorsInTheChain) {
   EXPECT_EQ(chain_.writable_bytes(), 8u);
 }
 
-TEST_F(VirtqueueTest, IndirectWithoutFeatureIsInvalid) {
+TEST_F(SplitQueueTest, IndirectWithoutFeatureIsInvalid) {
   start(4);
   DriverRing::write_desc(host(kData + 0x8000), 0, kData, 44, 0, 0);
   ring_->set_desc(0, kData + 0x8000, 16, kIndirect);
@@ -104,7 +104,7 @@ TEST_F(VirtqueueTest, IndirectWithoutFeatureIsInvalid) {
   expect_invalid(0);
 }
 
-TEST_F(VirtqueueTest, InvalidIndirectTables) {
+TEST_F(SplitQueueTest, InvalidIndirectTables) {
   start(4, kFeatureVersion1 | kFeatureIndirectDesc);
   const uint64_t table_gpa = kData + 0x8000;
   uint8_t* table = host(table_gpa);
@@ -149,7 +149,7 @@ TEST_F(VirtqueueTest, InvalidIndirectTables) {
   EXPECT_EQ(queue_.stats().invalid_chains, 7u);
 }
 
-TEST_F(VirtqueueTest, IndirectNextBeyondTableIsInvalid) {
+TEST_F(SplitQueueTest, IndirectNextBeyondTableIsInvalid) {
   start(8, kFeatureVersion1 | kFeatureIndirectDesc);
   const uint64_t table_gpa = kData + 0x8000;
   DriverRing::write_desc(host(table_gpa), 0, kData, 4, kNext, 2);  // table has 2 entries
@@ -159,7 +159,7 @@ TEST_F(VirtqueueTest, IndirectNextBeyondTableIsInvalid) {
   expect_invalid(0);
 }
 
-TEST_F(VirtqueueTest, BufferOutsideMemoryIsInvalid) {
+TEST_F(SplitQueueTest, BufferOutsideMemoryIsInvalid) {
   start(4);
   ring_->set_desc(0, kEnd - 10, 11);  // one byte past the end
   ring_->set_desc(1, kBase - 1, 1);
@@ -174,7 +174,7 @@ TEST_F(VirtqueueTest, BufferOutsideMemoryIsInvalid) {
   EXPECT_EQ(queue_.pop(chain_), PopStatus::kChain);
 }
 
-TEST_F(VirtqueueTest, AddressWrappingPast2To64IsInvalid) {
+TEST_F(SplitQueueTest, AddressWrappingPast2To64IsInvalid) {
   start(4);
   ring_->set_desc(0, std::numeric_limits<uint64_t>::max() - 7, 16);
   ring_->make_available(0);
@@ -185,7 +185,7 @@ TEST_F(VirtqueueTest, AddressWrappingPast2To64IsInvalid) {
   expect_invalid(1);
 }
 
-TEST_F(VirtqueueTest, LoopInDescriptorTableIsInvalid) {
+TEST_F(SplitQueueTest, LoopInDescriptorTableIsInvalid) {
   start(8);
   ring_->set_desc(0, kData, 4, kNext, 1);
   ring_->set_desc(1, kData, 4, kNext, 2);
@@ -197,7 +197,7 @@ TEST_F(VirtqueueTest, LoopInDescriptorTableIsInvalid) {
   expect_invalid(4);
 }
 
-TEST_F(VirtqueueTest, ChainUsingEveryDescriptorIsValid) {
+TEST_F(SplitQueueTest, ChainUsingEveryDescriptorIsValid) {
   start(16);
   for (uint16_t i = 0; i < 16; ++i) {
     ring_->set_desc(i, kData + uint64_t{64} * i, 64, i < 15 ? kNext : 0, static_cast<uint16_t>(i + 1));
@@ -208,14 +208,14 @@ TEST_F(VirtqueueTest, ChainUsingEveryDescriptorIsValid) {
   EXPECT_EQ(chain_.readable_bytes(), 16u * 64u);
 }
 
-TEST_F(VirtqueueTest, NextOutOfRangeIsInvalid) {
+TEST_F(SplitQueueTest, NextOutOfRangeIsInvalid) {
   start(8);
   ring_->set_desc(0, kData, 4, kNext, 8);
   ring_->make_available(0);
   expect_invalid(0);
 }
 
-TEST_F(VirtqueueTest, ZeroLengthDescriptorsAreSkipped) {
+TEST_F(SplitQueueTest, ZeroLengthDescriptorsAreSkipped) {
   start(8);
   ring_->set_desc(0, kData, 0, kNext, 1);
   ring_->set_desc(1, kData + 8, 16, kNext, 2);
@@ -229,7 +229,7 @@ TEST_F(VirtqueueTest, ZeroLengthDescriptorsAreSkipped) {
   EXPECT_EQ(chain_.writable_bytes(), 32u);
 }
 
-TEST_F(VirtqueueTest, ReadableAfterWritableIsInvalid) {
+TEST_F(SplitQueueTest, ReadableAfterWritableIsInvalid) {
   start(8);
   ring_->set_desc(0, kData, 8, kWrite | kNext, 1);
   ring_->set_desc(1, kData + 8, 8);
@@ -242,7 +242,7 @@ TEST_F(VirtqueueTest, ReadableAfterWritableIsInvalid) {
   expect_invalid(2);
 }
 
-TEST_F(VirtqueueTest, TooManyIovecsIsInvalid) {
+TEST_F(SplitQueueTest, TooManyIovecsIsInvalid) {
   constexpr uint16_t kSize = 2048;
   start(kSize);
   // 1025 one-byte descriptors: over the per-chain iovec cap.
@@ -257,7 +257,7 @@ TEST_F(VirtqueueTest, TooManyIovecsIsInvalid) {
   EXPECT_EQ(chain_.readable().size(), 1024u);
 }
 
-TEST_F(VirtqueueTest, HeadOutOfRangeBreaksTheQueue) {
+TEST_F(SplitQueueTest, HeadOutOfRangeBreaksTheQueue) {
   start(8);
   ring_->make_available(8);
   EXPECT_EQ(queue_.pop(chain_), PopStatus::kBroken);
@@ -273,7 +273,7 @@ TEST_F(VirtqueueTest, HeadOutOfRangeBreaksTheQueue) {
   EXPECT_EQ(queue_.pop(chain_), PopStatus::kChain);
 }
 
-TEST_F(VirtqueueTest, AvailIndexJumpBreaksTheQueue) {
+TEST_F(SplitQueueTest, AvailIndexJumpBreaksTheQueue) {
   start(8);
   ring_->set_desc(0, kData, 4);
   ring_->set_avail_idx(9);
@@ -285,7 +285,7 @@ TEST_F(VirtqueueTest, AvailIndexJumpBreaksTheQueue) {
   EXPECT_FALSE(queue_.should_notify());
 }
 
-TEST_F(VirtqueueTest, FullRingIsNotAJump) {
+TEST_F(SplitQueueTest, FullRingIsNotAJump) {
   start(4);
   for (uint16_t i = 0; i < 4; ++i) {
     ring_->set_desc(i, kData + uint64_t{16} * i, 16);
@@ -293,12 +293,12 @@ TEST_F(VirtqueueTest, FullRingIsNotAJump) {
   }
   for (uint16_t i = 0; i < 4; ++i) {
     ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-    EXPECT_EQ(chain_.head_index(), i);
+    EXPECT_EQ(chain_.id(), i);
   }
   EXPECT_EQ(queue_.pop(chain_), PopStatus::kEmpty);
 }
 
-TEST_F(VirtqueueTest, IndicesWrapAt65536) {
+TEST_F(SplitQueueTest, IndicesWrapAt65536) {
   start(4);
   queue_.set_next_avail(65534);
   ring_->set_avail_idx(65534);
@@ -310,7 +310,7 @@ TEST_F(VirtqueueTest, IndicesWrapAt65536) {
   }
   for (uint16_t i = 0; i < 4; ++i) {
     ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
-    EXPECT_EQ(chain_.head_index(), i);
+    EXPECT_EQ(chain_.id(), i);
     queue_.add_used(i, i);
   }
   queue_.flush_used();
@@ -321,7 +321,7 @@ TEST_F(VirtqueueTest, IndicesWrapAt65536) {
   EXPECT_EQ(ring_->used_elem(1).first, 3u);
 }
 
-TEST_F(VirtqueueTest, ChainSpanningAdjacentRegions) {
+TEST_F(SplitQueueTest, ChainSpanningAdjacentRegions) {
   // Two memfd regions back to back in guest physical space.
   auto make_region = [](uint64_t gpa, uint64_t size, uint64_t user) {
     memory::RegionSpec spec;
@@ -340,7 +340,7 @@ TEST_F(VirtqueueTest, ChainSpanningAdjacentRegions) {
   ASSERT_NE(two, nullptr) << error;
 
   DriverRing ring(two, 4, 0x1000, 0x2000, 0x3000);
-  SplitVirtqueue q;
+  SplitQueue q;
   ASSERT_TRUE(q.configure(two, 4, 0x1000, 0x2000, 0x3000, &error)) << error;
   ring.set_desc(0, 0xff00, 0x200, kWrite);  // 0x100 bytes in each region
   ring.make_available(0);

@@ -1,10 +1,11 @@
-// Test support for the virtqueue tests: the driver's side of a split ring,
+// Test support for the split queue tests: the driver's side of a split ring,
 // written straight into guest memory the way a guest would (independent of
 // the code under test), and a fixture with 1 MiB of guest memory.
 #pragma once
 
 #include <endian.h>
 #include <gtest/gtest.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -14,7 +15,8 @@
 #include <string>
 #include <utility>
 
-#include "virtio/virtqueue.h"
+#include "virtio/features.h"
+#include "virtio/split_queue.h"
 
 namespace vhost_vsock::virtio::test {
 
@@ -104,7 +106,7 @@ constexpr uint64_t kData = kBase + 0x40000;  // buffers from here to the end
 constexpr uint64_t kEnd = kBase + kMemSize;
 
 // 1 MiB of anonymous memory as guest memory at kBase.
-class VirtqueueTest : public ::testing::Test {
+class SplitQueueTest : public ::testing::Test {
  protected:
   void SetUp() override {
     host_ =
@@ -123,6 +125,8 @@ class VirtqueueTest : public ::testing::Test {
   void start(uint16_t size, uint64_t features = kFeatureVersion1) {
     ring_ = std::make_unique<DriverRing>(memory_, size, kDesc, kAvail, kUsed);
     queue_.set_features(features);
+    // As the vhost-user session does (SET_VRING_CALL): decisions count as sent.
+    if (!queue_.has_call_fd()) queue_.set_call_fd(base::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)));
     std::string error;
     ASSERT_TRUE(queue_.configure(memory_, size, kDesc, kAvail, kUsed, &error)) << error;
   }
@@ -147,7 +151,7 @@ class VirtqueueTest : public ::testing::Test {
   uint8_t* host_ = nullptr;
   std::shared_ptr<const memory::GuestMemory> memory_;
   std::unique_ptr<DriverRing> ring_;
-  SplitVirtqueue queue_;
+  SplitQueue queue_;
   DescriptorChain chain_;
 };
 

@@ -1,4 +1,4 @@
-#include "virtio/virtqueue.h"
+#include "virtio/split_queue.h"
 
 #include <endian.h>
 #include <spdlog/spdlog.h>
@@ -6,6 +6,8 @@
 #include <atomic>
 #include <bit>
 #include <cstring>
+
+#include "virtio/features.h"
 
 namespace vhost_vsock::virtio {
 namespace {
@@ -75,8 +77,8 @@ bool host_aligned(const uint8_t* p, size_t alignment) {
 
 }  // namespace
 
-bool SplitVirtqueue::configure(std::shared_ptr<const memory::GuestMemory> memory, uint16_t size, uint64_t desc_gpa,
-                               uint64_t avail_gpa, uint64_t used_gpa, std::string* error) {
+bool SplitQueue::configure(std::shared_ptr<const memory::GuestMemory> memory, uint16_t size, uint64_t desc_gpa,
+                           uint64_t avail_gpa, uint64_t used_gpa, std::string* error) {
   auto fail = [&](const std::string& message) {
     if (error) *error = log_name_ + ": " + message;
     return false;
@@ -118,13 +120,13 @@ bool SplitVirtqueue::configure(std::shared_ptr<const memory::GuestMemory> memory
   return true;
 }
 
-void SplitVirtqueue::set_features(uint64_t features) {
+void SplitQueue::set_features(uint64_t features) {
   event_idx_ = (features & kFeatureEventIdx) != 0;
   notify_on_empty_ = (features & kFeatureNotifyOnEmpty) != 0;
   indirect_ = (features & kFeatureIndirectDesc) != 0;
 }
 
-void SplitVirtqueue::reset() {
+void SplitQueue::reset() {
   memory_.reset();
   size_ = 0;
   desc_gpa_ = 0;
@@ -137,7 +139,7 @@ void SplitVirtqueue::reset() {
   stats_ = QueueStats{};
 }
 
-void SplitVirtqueue::set_next_avail(uint16_t index) {
+void SplitQueue::set_next_avail(uint16_t index) {
   next_avail_ = index;
   broken_ = false;
   returnable_ = 0;
@@ -145,26 +147,26 @@ void SplitVirtqueue::set_next_avail(uint16_t index) {
   next_used_ = published_used_ = last_notified_used_ = configured() ? read_used_idx_from_ring() : index;
 }
 
-uint16_t SplitVirtqueue::read_avail_idx() const {
+uint16_t SplitQueue::read_avail_idx() const {
   return load_le16(avail_ + kAvailIdxOffset, __ATOMIC_ACQUIRE);
 }
 
-uint16_t SplitVirtqueue::read_used_idx_from_ring() const {
+uint16_t SplitQueue::read_used_idx_from_ring() const {
   return load_le16(used_ + kUsedIdxOffset, __ATOMIC_RELAXED);
 }
 
-void SplitVirtqueue::write_used_flags(uint16_t flags) {
+void SplitQueue::write_used_flags(uint16_t flags) {
   used_flags_ = flags;
   store_le16(used_, flags, __ATOMIC_RELAXED);
 }
 
-void SplitVirtqueue::mark_broken(const char* why) {
+void SplitQueue::mark_broken(const char* why) {
   if (broken_) return;
   broken_ = true;
   spdlog::error("{}: {}; the queue is stopped until the driver resets it", log_name_, why);
 }
 
-PopStatus SplitVirtqueue::pop(DescriptorChain& out) {
+PopStatus SplitQueue::pop(DescriptorChain& out) {
   if (broken_) return PopStatus::kBroken;
   if (!configured()) return PopStatus::kEmpty;
 
@@ -186,10 +188,9 @@ PopStatus SplitVirtqueue::pop(DescriptorChain& out) {
   }
   ++next_avail_;
 
-  out.clear();
-  out.head_ = head;
+  begin_chain(out, head);
   if (const char* why = walk_chain(head, out)) {
-    out.clear();
+    clear_chain(out);
     ++stats_.invalid_chains;
     returnable_ = 0;
     // Rate-limited (1st, 2nd, 4th, 8th, ...): a hostile guest can repeat this at will.
@@ -207,7 +208,7 @@ PopStatus SplitVirtqueue::pop(DescriptorChain& out) {
   return PopStatus::kChain;
 }
 
-const char* SplitVirtqueue::walk_chain(uint16_t head, DescriptorChain& out) {
+const char* SplitQueue::walk_chain(uint16_t head, DescriptorChain& out) {
   const uint8_t* table = desc_;
   uint32_t table_entries = size_;
   uint32_t index = head;
@@ -246,13 +247,13 @@ const char* SplitVirtqueue::walk_chain(uint16_t head, DescriptorChain& out) {
     }
 
     if (d.len > 0) {  // zero-length descriptors contribute nothing
-      base::IovecList& list = writable ? out.writable_ : out.readable_;
+      base::IovecList& list = chain_buffers(out, writable);
       const size_t before = list.size();
       if (!memory_->translate_to_iovecs(d.addr, d.len, list, iovecs_left)) {
         return "buffer is outside guest memory, wraps, or needs too many iovecs";
       }
       iovecs_left -= list.size() - before;
-      (writable ? out.writable_bytes_ : out.readable_bytes_) += d.len;
+      add_chain_bytes(out, writable, d.len);
     }
 
     if (!(d.flags & kDescFlagNext)) return nullptr;
@@ -261,7 +262,7 @@ const char* SplitVirtqueue::walk_chain(uint16_t head, DescriptorChain& out) {
   }
 }
 
-void SplitVirtqueue::unpop(uint16_t count) {
+void SplitQueue::unpop(uint16_t count) {
   if (count > returnable_) {
     spdlog::error("{}: unpop({}) but only {} chains can be given back", log_name_, count, returnable_);
     count = returnable_;
@@ -270,34 +271,35 @@ void SplitVirtqueue::unpop(uint16_t count) {
   returnable_ = static_cast<uint16_t>(returnable_ - count);
 }
 
-bool SplitVirtqueue::has_available() const {
+bool SplitQueue::has_available() const {
   if (!configured() || broken_) return false;
   return read_avail_idx() != next_avail_;
 }
 
-void SplitVirtqueue::add_used(uint16_t head_index, uint32_t written_length) {
+void SplitQueue::add_used(uint16_t id, uint32_t written_length) {
   if (!configured() || broken_) return;
-  if (head_index >= size_) {
-    spdlog::error("{}: add_used with head {} outside queue of size {}", log_name_, head_index, size_);
+  // On a split ring the id is the head descriptor's index.
+  if (id >= size_) {
+    spdlog::error("{}: add_used with head {} outside queue of size {}", log_name_, id, size_);
     return;
   }
   const uint16_t slot = next_used_ & (size_ - 1);
   uint8_t* entry = used_ + kUsedRingOffset + kUsedElemSize * slot;
-  const uint32_t id_le = htole32(head_index);
+  const uint32_t id_le = htole32(id);
   const uint32_t len_le = htole32(written_length);
   std::memcpy(entry, &id_le, sizeof(id_le));
   std::memcpy(entry + sizeof(id_le), &len_le, sizeof(len_le));
   ++next_used_;
 }
 
-void SplitVirtqueue::flush_used() {
+void SplitQueue::flush_used() {
   if (!configured() || broken_ || published_used_ == next_used_) return;
   // Release: the entries written above become visible before the index.
   store_le16(used_ + kUsedIdxOffset, next_used_, __ATOMIC_RELEASE);
   published_used_ = next_used_;
 }
 
-bool SplitVirtqueue::should_notify() {
+bool SplitQueue::should_notify() {
   if (!configured() || broken_) return false;
   // The used idx store must be visible before we read the driver's
   // suppression state, or we could miss the driver re-enabling interrupts.
@@ -321,18 +323,22 @@ bool SplitVirtqueue::should_notify() {
   }
   // NOTIFY_ON_EMPTY: running out of buffers overrides any suppression.
   if (!notify && notify_on_empty_ && read_avail_idx() == next_avail_) notify = true;
-  ++(notify ? stats_.notifications_sent : stats_.notifications_suppressed);
-  return notify;
+  return count_decision(notify, call_fd_.valid(), stats_);
 }
 
-void SplitVirtqueue::disable_notifications() {
+void SplitQueue::notify() {
+  flush_used();
+  if (should_notify()) write_call_fd(call_fd_.get(), stats_, log_name_);
+}
+
+void SplitQueue::disable_notifications() {
   if (!configured() || broken_) return;
   // With EVENT_IDX the driver kicks only when it passes avail_event, which
   // we leave where it is while draining.
   if (!event_idx_) write_used_flags(used_flags_ | kUsedFlagNoNotify);
 }
 
-void SplitVirtqueue::enable_notifications() {
+void SplitQueue::enable_notifications() {
   if (!configured() || broken_) return;
   if (event_idx_) {
     store_le16(used_ + kUsedRingOffset + kUsedElemSize * size_t{size_}, next_avail_, __ATOMIC_RELAXED);
