@@ -26,6 +26,36 @@ bool ranges_overlap(uint64_t a_start, uint64_t a_size, uint64_t b_start, uint64_
   return a_start < b_start + b_size && b_start < a_start + a_size;
 }
 
+// Why the table cannot be mapped; empty when it can.
+std::string check_regions(const std::vector<RegionSpec>& regions) {
+  if (regions.size() > GuestMemory::kMaxRegions) {
+    return "memory table has " + std::to_string(regions.size()) + " regions, at most " +
+           std::to_string(GuestMemory::kMaxRegions) + " are supported";
+  }
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const RegionSpec& r = regions[i];
+    const std::string which = "memory region " + std::to_string(i);
+    if (r.size == 0) return which + " has size 0";
+    if (!r.fd.valid()) return which + " has no file descriptor";
+    if (!range_end(r.guest_phys_addr, r.size)) return which + ": guest physical range wraps past 2^64";
+    if (!range_end(r.user_addr, r.size)) return which + ": user address range wraps past 2^64";
+    const auto mapping_length = range_end(r.mmap_offset, r.size);
+    if (!mapping_length || *mapping_length > static_cast<uint64_t>(SIZE_MAX)) {
+      return which + ": mmap offset + size overflows";
+    }
+    for (size_t j = 0; j < i; ++j) {
+      const RegionSpec& other = regions[j];
+      if (ranges_overlap(r.guest_phys_addr, r.size, other.guest_phys_addr, other.size)) {
+        return which + " overlaps region " + std::to_string(j) + " in guest physical addresses";
+      }
+      if (ranges_overlap(r.user_addr, r.size, other.user_addr, other.size)) {
+        return which + " overlaps region " + std::to_string(j) + " in user addresses";
+      }
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 std::shared_ptr<const GuestMemory> GuestMemory::map(std::vector<RegionSpec> regions, std::string* error) {
@@ -33,32 +63,7 @@ std::shared_ptr<const GuestMemory> GuestMemory::map(std::vector<RegionSpec> regi
     if (error) *error = std::move(message);
     return nullptr;
   };
-
-  if (regions.size() > kMaxRegions) {
-    return fail("memory table has " + std::to_string(regions.size()) + " regions, at most " +
-                std::to_string(kMaxRegions) + " are supported");
-  }
-  for (size_t i = 0; i < regions.size(); ++i) {
-    const RegionSpec& r = regions[i];
-    const std::string which = "memory region " + std::to_string(i);
-    if (r.size == 0) return fail(which + " has size 0");
-    if (!r.fd.valid()) return fail(which + " has no file descriptor");
-    if (!range_end(r.guest_phys_addr, r.size)) return fail(which + ": guest physical range wraps past 2^64");
-    if (!range_end(r.user_addr, r.size)) return fail(which + ": user address range wraps past 2^64");
-    const auto mapping_length = range_end(r.mmap_offset, r.size);
-    if (!mapping_length || *mapping_length > static_cast<uint64_t>(SIZE_MAX)) {
-      return fail(which + ": mmap offset + size overflows");
-    }
-    for (size_t j = 0; j < i; ++j) {
-      const RegionSpec& other = regions[j];
-      if (ranges_overlap(r.guest_phys_addr, r.size, other.guest_phys_addr, other.size)) {
-        return fail(which + " overlaps region " + std::to_string(j) + " in guest physical addresses");
-      }
-      if (ranges_overlap(r.user_addr, r.size, other.user_addr, other.size)) {
-        return fail(which + " overlaps region " + std::to_string(j) + " in user addresses");
-      }
-    }
-  }
+  if (std::string why = check_regions(regions); !why.empty()) return fail(std::move(why));
 
   std::shared_ptr<GuestMemory> memory(new GuestMemory());
   memory->regions_.reserve(regions.size());
