@@ -6,17 +6,10 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
-#include <system_error>
+
+#include "base/errno_text.h"
 
 namespace vhost_vsock::vhost_user {
-namespace {
-
-// strerror() is not thread-safe, and workers run on several threads.
-std::string errno_text(int error) {
-  return std::generic_category().message(error);
-}
-
-}  // namespace
 
 FrontendConnection::FrontendConnection(base::EventLoop& loop, base::UniqueFd socket, Device& device, ServerStats& stats,
                                        std::string name)
@@ -67,7 +60,7 @@ FrontendConnection::ReadResult FrontendConnection::read_some() {
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return ReadResult::kWouldBlock;
-    spdlog::warn("vhost-user {}: reading from the front-end failed: {}", name_, errno_text(errno));
+    spdlog::warn("vhost-user {}: reading from the front-end failed: {}", name_, base::errno_text(errno));
     return ReadResult::kClosed;
   }
 
@@ -125,7 +118,7 @@ bool FrontendConnection::send_reply() {
   } while (n < 0 && errno == EINTR);
   if (n == static_cast<ssize_t>(reply_.size())) return true;
   if (n < 0) {
-    spdlog::warn("vhost-user {}: sending a reply failed: {}", name_, errno_text(errno));
+    spdlog::warn("vhost-user {}: sending a reply failed: {}", name_, base::errno_text(errno));
   } else {
     spdlog::warn("vhost-user {}: the front-end's socket took {} of {} reply bytes; dropping it", name_, n,
                  reply_.size());

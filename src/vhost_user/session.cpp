@@ -12,15 +12,12 @@
 #include <cstring>
 #include <system_error>
 
+#include "base/bits.h"
+#include "base/errno_text.h"
 #include "virtio/features.h"
 
 namespace vhost_vsock::vhost_user {
 namespace {
-
-// strerror() is not thread-safe, and workers run on several threads.
-std::string errno_text(int error) {
-  return std::generic_category().message(error);
-}
 
 constexpr uint64_t kRingFeatures =
     virtio::kFeatureVersion1 | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc | virtio::kFeatureNotifyOnEmpty;
@@ -70,10 +67,6 @@ FdRule fd_rule(Request request) {
     default:
       return FdRule::kAny;
   }
-}
-
-bool is_power_of_two(uint32_t value) {
-  return value != 0 && (value & (value - 1)) == 0;
 }
 
 // Bytes each part of a split ring occupies (virtio 1.2 §2.7), so the whole
@@ -292,7 +285,7 @@ Session::Result Session::handle_set_vring_num(const Message& message) {
   auto index = ring_index(state->index, message);
   if (!index) return Result::kFailed;
   uint32_t max_size = std::min<uint32_t>(device_.max_queue_size(), virtio::kMaxQueueSize);
-  if (!is_power_of_two(state->num) || state->num > max_size) {
+  if (!base::is_power_of_two(state->num) || state->num > max_size) {
     protocol_warning("vhost-user {}: SET_VRING_NUM {} for ring {} is not a power of two in 1..{}", name_, state->num,
                      *index, max_size);
     return Result::kFailed;
@@ -572,7 +565,7 @@ void Session::on_kick(uint16_t index, uint32_t events) {
   // EOF or an error: the fd can never kick again and would keep the loop busy.
   ++stats_.protocol_errors;
   protocol_warning("vhost-user {}: kick fd of ring {} failed ({}); stopping the ring", name_, index,
-                   n == 0 ? "end of file" : errno_text(errno));
+                   n == 0 ? "end of file" : base::errno_text(errno));
   stop(index);
   ring.kick.reset();
   signal_error(index);

@@ -5,7 +5,8 @@
 
 #include <bit>
 #include <cerrno>
-#include <system_error>
+
+#include "base/errno_text.h"
 
 namespace vhost_vsock::virtio {
 
@@ -28,8 +29,8 @@ void Queue::write_call_fd(int call_fd, QueueStats& stats, std::string_view log_n
   ++stats.call_fd_errors;
   // Rate-limited (1st, 2nd, 4th, ...): the front-end chose the fd.
   if (std::has_single_bit(stats.call_fd_errors)) {
-    spdlog::warn("{}: writing the call eventfd failed: {} ({} so far)", log_name,
-                 std::generic_category().message(error), stats.call_fd_errors);
+    spdlog::warn("{}: writing the call eventfd failed: {} ({} so far)", log_name, base::errno_text(error),
+                 stats.call_fd_errors);
   }
 }
 

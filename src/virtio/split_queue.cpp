@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstring>
 
+#include "base/bits.h"
 #include "virtio/features.h"
 
 namespace vhost_vsock::virtio {
@@ -84,7 +85,7 @@ bool SplitQueue::configure(std::shared_ptr<const memory::GuestMemory> memory, ui
     return false;
   };
   if (!memory) return fail("no guest memory table");
-  if (size == 0 || size > kMaxQueueSize || !std::has_single_bit(size)) {
+  if (size > kMaxQueueSize || !base::is_power_of_two(size)) {
     return fail("queue size " + std::to_string(size) + " is not a power of two in 1..32768");
   }
   if (desc_gpa % 16 != 0) return fail("descriptor table address is not 16-byte aligned");
