@@ -451,6 +451,7 @@ void Session::reset_owner() {
   spdlog::info("vhost-user {}: RESET_OWNER: stopping all rings and forgetting guest state", name_);
   for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
   device_.on_frontend_disconnected();
+  log_queue_stats();
   for (auto& ring : vrings_) forget_ring(ring);
   memory_.reset();
   acked_features_ = 0;
@@ -463,8 +464,21 @@ void Session::shutdown() {
   shut_down_ = true;
   for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
   device_.on_frontend_disconnected();
+  log_queue_stats();
   for (auto& ring : vrings_) forget_ring(ring);
   memory_.reset();
+}
+
+void Session::log_queue_stats() const {
+  for (uint16_t i = 0; i < ring_count(); ++i) {
+    if (vrings_[i].size == 0) continue;  // never set up by this front-end
+    const virtio::QueueStats& s = vrings_[i].queue.stats();
+    spdlog::info(
+        "vhost-user {}: ring {} queue stats: chains_popped={} descriptors_walked={} invalid_chains={} "
+        "notifications sent={} suppressed={} without_fd={} call_fd_errors={}",
+        name_, i, s.chains_popped, s.descriptors_walked, s.invalid_chains, s.notifications_sent,
+        s.notifications_suppressed, s.notifications_without_fd, s.call_fd_errors);
+  }
 }
 
 void Session::forget_ring(Vring& ring) {

@@ -98,6 +98,9 @@ class Session final {
   void on_kick(uint16_t index, uint32_t events);
   void signal_error(uint16_t index);
   void forget_ring(Vring& ring);
+  // One info line per ring the front-end set up: its QueueStats since the
+  // ring last started from a new base.
+  void log_queue_stats() const;
 
   // Warnings about front-end misbehaviour; after kMaxProtocolWarnings per
   // session they drop to debug level, so a hostile front-end cannot flood the log.
