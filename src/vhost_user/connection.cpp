@@ -10,6 +10,25 @@
 #include "base/errno_text.h"
 
 namespace vhost_vsock::vhost_user {
+namespace {
+
+// The SCM_RIGHTS fds recvmsg() put into `header`.
+std::vector<base::UniqueFd> take_received_fds(msghdr& header) {
+  std::vector<base::UniqueFd> fds;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&header); cmsg != nullptr; cmsg = CMSG_NXTHDR(&header, cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const unsigned char* data = CMSG_DATA(cmsg);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, data + i * sizeof(int), sizeof(int));
+      fds.emplace_back(fd);
+    }
+  }
+  return fds;
+}
+
+}  // namespace
 
 FrontendConnection::FrontendConnection(base::EventLoop& loop, base::UniqueFd socket, Device& device, ServerStats& stats,
                                        std::string name)
@@ -65,17 +84,7 @@ FrontendConnection::ReadResult FrontendConnection::read_some() {
   }
 
   // Own every received fd first, so each one is closed whatever happens next.
-  std::vector<base::UniqueFd> fds;
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&header); cmsg != nullptr; cmsg = CMSG_NXTHDR(&header, cmsg)) {
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const unsigned char* data = CMSG_DATA(cmsg);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, data + i * sizeof(int), sizeof(int));
-      fds.emplace_back(fd);
-    }
-  }
+  std::vector<base::UniqueFd> fds = take_received_fds(header);
   if ((header.msg_flags & MSG_CTRUNC) != 0) {
     ++stats_.protocol_errors;
     spdlog::warn("vhost-user {}: the front-end sent more than {} file descriptors with one message", name_,
