@@ -9,10 +9,19 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "testing/child_process.h"
+
 namespace vhost_vsock::testing {
+
+// $VUV_DAEMON_LOG_LEVEL if set, else `fallback`: the daemon's --log-level.
+std::string daemon_log_level(const std::string& fallback);
+
+// True if `path` is a socket file (the daemon has bound it).
+bool is_socket(const std::string& path);
 
 struct DaemonOptions {
   uint64_t guest_cid = 3;
@@ -39,28 +48,26 @@ class DaemonProcess {
   [[nodiscard]] const std::string& uds_path() const { return uds_path_; }
   // "<uds>_<port>": where a host program listens for guest connects to `port`.
   [[nodiscard]] std::string uds_port_path(uint32_t port) const { return uds_path_ + "_" + std::to_string(port); }
-  [[nodiscard]] pid_t pid() const { return pid_; }
-  [[nodiscard]] const std::vector<std::string>& args() const { return args_; }
+  [[nodiscard]] pid_t pid() const { return process_->pid(); }
+  [[nodiscard]] const std::vector<std::string>& args() const { return process_->args(); }
 
   // Reaps the child if it exited; true while it runs.
-  bool running();
-  // SIGTERM, wait up to `grace`, then SIGKILL. Returns the raw wait status
-  // (-1 if it was already reaped before).
+  bool running() { return process_->running(); }
+  // SIGTERM, wait up to `grace`, then SIGKILL. Returns the raw wait status,
+  // that of the SIGKILL if it came to that.
   int stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
-  [[nodiscard]] int exit_status() const { return status_; }
+  [[nodiscard]] int exit_status() const { return process_->wait_status(); }
   // Waits until `path` exists (e.g. the uds listener). False on timeout.
   bool wait_for_path(const std::string& path, std::chrono::milliseconds timeout);
-  [[nodiscard]] std::string log() const;
-  [[nodiscard]] const std::string& log_path() const { return log_path_; }
+  [[nodiscard]] std::string log() const { return process_->log(); }
+  [[nodiscard]] const std::string& log_path() const { return process_->log_path(); }
+  void print_log_tail(std::ostream& out, size_t max_lines) const { process_->print_log_tail(out, "daemon", max_lines); }
 
  private:
   std::string dir_;
   std::string socket_path_;
   std::string uds_path_;
-  std::string log_path_;
-  std::vector<std::string> args_;
-  pid_t pid_ = -1;
-  int status_ = -1;
+  std::optional<ChildProcess> process_;  // started once the paths above exist
 };
 
 }  // namespace vhost_vsock::testing

@@ -1,6 +1,7 @@
 // GuestVsockDriver: memory and ring setup, the I/O thread, and the packet
 // plumbing between the rings and the stream layer (vsock_stream.cpp).
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -8,8 +9,7 @@
 #include <cerrno>
 #include <stdexcept>
 
-#include <spdlog/spdlog.h>
-
+#include "testing/guest_header.h"
 #include "testing/vsock_driver_impl.h"
 
 namespace vhost_vsock::testing {
@@ -20,15 +20,20 @@ constexpr size_t kMaxViolationLog = 1000;
 constexpr size_t kMaxCaptured = 1 << 20;
 constexpr int kFallbackPollMs = 100;
 
-size_t align_up(size_t value, size_t align) { return (value + align - 1) & ~(align - 1); }
+size_t align_up(size_t value, size_t align) {
+  return (value + align - 1) & ~(align - 1);
+}
 
 // Descriptors a packet needs in the main table, worst case.
 uint16_t descriptors_per_packet(BufferLayout layout, bool indirect) {
   if (indirect) return 1;
   switch (layout) {
-    case BufferLayout::kSplit: return 2;
-    case BufferLayout::kMerged: return 1;
-    case BufferLayout::kFragmented: return 5;
+    case BufferLayout::kSplit:
+      return 2;
+    case BufferLayout::kMerged:
+      return 1;
+    case BufferLayout::kFragmented:
+      return 5;
   }
   return 5;
 }
@@ -342,18 +347,8 @@ bool GuestVsockDriver::send_raw(const vsock::PacketHeader& header, std::span<con
 
 vsock::PacketHeader GuestVsockDriver::make_header(vsock::Op op, uint32_t local_port, uint32_t peer_port, uint32_t len,
                                                   uint32_t flags) const {
-  vsock::PacketHeader h;
-  h.src_cid = guest_cid_;
-  h.dst_cid = vsock::kCidHost;
-  h.src_port = local_port;
-  h.dst_port = peer_port;
-  h.len = len;
-  h.type = static_cast<uint16_t>(vsock::SocketType::kStream);
-  h.op = static_cast<uint16_t>(op);
-  h.flags = flags;
-  h.buf_alloc = options_.buf_alloc;
-  h.fwd_cnt = 0;
-  return h;
+  return guest_stream_header({.guest_cid = guest_cid_, .buf_alloc = options_.buf_alloc}, op, local_port, peer_port, len,
+                             flags);
 }
 
 std::optional<CapturedPacket> GuestVsockDriver::wait_packet(const std::function<bool(const CapturedPacket&)>& match,
@@ -395,7 +390,9 @@ void GuestVsockDriver::with_rings(const std::function<void(GuestRam&, DriverVrin
   fn(*impl_->ram, *impl_->rx_ring, *impl_->tx_ring);
 }
 
-void GuestVsockDriver::kick(uint16_t queue_index) { frontend_->kick(queue_index); }
+void GuestVsockDriver::kick(uint16_t queue_index) {
+  frontend_->kick(queue_index);
+}
 
 DriverStats GuestVsockDriver::stats() const {
   std::lock_guard lock(impl_->mu);
@@ -418,21 +415,23 @@ std::string GuestVsockDriver::debug_state() const {
   std::string out;
   auto ring = [&](const char* name, const DriverVring& r) {
     out += std::string(name) + ": avail_idx=" + std::to_string(r.avail_idx()) +
-           " device_used_idx=" + std::to_string(r.device_used_idx()) + " last_used_idx=" +
-           std::to_string(r.last_used_idx()) + " free_desc=" + std::to_string(r.free_descriptors()) +
+           " device_used_idx=" + std::to_string(r.device_used_idx()) +
+           " last_used_idx=" + std::to_string(r.last_used_idx()) +
+           " free_desc=" + std::to_string(r.free_descriptors()) +
            (r.event_idx() ? " avail_event=" + std::to_string(r.avail_event()) : std::string()) + "\n";
   };
   ring("rx", *s.rx_ring);
   ring("tx", *s.tx_ring);
-  out += "free rx slots=" + std::to_string(s.free_rx_slots.size()) + " free tx slots=" +
-         std::to_string(s.free_tx_slots.size()) + " pending control=" + std::to_string(s.pending.size()) +
-         " rx_paused=" + std::to_string(s.rx_paused) + " running=" + std::to_string(s.running) + "\n";
+  out += "free rx slots=" + std::to_string(s.free_rx_slots.size()) +
+         " free tx slots=" + std::to_string(s.free_tx_slots.size()) +
+         " pending control=" + std::to_string(s.pending.size()) + " rx_paused=" + std::to_string(s.rx_paused) +
+         " running=" + std::to_string(s.running) + "\n";
   const DriverStats& st = s.stats;
   out += "stats: rx_pkts=" + std::to_string(st.packets_received) + " tx_pkts=" + std::to_string(st.packets_sent) +
          " rx_irq=" + std::to_string(st.rx_interrupts) + " tx_irq=" + std::to_string(st.tx_interrupts) +
          " rx_kicks=" + std::to_string(st.rx_kicks) + " tx_kicks=" + std::to_string(st.tx_kicks) +
-         " used_on_timeout=" + std::to_string(st.used_found_on_timeout) + " violations=" + std::to_string(st.violations) +
-         "\n";
+         " used_on_timeout=" + std::to_string(st.used_found_on_timeout) +
+         " violations=" + std::to_string(st.violations) + "\n";
   size_t shown = 0;
   for (const auto& [key, c] : s.connections) {
     if (++shown > 20) break;

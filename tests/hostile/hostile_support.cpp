@@ -1,9 +1,7 @@
 #include "hostile_support.h"
 
 #include <dirent.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,17 +19,12 @@
 #include <thread>
 
 #include "base/errno_text.h"
-
-extern char** environ;
+#include "testing/daemon_process.h"
 
 namespace vhost_vsock::hostile {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-#ifndef VUV_HOSTILE_DAEMON_PATH
-#define VUV_HOSTILE_DAEMON_PATH "vhost-user-vsock"
-#endif
 
 std::atomic<uint64_t> g_peak_hwm_kib{0};
 
@@ -51,21 +44,7 @@ class PeakReporter : public ::testing::Environment {
 };
 [[maybe_unused]] const auto* const g_reporter = ::testing::AddGlobalTestEnvironment(new PeakReporter);
 
-bool is_socket(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
-}
-
-std::string daemon_binary() {
-  const char* env = std::getenv("VUV_DAEMON");
-  return env != nullptr && *env != '\0' ? env : VUV_HOSTILE_DAEMON_PATH;
-}
-
-// Splits "a b" style env values; good enough for log levels.
-std::string log_level() {
-  const char* env = std::getenv("VUV_DAEMON_LOG_LEVEL");
-  return env != nullptr && *env != '\0' ? env : "info";
-}
+using testing::is_socket;
 
 }  // namespace
 
@@ -95,49 +74,19 @@ HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
   char pattern[] = "/tmp/vuvhXXXXXX";
   if (::mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp: " + base::errno_text(errno));
   dir_ = pattern;
-  log_path_ = dir_ + "/daemon.log";
   if (spec_.uds_in_subdir && ::mkdir(uds_dir().c_str(), 0755) != 0) {
     throw std::runtime_error("mkdir " + uds_dir() + ": " + base::errno_text(errno));
   }
   ::chmod(dir_.c_str(), spec_.dir_mode);
   ::chmod(uds_dir().c_str(), spec_.dir_mode);
-  args_ = {daemon_binary(), "--log-level", log_level()};
+  std::vector<std::string> args = {testing::DaemonProcess::binary_path(), "--log-level",
+                                   testing::daemon_log_level("info")};
   for (int vm = 0; vm < spec_.vms; ++vm) {
-    args_.push_back("--vm");
-    args_.push_back("guest-cid=" + std::to_string(cid(vm)) + ",socket=" + socket_path(vm) +
-                    ",uds-path=" + uds_path(vm));
+    args.push_back("--vm");
+    args.push_back("guest-cid=" + std::to_string(cid(vm)) + ",socket=" + socket_path(vm) + ",uds-path=" + uds_path(vm));
   }
-  args_.insert(args_.end(), spec_.extra_args.begin(), spec_.extra_args.end());
-
-  // Everything the child needs is built before fork(); after it, only
-  // async-signal-safe calls.
-  std::vector<char*> argv;
-  for (auto& arg : args_) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
-  env_storage.insert(env_storage.end(), spec_.env.begin(), spec_.env.end());
-  std::vector<char*> envp;
-  for (auto& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
-  const pid_t parent = ::getpid();
-  const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (log_fd < 0 || null_fd < 0) throw std::runtime_error("cannot open " + log_path_);
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a killed test
-    if (::getppid() != parent) ::_exit(127);
-    ::dup2(null_fd, STDIN_FILENO);
-    ::dup2(log_fd, STDOUT_FILENO);
-    ::dup2(log_fd, STDERR_FILENO);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(log_fd);
-  ::close(null_fd);
-  if (pid_ < 0) throw std::runtime_error("fork: " + base::errno_text(errno));
+  args.insert(args.end(), spec_.extra_args.begin(), spec_.extra_args.end());
+  process_.emplace(std::move(args), dir_ + "/daemon.log", spec_.env);
 
   const auto deadline = Clock::now() + spec_.startup_timeout;
   for (int vm = 0; vm < spec_.vms; ++vm) {
@@ -145,7 +94,8 @@ HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
       if (!running()) {
         // Sockets bound, then died (a test may ask for that): the caller checks the status.
         if (is_socket(socket_path(vm)) && is_socket(uds_path(vm))) break;
-        throw std::runtime_error("daemon exited during startup (" + describe_status(status_) + "); log:\n" + log());
+        throw std::runtime_error("daemon exited during startup (" + describe_status(exit_status()) + "); log:\n" +
+                                 log());
       }
       if (Clock::now() >= deadline) throw std::runtime_error("daemon did not start in time; log:\n" + log());
       std::this_thread::sleep_for(Millis(5));
@@ -154,12 +104,8 @@ HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
 }
 
 HostileDaemon::~HostileDaemon() {
-  if (running()) {
-    record_peak(memory().hwm_kib);
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-  }
+  if (process_ && running()) record_peak(memory().hwm_kib);
+  process_.reset();  // SIGKILLs it before its directory goes
   if (std::getenv("VUV_KEEP_TEMP") == nullptr) {
     std::error_code ignored;
     std::filesystem::permissions(dir_, std::filesystem::perms::owner_all, std::filesystem::perm_options::add, ignored);
@@ -183,45 +129,10 @@ std::string HostileDaemon::uds_path(int vm) const {
   return uds_dir() + "/u" + std::to_string(vm);
 }
 
-bool HostileDaemon::running() {
-  if (pid_ <= 0) return false;
-  int status = 0;
-  const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-  if (r == pid_) {
-    status_ = status;
-    pid_ = -1;
-    return false;
-  }
-  return r == 0;
-}
-
-int HostileDaemon::wait_exit(Millis timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (running()) {
-    if (Clock::now() >= deadline) return -1;
-    std::this_thread::sleep_for(Millis(5));
-  }
-  return status_;
-}
-
 int HostileDaemon::terminate(Millis grace) {
-  if (!running()) return status_;
-  record_peak(memory().hwm_kib);
-  ::kill(pid_, SIGTERM);
-  if (wait_exit(grace) != -1) return status_;
-  ::kill(pid_, SIGKILL);
-  int status = 0;
-  ::waitpid(pid_, &status, 0);
-  pid_ = -1;
-  status_ = -1;
-  return -1;
-}
-
-std::string HostileDaemon::log() const {
-  std::ifstream in(log_path_);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
+  if (running()) record_peak(memory().hwm_kib);
+  process_->stop(grace);
+  return exit_status();
 }
 
 bool HostileDaemon::wait_log(const std::string& needle, Millis timeout) const {
@@ -235,7 +146,7 @@ bool HostileDaemon::wait_log(const std::string& needle, Millis timeout) const {
 
 MemoryUse HostileDaemon::memory() const {
   MemoryUse use;
-  std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+  std::ifstream in("/proc/" + std::to_string(pid()) + "/status");
   std::string key;
   uint64_t value = 0;
   std::string line;
@@ -251,7 +162,7 @@ MemoryUse HostileDaemon::memory() const {
 
 size_t HostileDaemon::open_fds() const {
   size_t count = 0;
-  DIR* dir = ::opendir(("/proc/" + std::to_string(pid_) + "/fd").c_str());
+  DIR* dir = ::opendir(("/proc/" + std::to_string(pid()) + "/fd").c_str());
   if (dir == nullptr) return 0;
   while (const dirent* entry = ::readdir(dir)) {
     if (entry->d_name[0] != '.') ++count;
@@ -261,7 +172,7 @@ size_t HostileDaemon::open_fds() const {
 }
 
 double HostileDaemon::cpu_seconds() const {
-  std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
+  std::ifstream in("/proc/" + std::to_string(pid()) + "/stat");
   std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const size_t paren = stat.rfind(')');
   if (paren == std::string::npos) return 0;
@@ -390,18 +301,7 @@ void HostileTest::TearDown() {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << "daemon did not exit cleanly on SIGTERM: " << describe_status(status);
   }
-  if (HasFailure()) {
-    const std::string log = daemon_->log();
-    std::vector<std::string> lines;
-    std::istringstream in(log);
-    for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
-    const size_t from = lines.size() > 200 ? lines.size() - 200 : 0;
-    std::cerr << "---- daemon log, last " << lines.size() - from << " of " << lines.size() << " lines; args:";
-    for (const auto& a : daemon_->args()) std::cerr << ' ' << a;
-    std::cerr << " ----\n";
-    for (size_t i = from; i < lines.size(); ++i) std::cerr << lines[i] << '\n';
-    std::cerr << "---- end of daemon log ----\n";
-  }
+  if (HasFailure()) daemon_->print_log_tail(std::cerr, 200);
   daemon_.reset();
 }
 

@@ -11,10 +11,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "host_socket.h"
+#include "testing/child_process.h"
 #include "testing/vsock_driver.h"
 
 namespace vhost_vsock::hostile {
@@ -75,29 +77,28 @@ class HostileDaemon {
   }
   [[nodiscard]] const std::string& dir() const { return dir_; }
   [[nodiscard]] std::string uds_dir() const;
-  [[nodiscard]] pid_t pid() const { return pid_; }
+  [[nodiscard]] pid_t pid() const { return process_->pid(); }
 
-  bool running();  // reaps the child if it exited
+  bool running() { return process_->running(); }  // reaps the child if it exited
   // SIGTERM, then the exit status within `grace` (-1 if it had to be SIGKILLed).
   int terminate(Millis grace = Millis(8000));
   // Wait status once it exits by itself; -1 on timeout.
-  int wait_exit(Millis timeout);
-  [[nodiscard]] int exit_status() const { return status_; }
+  int wait_exit(Millis timeout) { return process_->wait_exit(timeout); }
+  // -1 while it runs and after terminate() had to SIGKILL it.
+  [[nodiscard]] int exit_status() const { return process_->killed_after_grace() ? -1 : process_->wait_status(); }
 
-  [[nodiscard]] std::string log() const;
+  [[nodiscard]] std::string log() const { return process_->log(); }
+  void print_log_tail(std::ostream& out, size_t max_lines) const { process_->print_log_tail(out, "daemon", max_lines); }
   bool wait_log(const std::string& needle, Millis timeout) const;
   [[nodiscard]] MemoryUse memory() const;
   [[nodiscard]] size_t open_fds() const;
   [[nodiscard]] double cpu_seconds() const;  // user + system
-  [[nodiscard]] const std::vector<std::string>& args() const { return args_; }
+  [[nodiscard]] const std::vector<std::string>& args() const { return process_->args(); }
 
  private:
   DaemonSpec spec_;
   std::string dir_;
-  std::string log_path_;
-  std::vector<std::string> args_;
-  pid_t pid_ = -1;
-  int status_ = -1;
+  std::optional<testing::ChildProcess> process_;  // started once the dirs exist
 };
 
 // Two healthy streams of one VM, opened before an attack: guest->host on

@@ -1,8 +1,6 @@
 #include "fixture.h"
 
 #include <iostream>
-#include <sstream>
-#include <vector>
 
 namespace vhost_vsock::integration {
 
@@ -29,20 +27,7 @@ void DaemonTest::TearDown() {
   if (daemon_) {
     EXPECT_TRUE(daemon_->running()) << "daemon died during the test (wait status " << daemon_->exit_status() << ")";
     daemon_->stop();
-    if (HasFailure()) {
-      // The tail is what matters, and a full debug log can be huge.
-      const std::string log = daemon_->log();
-      std::vector<std::string> lines;
-      std::istringstream in(log);
-      for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
-      const size_t from = lines.size() > 300 ? lines.size() - 300 : 0;
-      std::cerr << "---- daemon log (" << daemon_->log_path() << ", last " << lines.size() - from << " of "
-                << lines.size() << " lines; args:";
-      for (const auto& a : daemon_->args()) std::cerr << ' ' << a;
-      std::cerr << ") ----\n";
-      for (size_t i = from; i < lines.size(); ++i) std::cerr << lines[i] << '\n';
-      std::cerr << "---- end of daemon log ----\n";
-    }
+    if (HasFailure()) daemon_->print_log_tail(std::cerr, 300);
   }
   daemon_.reset();
 }
