@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "testing/guest_header.h"
+
 namespace vhost_vsock::hostile {
 namespace {
 
@@ -38,16 +40,7 @@ void RawGuest::post_ordinary_rx() {
 }
 
 vsock::PacketHeader RawGuest::header(vsock::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len) const {
-  vsock::PacketHeader h;
-  h.src_cid = cid_;
-  h.dst_cid = vsock::kCidHost;
-  h.src_port = src_port;
-  h.dst_port = dst_port;
-  h.len = len;
-  h.type = static_cast<uint16_t>(vsock::SocketType::kStream);
-  h.op = static_cast<uint16_t>(op);
-  h.buf_alloc = kBufAlloc;
-  return h;
+  return testing::guest_stream_header({.guest_cid = cid_, .buf_alloc = kBufAlloc}, op, src_port, dst_port, len);
 }
 
 void RawGuest::post_rx(uint16_t index) {
