@@ -190,6 +190,19 @@ class Options {
   std::map<std::string, std::string> values_;
 };
 
+// The main() of a benchmark program run as `<program> MODE [--option value]...`:
+// returns run(mode, options), or prints `usage` and returns 2 without a mode.
+template <typename Run>
+int run_mode(int argc, char** argv, const char* usage, Run run) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s\n", usage);
+    return 2;
+  }
+  const std::string mode = argv[1];
+  const Options options(argc, argv, 2);
+  return run(mode, options);
+}
+
 // One flat JSON object on one stdout line: what bench/run parses.
 class JsonLine {
  public:

@@ -66,8 +66,10 @@ pid_t spawn(const std::vector<std::string>& args, int keep_fd = -1) {
   if (pid < 0) die("fork");
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed benchmark
-    if (keep_fd == 3) fcntl(3, F_SETFD, 0);
-    else if (keep_fd >= 0 && dup2(keep_fd, 3) < 0) _exit(127);
+    if (keep_fd == 3)
+      fcntl(3, F_SETFD, 0);
+    else if (keep_fd >= 0 && dup2(keep_fd, 3) < 0)
+      _exit(127);
     execv(argv[0], argv.data());
     _exit(127);
   }
@@ -170,7 +172,7 @@ class DaemonProcess {
     g_daemon_pid = pid_;
     g_before_failure_exit = stop_daemon_on_failure;
     const double deadline = now_seconds() + options.integer("start-timeout", 60);
-    struct stat st{};
+    struct stat st {};
     while (stat(socket_path_.c_str(), &st) != 0) {
       if (now_seconds() > deadline) fail("daemon did not create " + socket_path_);
       if (!alive()) fail("daemon exited at start (see its messages above)");
@@ -320,7 +322,7 @@ struct Bench {
     const uint64_t bytes = options.size("bytes", 256ull << 20);
     const int streams = options.integer("streams", 1);
     if (write_size == 0 || write_size > (1u << 20) || streams < 1 || streams > 64) fail("option out of range");
-    const std::vector<std::string> extra = {"--streams", std::to_string(streams), "--bytes", std::to_string(bytes),
+    const std::vector<std::string> extra = {"--streams", std::to_string(streams),   "--bytes", std::to_string(bytes),
                                             "--io-size", std::to_string(write_size)};
     std::vector<Stream> socks;
     std::vector<std::unique_ptr<Pattern>> patterns;
@@ -387,10 +389,15 @@ struct Bench {
     const testing::DriverStats st = guest.stats();
     const double mib = static_cast<double>(total) / (1 << 20);
     JsonLine out;
-    out.add("bench", "sim_stream").add("direction", direction).add("write_size", uint64_t{write_size})
-        .add("streams", streams).add("bytes", total).add("seconds", elapsed)
+    out.add("bench", "sim_stream")
+        .add("direction", direction)
+        .add("write_size", uint64_t{write_size})
+        .add("streams", streams)
+        .add("bytes", total)
+        .add("seconds", elapsed)
         .add("gbit_per_s", gbit_per_second(total, elapsed))
-        .add("cpu_guest_sim_s", cpu.guest).add("cpu_daemon_s", cpu.daemon)
+        .add("cpu_guest_sim_s", cpu.guest)
+        .add("cpu_daemon_s", cpu.daemon)
         .add("cpu_host_peer_s", json_number(peer_json, "cpu_s"))
         .add("packets_to_guest_per_mib", static_cast<double>(st.packets_received) / mib)
         .add("packets_from_guest_per_mib", static_cast<double>(st.packets_sent) / mib)
@@ -413,8 +420,9 @@ struct Bench {
     out << "guest stream " << index << " stalled at byte " << at << " (state " << static_cast<int>(s.state())
         << ", readable " << s.readable_bytes() << ", rx packets " << st.packets_received << ", rx bytes "
         << st.bytes_received << ", credit updates sent " << st.credit_updates_sent << ", rx interrupts "
-        << st.rx_interrupts << ", rx kicks " << st.rx_kicks << ", used found by polling "
-        << st.used_found_on_timeout << ", violations " << st.violations << ")\n" << guest.debug_state();
+        << st.rx_interrupts << ", rx kicks " << st.rx_kicks << ", used found by polling " << st.used_found_on_timeout
+        << ", violations " << st.violations << ")\n"
+        << guest.debug_state();
     return out.str();
   }
 
@@ -435,8 +443,11 @@ struct Bench {
     peer.finish();
     s->close();
     JsonLine out;
-    out.add("bench", "sim_rtt").add("count", count).add("mean_us", json_number(json, "mean_us"))
-        .add("p50_us", json_number(json, "p50_us")).add("p99_us", json_number(json, "p99_us"));
+    out.add("bench", "sim_rtt")
+        .add("count", count)
+        .add("mean_us", json_number(json, "mean_us"))
+        .add("p50_us", json_number(json, "p50_us"))
+        .add("p99_us", json_number(json, "p99_us"));
     return out;
   }
 
@@ -516,7 +527,10 @@ struct Bench {
     peer.finish();
     for (auto& s : held) s.reset();
     JsonLine out;
-    out.add("bench", "sim_idle").add("conns", conns).add("baseline_rss_kib", before).add("rss_kib", after)
+    out.add("bench", "sim_idle")
+        .add("conns", conns)
+        .add("baseline_rss_kib", before)
+        .add("rss_kib", after)
         .add("per_conn_bytes", after > before ? static_cast<double>(after - before) * 1024.0 / conns : 0.0);
     return out;
   }
@@ -555,12 +569,18 @@ int run(const std::string& mode, const Options& options) {
       guest_options.buf_alloc = static_cast<uint32_t>(options.size("buf-alloc", guest_options.buf_alloc));
       GuestVsockDriver guest(daemon.socket_path(), guest_options);
       Bench bench{options, self, daemon, guest};
-      if (mode == "stream") result = bench.stream();
-      else if (mode == "rtt") result = bench.rtt();
-      else if (mode == "connect-host") result = bench.connect_host();
-      else if (mode == "connect-guest") result = bench.connect_guest();
-      else if (mode == "idle") result = bench.idle();
-      else fail("unknown mode '" + mode + "'");
+      if (mode == "stream")
+        result = bench.stream();
+      else if (mode == "rtt")
+        result = bench.rtt();
+      else if (mode == "connect-host")
+        result = bench.connect_host();
+      else if (mode == "connect-guest")
+        result = bench.connect_guest();
+      else if (mode == "idle")
+        result = bench.idle();
+      else
+        fail("unknown mode '" + mode + "'");
       violations = guest.violations();
       guest.disconnect();
     }
@@ -578,16 +598,13 @@ int run(const std::string& mode, const Options& options) {
 
 int main(int argc, char** argv) {
   using namespace vhost_vsock::bench;
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_sim stream|rtt|connect-host|connect-guest|idle [--option value]...\n");
-    return 2;
-  }
-  const std::string mode = argv[1];
-  Options options(argc, argv, 2);
-  if (mode == "host-peer") return run_host_peer(options);
-  try {
-    return run(mode, options);
-  } catch (const std::exception& e) {  // simulator setup throws
-    fail(std::string("setup failed: ") + e.what());
-  }
+  return run_mode(argc, argv, "bench_sim stream|rtt|connect-host|connect-guest|idle [--option value]...",
+                  [](const std::string& mode, const Options& options) {
+                    if (mode == "host-peer") return run_host_peer(options);
+                    try {
+                      return run(mode, options);
+                    } catch (const std::exception& e) {  // simulator setup throws
+                      fail(std::string("setup failed: ") + e.what());
+                    }
+                  });
 }

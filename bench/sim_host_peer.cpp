@@ -96,6 +96,33 @@ void wait_go(int control) {
   if (!read_line(control, line) || line != "go") _exit(1);
 }
 
+// Until every fd has moved `bytes` (progress[i], advanced by `move(i)`):
+// polls the unfinished fds for `events` (if `poll_first`) and calls `move(i)`
+// on each ready one. Without poll_first each call may block (one blocking fd).
+template <typename Move>
+void drive_streams(int control, const std::vector<int>& fds, const std::vector<uint64_t>& progress, uint64_t bytes,
+                   short events, bool poll_first, const char* stall_message, Move move) {
+  size_t remaining = fds.size();
+  std::vector<pollfd> polls;
+  std::vector<size_t> index;
+  while (remaining > 0) {
+    polls.clear();
+    index.clear();
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (progress[i] < bytes) {
+        polls.push_back({fds[i], events, 0});
+        index.push_back(i);
+      }
+    if (poll_first && ::poll(polls.data(), polls.size(), 20000) <= 0) peer_fail(control, stall_message);
+    for (size_t k = 0; k < polls.size(); ++k) {
+      if (poll_first && !(polls[k].revents & (events | POLLERR | POLLHUP))) continue;
+      const size_t i = index[k];
+      move(i);
+      if (progress[i] == bytes) --remaining;
+    }
+  }
+}
+
 // Reads and verifies `bytes` on every fd (stream i carries pattern 1+i).
 void receive_streams(int control, const std::vector<int>& fds, uint64_t bytes, size_t read_size) {
   std::vector<std::unique_ptr<Pattern>> patterns;
@@ -104,34 +131,18 @@ void receive_streams(int control, const std::vector<int>& fds, uint64_t bytes, s
   std::vector<uint64_t> received(fds.size(), 0);
   if (fds.size() > 1)
     for (int fd : fds) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  size_t remaining = fds.size();
-  std::vector<pollfd> polls;
-  std::vector<size_t> index;
-  while (remaining > 0) {
-    polls.clear();
-    index.clear();
-    for (size_t i = 0; i < fds.size(); ++i)
-      if (received[i] < bytes) {
-        polls.push_back({fds[i], POLLIN, 0});
-        index.push_back(i);
-      }
-    if (fds.size() > 1 && ::poll(polls.data(), polls.size(), 20000) <= 0) peer_fail(control, "receive stalled");
-    for (size_t k = 0; k < polls.size(); ++k) {
-      if (fds.size() > 1 && !(polls[k].revents & (POLLIN | POLLERR | POLLHUP))) continue;
-      const size_t s = index[k];
-      while (received[s] < bytes) {
-        ssize_t n = ::read(fds[s], buffer.data(), buffer.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) break;
-        if (n <= 0) peer_fail(control, "stream " + std::to_string(s) + " ended at byte " + std::to_string(received[s]));
-        if (received[s] + static_cast<uint64_t>(n) > bytes ||
-            !patterns[s]->matches(received[s], buffer.data(), static_cast<size_t>(n)))
-          peer_fail(control, "stream " + std::to_string(s) + " data mismatch near byte " + std::to_string(received[s]));
-        received[s] += static_cast<uint64_t>(n);
-      }
-      if (received[s] == bytes) --remaining;
+  drive_streams(control, fds, received, bytes, POLLIN, fds.size() > 1, "receive stalled", [&](size_t s) {
+    while (received[s] < bytes) {
+      ssize_t n = ::read(fds[s], buffer.data(), buffer.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) break;
+      if (n <= 0) peer_fail(control, "stream " + std::to_string(s) + " ended at byte " + std::to_string(received[s]));
+      if (received[s] + static_cast<uint64_t>(n) > bytes ||
+          !patterns[s]->matches(received[s], buffer.data(), static_cast<size_t>(n)))
+        peer_fail(control, "stream " + std::to_string(s) + " data mismatch near byte " + std::to_string(received[s]));
+      received[s] += static_cast<uint64_t>(n);
     }
-  }
+  });
 }
 
 // Writes `bytes` of pattern 1+i on every fd, `write_size` per call.
@@ -149,31 +160,15 @@ void send_streams(int control, const std::vector<int>& fds, uint64_t bytes, size
   }
   for (int fd : fds) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   std::vector<uint64_t> sent(fds.size(), 0);
-  size_t remaining = fds.size();
-  std::vector<pollfd> polls;
-  std::vector<size_t> index;
-  while (remaining > 0) {
-    polls.clear();
-    index.clear();
-    for (size_t i = 0; i < fds.size(); ++i)
-      if (sent[i] < bytes) {
-        polls.push_back({fds[i], POLLOUT, 0});
-        index.push_back(i);
-      }
-    if (::poll(polls.data(), polls.size(), 20000) <= 0) peer_fail(control, "send stalled");
-    for (size_t k = 0; k < polls.size(); ++k) {
-      if (!(polls[k].revents & (POLLOUT | POLLERR | POLLHUP))) continue;
-      const size_t i = index[k];
-      while (sent[i] < bytes) {
-        size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - sent[i]));
-        ssize_t n = ::send(fds[i], patterns[i]->at(sent[i]), len, MSG_NOSIGNAL);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-        if (n <= 0) peer_fail(control, "stream " + std::to_string(i) + " write failed: " + base::errno_text(errno));
-        sent[i] += static_cast<uint64_t>(n);
-      }
-      if (sent[i] == bytes) --remaining;
+  drive_streams(control, fds, sent, bytes, POLLOUT, true, "send stalled", [&](size_t i) {
+    while (sent[i] < bytes) {
+      size_t len = static_cast<size_t>(std::min<uint64_t>(write_size, bytes - sent[i]));
+      ssize_t n = ::send(fds[i], patterns[i]->at(sent[i]), len, MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+      if (n <= 0) peer_fail(control, "stream " + std::to_string(i) + " write failed: " + base::errno_text(errno));
+      sent[i] += static_cast<uint64_t>(n);
     }
-  }
+  });
 }
 
 }  // namespace

@@ -238,14 +238,11 @@ int run_rtt(const Options& options) {
 
 int main(int argc, char** argv) {
   using namespace vhost_vsock::bench;
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: unix_ceiling stream|rtt [--option value]...\n");
-    return 2;
-  }
-  const std::string mode = argv[1];
-  Options options(argc, argv, 2);
-  if (mode == "stream") return run_stream(options);
-  if (mode == "rtt") return run_rtt(options);
-  std::fprintf(stderr, "unix_ceiling: unknown mode '%s'\n", mode.c_str());
-  return 2;
+  return run_mode(argc, argv, "unix_ceiling stream|rtt [--option value]...",
+                  [](const std::string& mode, const Options& options) {
+                    if (mode == "stream") return run_stream(options);
+                    if (mode == "rtt") return run_rtt(options);
+                    std::fprintf(stderr, "unix_ceiling: unknown mode '%s'\n", mode.c_str());
+                    return 2;
+                  });
 }
