@@ -11,22 +11,13 @@
 #include <string>
 
 #include "base/unique_fd.h"
+#include "testing/temp_dir.h"
 
 namespace vhost_vsock::base {
 namespace {
 
 class BoundSocketFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/vuv-socket-file-XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    path_ = dir_ + "/s.sock";
-  }
-  void TearDown() override {
-    ::unlink(path_.c_str());
-    ::rmdir(dir_.c_str());
-  }
   UniqueFd bind_at_path() const {
     UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un address{};
@@ -35,8 +26,8 @@ class BoundSocketFileTest : public ::testing::Test {
     EXPECT_EQ(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
     return fd;
   }
-  std::string dir_;
-  std::string path_;
+  vhost_vsock::testing::TempDir dir_;
+  std::string path_ = dir_.file("s.sock");
 };
 
 TEST_F(BoundSocketFileTest, UnlinksItsOwnFile) {

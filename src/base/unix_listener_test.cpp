@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "base/unix_socket_address.h"
+#include "testing/temp_dir.h"
 
 namespace vhost_vsock::base {
 namespace {
@@ -24,14 +25,6 @@ using std::chrono::milliseconds;
 
 class UnixListenerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/vuv-listener-XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    path_ = dir_ + "/l.sock";
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   UnixListener::AcceptCallback collect() {
     return [this](UniqueFd fd) { accepted_.push_back(std::move(fd)); };
   }
@@ -51,8 +44,9 @@ class UnixListenerTest : public ::testing::Test {
   }
 
   EventLoop loop_;
-  std::string dir_;
-  std::string path_;
+  vhost_vsock::testing::TempDir temp_dir_;
+  std::string dir_ = temp_dir_.path();
+  std::string path_ = dir_ + "/l.sock";
   std::vector<UniqueFd> accepted_;
 };
 

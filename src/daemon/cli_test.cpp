@@ -4,12 +4,12 @@
 
 #include <algorithm>
 
-#include "daemon/test_temp_dir.h"
+#include "testing/temp_dir.h"
 
 namespace vhost_vsock::daemon {
 namespace {
 
-using test::TempDir;
+using vhost_vsock::testing::TempDir;
 
 bool has_line(const CliOutcome& outcome, const std::string& needle) {
   return std::any_of(outcome.errors.begin(), outcome.errors.end(),

@@ -7,12 +7,12 @@
 #include <algorithm>
 #include <string>
 
-#include "daemon/test_temp_dir.h"
+#include "testing/temp_dir.h"
 
 namespace vhost_vsock::daemon {
 namespace {
 
-using test::TempDir;
+using vhost_vsock::testing::TempDir;
 
 std::vector<std::string> messages(const ConfigErrors& errors) {
   std::vector<std::string> out;

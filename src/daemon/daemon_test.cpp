@@ -17,13 +17,13 @@
 
 #include "base/unix_socket_address.h"
 #include "daemon/cli.h"
-#include "daemon/test_temp_dir.h"
 #include "daemon/vm_worker.h"
+#include "testing/temp_dir.h"
 
 namespace vhost_vsock::daemon {
 namespace {
 
-using test::TempDir;
+using vhost_vsock::testing::TempDir;
 using namespace std::chrono_literals;
 
 bool is_socket(const std::string& path) {

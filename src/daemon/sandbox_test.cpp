@@ -27,10 +27,12 @@
 #include <vector>
 
 #include "daemon/cli.h"
-#include "daemon/test_temp_dir.h"
+#include "testing/temp_dir.h"
 
 namespace vhost_vsock::daemon {
 namespace {
+
+using vhost_vsock::testing::TempDir;
 
 #ifdef VUV_SANITIZER_RUNTIME
 constexpr bool kSanitizerBuild = true;
@@ -131,7 +133,7 @@ TEST(UserSpec, RejectsMalformedAndUnknown) {
 }
 
 TEST(SandboxCli, SeccompModesAndUser) {
-  test::TempDir dir;
+  TempDir dir;
   const std::vector<std::string> vm = {"--socket", dir.file("s"), "--uds-path", dir.file("u")};
   auto with = [&](std::vector<std::string> extra) {
     extra.insert(extra.begin(), vm.begin(), vm.end());
@@ -371,7 +373,7 @@ TEST(Sandbox, ApplySetsNoNewPrivsAndNothingWhenDisabled) {
 
 TEST(DropPrivileges, SwitchesUserGroupsAndSocketOwnership) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
-  test::TempDir dir;
+  TempDir dir;
   const std::string socket_path = dir.make_socket_file("vhost.sock");
   ::chmod(dir.path().c_str(), 0777);
   const int status = run_in_child([&] {

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "base/unix_socket_address.h"
+#include "testing/temp_dir.h"
 #include "vhost_user/message.h"
 #include "vhost_user/session.h"
 #include "vhost_user/test_support.h"
@@ -127,14 +128,6 @@ class TestFrontend {
 
 class ServerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/vuvXXXXXX";
-    ASSERT_NE(::mkdtemp(pattern), nullptr);
-    directory = pattern;
-    path = directory + "/vhost.sock";
-  }
-  void TearDown() override { std::filesystem::remove_all(directory); }
-
   // The QEMU 7.2 start-up sequence up to and including the rings' enable.
   void bring_up(TestFrontend& frontend, std::array<base::UniqueFd, 2>& kick_writers,
                 std::array<base::UniqueFd, 2>& call_readers) {
@@ -167,8 +160,9 @@ class ServerTest : public ::testing::Test {
     }
   }
 
-  std::string directory;
-  std::string path;
+  vhost_vsock::testing::TempDir temp_dir;
+  std::string directory = temp_dir.path();
+  std::string path = directory + "/vhost.sock";
   base::EventLoop loop;
   FakeDevice device;
   GuestRam ram{test::kRamSize};

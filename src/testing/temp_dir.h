@@ -1,5 +1,7 @@
 // A short-named temporary directory for tests, removed with its contents.
-// Short, because AF_UNIX paths are limited to 107 bytes.
+// Short, because AF_UNIX paths are limited to 107 bytes. Header-only (target
+// vuv_test_temp_dir) so that the tests of the lower layers can use it without
+// linking the simulator.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,24 +10,26 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 
 #include "base/errno_text.h"
 #include "base/unix_socket_address.h"
 
-namespace vhost_vsock::daemon::test {
+namespace vhost_vsock::testing {
 
 class TempDir {
  public:
   TempDir() {
-    char pattern[] = "/tmp/vuvdXXXXXX";
-    const char* made = ::mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << base::errno_text(errno);
-    path_ = made ? made : "/tmp";
+    char pattern[] = "/tmp/vuvtXXXXXX";
+    // Throws rather than falling back to a shared dir the destructor would empty.
+    if (::mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp: " + base::errno_text(errno));
+    path_ = pattern;
   }
   ~TempDir() {
     std::error_code ec;
@@ -57,4 +61,4 @@ class TempDir {
   std::string path_;
 };
 
-}  // namespace vhost_vsock::daemon::test
+}  // namespace vhost_vsock::testing
