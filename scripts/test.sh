@@ -80,8 +80,14 @@ ctest_label() {  # ctest_label <build dir> <label> [extra ctest args]
 
 stage_deps() { bash scripts/install-deps.sh; }
 
+# The layer check (no upward or sideways #include / link between src/ folders)
+# runs first; the build goes on either way so both failures show.
 stage_build() {
-  configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo && ninja -C build -j "$jobs"
+  local rc=0
+  echo "--- layers: scripts/check_layers.py"
+  python3 scripts/check_layers.py || rc=1
+  configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo && ninja -C build -j "$jobs" || rc=1
+  return "$rc"
 }
 
 stage_unit() { ctest_label build unit -j "$jobs"; }
