@@ -130,6 +130,13 @@ struct GuestVsockDriver::Impl {
 
   // --- vsock_stream.cpp: protocol (mu held) ---
   void handle_packet(const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  // handle_packet's parts: false (and a violation) unless host -> this guest, STREAM.
+  [[nodiscard]] bool addressed_to_us(const vsock::PacketHeader& header);
+  void handle_packet_without_connection(const vsock::PacketHeader& header, vsock::Op op);
+  void handle_packet_while_connecting(Connection& conn, const vsock::PacketHeader& header, vsock::Op op);
+  void receive_data(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  void receive_shutdown(Connection& conn, const vsock::PacketHeader& header);
+  void reset_unexpected(Connection& conn, const vsock::PacketHeader& header, const char* where);
   [[nodiscard]] vsock::PacketHeader header_for(Connection& conn, vsock::Op op, uint32_t len = 0, uint32_t flags = 0);
   // Control packets never block: they queue when TX is full.
   void send_control(Connection& conn, vsock::Op op, uint32_t flags = 0);

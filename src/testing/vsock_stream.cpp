@@ -117,79 +117,28 @@ uint32_t GuestVsockDriver::Impl::allocate_local_port() {
   throw std::runtime_error("guest driver: no free local port");
 }
 
+// Dispatch of one packet from the device: addressing checks, then by
+// connection state (none, connecting, open) and, when open, by op.
 void GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span<const uint8_t> payload) {
-  if (header.src_cid != vsock::kCidHost || header.dst_cid != guest_cid) {
-    violation("packet not from host to this guest: " + vsock::describe(header));
-    return;
-  }
-  if (header.type != static_cast<uint16_t>(vsock::SocketType::kStream)) {
-    violation("packet of a socket type we never used: " + vsock::describe(header));
-    return;
-  }
+  if (!addressed_to_us(header)) return;
   const Op op = header.operation();
   if (!payload.empty() && op != Op::kRw) violation("payload on a non-RW packet: " + vsock::describe(header));
 
   auto it = connections.find({header.dst_port, header.src_port});
   if (it == connections.end()) {
-    auto listener = listeners.find(header.dst_port);
-    if (op == Op::kRequest && listener != listeners.end()) {
-      auto conn = std::make_shared<Connection>();
-      conn->local_port = header.dst_port;
-      conn->peer_port = header.src_port;
-      conn->state = StreamState::kEstablished;
-      update_peer_credit(*conn, header);
-      connections[{conn->local_port, conn->peer_port}] = conn;
-      listener->second.push_back(conn);
-      send_control(*conn, Op::kResponse);
-      return;
-    }
-    ++stats.orphan_packets;
-    if (op == Op::kRst) {
-      ++stats.resets_received;
-    } else {
-      send_orphan_reset(header);
-    }
+    handle_packet_without_connection(header, op);
     return;
   }
   std::shared_ptr<Connection> conn = it->second;  // keeps it alive past mark_closed
   update_peer_credit(*conn, header);
-
   if (conn->state == StreamState::kConnecting) {
-    if (op == Op::kResponse) {
-      conn->state = StreamState::kEstablished;
-    } else if (op == Op::kRst) {
-      ++stats.resets_received;
-      conn->reset_received = true;
-      conn->refused = true;
-      mark_closed(*conn);
-    } else {
-      violation(std::string("unexpected ") + vsock::op_name(header.op) + " while connecting: " + vsock::describe(header));
-      send_control(*conn, Op::kRst);
-      mark_closed(*conn);
-    }
+    handle_packet_while_connecting(*conn, header, op);
     return;
   }
-
   switch (op) {
-    case Op::kRw: {
-      conn->rx_cnt += header.len;
-      stats.bytes_received += header.len;
-      if (conn->rx_cnt - conn->last_fwd_cnt_sent > options.buf_alloc) {
-        violation("credit overrun: " + std::to_string(conn->rx_cnt - conn->last_fwd_cnt_sent) +
-                  " bytes unacknowledged, buf_alloc " + std::to_string(options.buf_alloc) + ": " +
-                  vsock::describe(header));
-      }
-      if (conn->peer_shutdown & vsock::kShutdownSend) {
-        violation("data after the peer's SHUTDOWN(SEND): " + vsock::describe(header));
-      }
-      // Data for a closing socket is dropped, but still counted as consumed.
-      if (conn->state == StreamState::kClosing || (conn->local_shutdown & vsock::kShutdownRcv)) {
-        conn->fwd_cnt += header.len;
-      } else {
-        conn->rx.append(payload);
-      }
+    case Op::kRw:
+      receive_data(*conn, header, payload);
       break;
-    }
     case Op::kCreditUpdate:
       ++stats.credit_updates_received;
       break;
@@ -198,14 +147,7 @@ void GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span
       send_control(*conn, Op::kCreditUpdate);
       break;
     case Op::kShutdown:
-      conn->peer_shutdown |= header.flags & kShutdownBoth;
-      if (conn->state == StreamState::kClosing && conn->peer_shutdown == kShutdownBoth) {
-        // Both sides are done: Linux resets rather than waiting out the linger.
-        send_control(*conn, Op::kRst);
-        mark_closed(*conn);
-      } else {
-        maybe_finish_peer_shutdown(*conn);
-      }
+      receive_shutdown(*conn, header);
       break;
     case Op::kRst:
       ++stats.resets_received;
@@ -213,12 +155,94 @@ void GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span
       mark_closed(*conn);
       break;
     default:
-      violation(std::string("unexpected ") + vsock::op_name(header.op) + " on an open stream: " +
-                vsock::describe(header));
-      send_control(*conn, Op::kRst);
-      mark_closed(*conn);
+      reset_unexpected(*conn, header, "on an open stream");
       break;
   }
+}
+
+bool GuestVsockDriver::Impl::addressed_to_us(const PacketHeader& header) {
+  if (header.src_cid != vsock::kCidHost || header.dst_cid != guest_cid) {
+    violation("packet not from host to this guest: " + vsock::describe(header));
+    return false;
+  }
+  if (header.type != static_cast<uint16_t>(vsock::SocketType::kStream)) {
+    violation("packet of a socket type we never used: " + vsock::describe(header));
+    return false;
+  }
+  return true;
+}
+
+// A REQUEST to a listening port opens a connection (answered with RESPONSE);
+// anything else is an orphan, answered with RST unless it is one.
+void GuestVsockDriver::Impl::handle_packet_without_connection(const PacketHeader& header, Op op) {
+  auto listener = listeners.find(header.dst_port);
+  if (op == Op::kRequest && listener != listeners.end()) {
+    auto conn = std::make_shared<Connection>();
+    conn->local_port = header.dst_port;
+    conn->peer_port = header.src_port;
+    conn->state = StreamState::kEstablished;
+    update_peer_credit(*conn, header);
+    connections[{conn->local_port, conn->peer_port}] = conn;
+    listener->second.push_back(conn);
+    send_control(*conn, Op::kResponse);
+    return;
+  }
+  ++stats.orphan_packets;
+  if (op == Op::kRst) {
+    ++stats.resets_received;
+  } else {
+    send_orphan_reset(header);
+  }
+}
+
+void GuestVsockDriver::Impl::handle_packet_while_connecting(Connection& conn, const PacketHeader& header, Op op) {
+  if (op == Op::kResponse) {
+    conn.state = StreamState::kEstablished;
+  } else if (op == Op::kRst) {
+    ++stats.resets_received;
+    conn.reset_received = true;
+    conn.refused = true;
+    mark_closed(conn);
+  } else {
+    reset_unexpected(conn, header, "while connecting");
+  }
+}
+
+void GuestVsockDriver::Impl::receive_data(Connection& conn, const PacketHeader& header,
+                                          std::span<const uint8_t> payload) {
+  conn.rx_cnt += header.len;
+  stats.bytes_received += header.len;
+  if (conn.rx_cnt - conn.last_fwd_cnt_sent > options.buf_alloc) {
+    violation("credit overrun: " + std::to_string(conn.rx_cnt - conn.last_fwd_cnt_sent) +
+              " bytes unacknowledged, buf_alloc " + std::to_string(options.buf_alloc) + ": " + vsock::describe(header));
+  }
+  if (conn.peer_shutdown & vsock::kShutdownSend) {
+    violation("data after the peer's SHUTDOWN(SEND): " + vsock::describe(header));
+  }
+  // Data for a closing socket is dropped, but still counted as consumed.
+  if (conn.state == StreamState::kClosing || (conn.local_shutdown & vsock::kShutdownRcv)) {
+    conn.fwd_cnt += header.len;
+  } else {
+    conn.rx.append(payload);
+  }
+}
+
+void GuestVsockDriver::Impl::receive_shutdown(Connection& conn, const PacketHeader& header) {
+  conn.peer_shutdown |= header.flags & kShutdownBoth;
+  if (conn.state == StreamState::kClosing && conn.peer_shutdown == kShutdownBoth) {
+    // Both sides are done: Linux resets rather than waiting out the linger.
+    send_control(conn, Op::kRst);
+    mark_closed(conn);
+  } else {
+    maybe_finish_peer_shutdown(conn);
+  }
+}
+
+// A packet the protocol does not allow in this state: recorded, then RST and close.
+void GuestVsockDriver::Impl::reset_unexpected(Connection& conn, const PacketHeader& header, const char* where) {
+  violation(std::string("unexpected ") + vsock::op_name(header.op) + " " + where + ": " + vsock::describe(header));
+  send_control(conn, Op::kRst);
+  mark_closed(conn);
 }
 
 // ---------------------------------------------------------------------------
