@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -26,7 +27,9 @@ std::string message_for(size_t i, size_t size) {
   return s;
 }
 
-std::string reversed(std::string s) { return {s.rbegin(), s.rend()}; }
+std::string reversed(std::string s) {
+  return {s.rbegin(), s.rend()};
+}
 
 TEST_F(ScaleTest, ThousandConcurrentGuestConnections) {
   constexpr size_t kConnections = 1000;
@@ -215,6 +218,67 @@ TEST_F(ScaleTest, BulkHostToGuest256MiB) {
   EXPECT_TRUE(c.guest.eof()) << "transfer ended without the host's SHUTDOWN";
   EXPECT_EQ(sum.bytes(), kBulk);
   EXPECT_EQ(sum.value(), r.sent_sum);
+}
+
+// A guest that floods REQUESTs past the connection cap: every REQUEST gets
+// exactly one answer (RESPONSE or RST), none is lost to a full reply queue
+// (the TX pass waits for RX instead), and the refusals cost a bounded number
+// of log lines.
+TEST_F(ScaleTest, RequestFloodPastTheCapIsAnsweredInFull) {
+  // The daemon's default cap. The RESPONSEs for the connections it accepts
+  // go out first, so the RSTs for the 3,616 it refuses pile up behind them
+  // (it holds at most 1024).
+  constexpr size_t kCap = 16384;
+  constexpr size_t kRequests = 20000;
+  DaemonOptions options;
+  options.extra_args = {"--max-connections", std::to_string(kCap)};
+  start(options);
+  HostListener listener(daemon().uds_port_path(7000));
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  // The host takes every connection (a full backlog would refuse some).
+  std::atomic<bool> done{false};
+  std::vector<UniqueFd> accepted;
+  std::jthread host([&] {
+    while (!done) {
+      if (UniqueFd fd = listener.accept(Millis(50))) accepted.push_back(std::move(fd));
+    }
+  });
+  std::vector<Stream> streams;
+  streams.reserve(kRequests);
+  for (size_t i = 0; i < kRequests; ++i) streams.push_back(guest().connect_async(7000));
+  size_t established = 0;
+  size_t refused = 0;
+  for (auto& s : streams) {
+    while (s.state() == StreamState::kConnecting && Clock::now() < deadline) std::this_thread::sleep_for(Millis(1));
+    established += s.established() ? 1 : 0;
+    refused += s.refused() ? 1 : 0;
+  }
+  done = true;
+  host.join();
+  EXPECT_EQ(established, kCap);
+  EXPECT_EQ(accepted.size(), kCap);
+  EXPECT_EQ(refused, kRequests - kCap) << kRequests - established - refused << " REQUESTs got no answer";
+
+  // The stats and the suppressed-lines summary are logged at exit.
+  const auto violations = guest().violations();
+  EXPECT_TRUE(violations.empty()) << violations.size() << " guest driver violations, first: " << violations.front();
+  guest_.reset();
+  ASSERT_TRUE(daemon().running());
+  daemon().stop();
+  const std::string log = daemon().log();
+  EXPECT_NE(log.find("orphan_rsts_dropped=0 "), std::string::npos) << "RST replies were dropped";
+  size_t limit_lines = 0;
+  size_t summaries = 0;
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("connection limit") != std::string::npos) ++limit_lines;
+    if (line.find("suppressed") != std::string::npos) ++summaries;
+  }
+  std::cout << "[ flood    ] " << limit_lines << " 'connection limit' lines and " << summaries << " summaries for "
+            << refused << " refusals\n";
+  EXPECT_LE(limit_lines, 40u) << "refusals at the cap are not rate-limited";
+  EXPECT_GE(summaries, 1u) << "no 'N more suppressed' summary";
+  daemon_.reset();
 }
 
 }  // namespace

@@ -15,22 +15,6 @@ bool is_known_op(uint16_t op) {
 
 }  // namespace
 
-bool LogLimiter::allow() {
-  const auto now = base::EventLoop::Clock::now();
-  if (now - window_start_ >= kWindow) {
-    if (suppressed_ > 0) spdlog::warn("{} more {} suppressed in the last {}s", suppressed_, what_, kWindow.count());
-    window_start_ = now;
-    in_window_ = 0;
-    suppressed_ = 0;
-  }
-  if (in_window_ < per_window_) {
-    ++in_window_;
-    return true;
-  }
-  ++suppressed_;
-  return false;
-}
-
 // ---------------------------------------------------------------------------
 // Public shell
 
@@ -105,7 +89,8 @@ void Muxer::Impl::reset_all_connections() {
   }
   connections_.clear();  // closes every host socket
   local_ports_in_use_.clear();
-  orphan_head_ = orphan_count_ = 0;
+  orphan_rsts_.clear();
+  wake_tx_if_waiting();
   stats_.connections_active = 0;
 }
 
@@ -130,6 +115,12 @@ void Muxer::Impl::process_tx() {
         out_of_budget = true;
         break;
       }
+      if (orphan_rsts_.full()) {
+        // Backpressure: the next packet might owe an RST with nowhere to go.
+        // Its chain stays in the avail ring until the RX pass makes room.
+        tx_waits_for_rx_ = true;
+        break;
+      }
       const virtio::PopStatus status = queue->pop(tx_chain_);
       if (status == virtio::PopStatus::kEmpty || status == virtio::PopStatus::kBroken) break;
       used_any = true;  // an invalid chain was already returned by the queue
@@ -146,6 +137,7 @@ void Muxer::Impl::process_tx() {
       schedule_tx();  // notifications stay off: the next pass comes by itself
       break;
     }
+    if (tx_waits_for_rx_) break;  // notifications stay off: wake_tx_if_waiting() resumes
     queue->enable_notifications();
     if (queue->broken() || !queue->has_available()) break;
     if (round + 1 == kMaxTxRounds) schedule_tx();  // the guest keeps adding: yield, come back
@@ -268,21 +260,19 @@ void Muxer::Impl::handle_guest_connect(const PacketHeader& header) {
 }
 
 void Muxer::Impl::reply_rst(const PacketHeader& to) {
-  if (orphan_count_ == kMaxOrphanRsts) {
+  // process_tx() takes a packet only while there is room for its reply, so
+  // this cannot fail; the counter stays as a tripwire.
+  if (!orphan_rsts_.push_reply_to(to, options_.guest_cid)) {
     ++stats_.orphan_rsts_dropped;
     return;
   }
-  if (orphan_rsts_.empty()) orphan_rsts_.resize(kMaxOrphanRsts);
-  PacketHeader& rst = orphan_rsts_[(orphan_head_ + orphan_count_) % kMaxOrphanRsts];
-  rst = PacketHeader{};
-  rst.src_cid = kCidHost;
-  rst.dst_cid = options_.guest_cid;
-  rst.src_port = to.dst_port;
-  rst.dst_port = to.src_port;
-  rst.type = to.type;  // Linux matches the RST to its socket by type too
-  rst.op = static_cast<uint16_t>(Op::kRst);
-  ++orphan_count_;
   schedule_rx();
+}
+
+void Muxer::Impl::wake_tx_if_waiting() {
+  if (!tx_waits_for_rx_ || orphan_rsts_.full()) return;
+  tx_waits_for_rx_ = false;
+  schedule_tx();
 }
 
 // ---------------------------------------------------------------------------

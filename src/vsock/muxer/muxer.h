@@ -49,7 +49,7 @@ struct MuxerStats {
   uint64_t credit_violations = 0;    // guest sent beyond our advertised credit
   uint64_t protocol_violations = 0;  // op not valid in the connection's state
   uint64_t rx_chains_too_small = 0;  // RX chains returned unused (no room for a header, or for data)
-  uint64_t orphan_rsts_dropped = 0;  // RST replies lost because their bounded queue was full
+  uint64_t orphan_rsts_dropped = 0;  // RST replies lost to a full queue: 0 (TX backpressure); a tripwire
   uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
   uint64_t tx_passes = 0;            // TX passes run (each drains the ring up to a budget)
 };

@@ -13,10 +13,12 @@
 
 #include "base/event_loop.h"
 #include "base/iovec_list.h"
+#include "base/log_limiter.h"
 #include "base/unique_fd.h"
 #include "vsock/connection/connection.h"
 #include "vsock/muxer/intrusive_list.h"
 #include "vsock/muxer/muxer.h"
+#include "vsock/muxer/orphan_rsts.h"
 #include "vsock/muxer/port_allocator.h"
 #include "vsock/packet/packet.h"
 #include "vsock/transport/hybrid_listener.h"
@@ -47,22 +49,6 @@ struct MuxConnection {
   ListHook<MuxConnection> data_hook;
 };
 
-// Lets a hostile guest (or host peer) cost us a counter, not a disk: the
-// first `per_window` messages of each window are logged, the rest summarized.
-class LogLimiter {
- public:
-  LogLimiter(const char* what, uint32_t per_window) : what_(what), per_window_(per_window) {}
-  bool allow();
-
- private:
-  static constexpr std::chrono::seconds kWindow{10};
-  const char* what_;
-  uint32_t per_window_;
-  base::EventLoop::Clock::time_point window_start_{};
-  uint32_t in_window_ = 0;
-  uint64_t suppressed_ = 0;
-};
-
 class Muxer::Impl {
  public:
   Impl(base::EventLoop& loop, MuxerOptions options);
@@ -81,6 +67,7 @@ class Muxer::Impl {
   void handle_guest_packet(const PacketHeader& header, std::span<const iovec> payload);
   void handle_guest_connect(const PacketHeader& header);
   void reply_rst(const PacketHeader& to);
+  void wake_tx_if_waiting();
   MuxConnection* find(uint64_t key);
   MuxConnection& insert(std::unique_ptr<MuxConnection> mc);
   void erase(MuxConnection& mc);
@@ -139,11 +126,10 @@ class Muxer::Impl {
 
   IntrusiveList<MuxConnection> control_list_;  // owes the guest a control packet
   IntrusiveList<MuxConnection> data_list_;     // may have host bytes for the guest
-  // RSTs for packets that match no connection; bounded, overflow is dropped.
-  static constexpr size_t kMaxOrphanRsts = 1024;
-  std::vector<PacketHeader> orphan_rsts_;
-  size_t orphan_head_ = 0;
-  size_t orphan_count_ = 0;
+  OrphanRstQueue orphan_rsts_;
+  // The TX pass stopped taking guest packets because orphan_rsts_ was full;
+  // the RX pass wakes it once a reply went out.
+  bool tx_waits_for_rx_ = false;
 
   bool rx_used_any_ = false;  // this RX pass added used entries
   // Coalesced per event batch; scheduling them does not allocate.
@@ -158,8 +144,8 @@ class Muxer::Impl {
   std::array<size_t, kMaxRxBatch> rx_chain_capacity_{};
   base::IovecList rx_iovecs_;
 
-  LogLimiter warn_limiter_{"guest warnings", 20};
-  LogLimiter info_limiter_{"connection messages", 200};  // lifecycle, refusals, handshake failures
+  base::LogLimiter warn_limiter_{"guest warnings", 20};
+  base::LogLimiter info_limiter_{"connection messages", 200};  // lifecycle, refusals, handshake failures
 };
 
 template <typename... Args>

@@ -94,12 +94,12 @@ void Muxer::Impl::process_rx() {
       after_change(*mc, before);
     }
     // 2. RSTs for packets that matched no connection.
-    while (!rx_empty && !yielded && orphan_count_ > 0) {
+    while (!rx_empty && !yielded && !orphan_rsts_.empty()) {
       if (!take_control_chain()) break;
-      put_control(*queue, orphan_rsts_[orphan_head_]);
-      orphan_head_ = (orphan_head_ + 1) % kMaxOrphanRsts;
-      --orphan_count_;
+      put_control(*queue, orphan_rsts_.front());
+      orphan_rsts_.pop();
     }
+    wake_tx_if_waiting();
     if (rx_empty || yielded) break;
     // 3. Data, one quantum per connection per turn.
     if (data_list_.empty()) break;

@@ -1,0 +1,31 @@
+#include "base/log_limiter.h"
+
+#include <spdlog/spdlog.h>
+
+namespace vhost_vsock::base {
+
+LogLimiter::~LogLimiter() {
+  summarize();
+}
+
+bool LogLimiter::allow(Clock::time_point now) {
+  if (now - window_start_ >= kWindow) {
+    summarize();
+    window_start_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ < per_window_) {
+    ++in_window_;
+    return true;
+  }
+  ++suppressed_;
+  return false;
+}
+
+void LogLimiter::summarize() {
+  if (suppressed_ == 0) return;
+  spdlog::warn("{} more {} suppressed in the last {}s", suppressed_, what_, kWindow.count());
+  suppressed_ = 0;
+}
+
+}  // namespace vhost_vsock::base

@@ -1,0 +1,60 @@
+#include "base/log_limiter.h"
+
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <sstream>
+
+namespace vhost_vsock::base {
+namespace {
+
+// Captures what spdlog's default logger writes while it lives.
+class CapturedLog {
+ public:
+  CapturedLog() : previous_(spdlog::default_logger()) {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("captured", sink));
+  }
+  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  [[nodiscard]] std::string text() const { return out_.str(); }
+
+ private:
+  std::shared_ptr<spdlog::logger> previous_;
+  std::ostringstream out_;
+};
+
+TEST(LogLimiterTest, AllowsPerWindowThenSummarizesAtTheNextWindow) {
+  CapturedLog log;
+  LogLimiter limiter("test lines", 3);
+  const auto t0 = LogLimiter::Clock::now();
+  int allowed = 0;
+  for (int i = 0; i < 10; ++i) allowed += limiter.allow(t0) ? 1 : 0;
+  EXPECT_EQ(allowed, 3);
+  EXPECT_EQ(limiter.suppressed_in_window(), 7u);
+  EXPECT_EQ(log.text().find("suppressed"), std::string::npos);
+  EXPECT_TRUE(limiter.allow(t0 + LogLimiter::kWindow));
+  EXPECT_NE(log.text().find("7 more test lines suppressed"), std::string::npos) << log.text();
+  EXPECT_EQ(limiter.suppressed_in_window(), 0u);
+}
+
+TEST(LogLimiterTest, SummarizesWhatIsLeftWhenDestroyed) {
+  CapturedLog log;
+  {
+    LogLimiter limiter("test lines", 1);
+    for (int i = 0; i < 5; ++i) limiter.allow();
+  }
+  EXPECT_NE(log.text().find("4 more test lines suppressed"), std::string::npos) << log.text();
+}
+
+TEST(LogLimiterTest, NothingSuppressedWritesNoSummary) {
+  CapturedLog log;
+  {
+    LogLimiter limiter("test lines", 5);
+    limiter.allow();
+  }
+  EXPECT_EQ(log.text(), "");
+}
+
+}  // namespace
+}  // namespace vhost_vsock::base
