@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "testing/temp_dir.h"
 
@@ -27,8 +29,15 @@ bool has_error(const ConfigErrors& errors, const std::string& field, const std::
   });
 }
 
-#define EXPECT_ERROR(errors, field, needle) \
-  EXPECT_TRUE(has_error((errors), (field), (needle))) << ::testing::PrintToString(messages(errors))
+// has_error, listing all the errors when it fails; `errors` is evaluated once.
+::testing::AssertionResult error_listed(const ConfigErrors& errors, const std::string& field,
+                                        const std::string& needle) {
+  if (has_error(errors, field, needle)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "no error for " << field << " containing '" << needle << "' in "
+                                       << ::testing::PrintToString(messages(errors));
+}
+
+#define EXPECT_ERROR(errors, field, needle) EXPECT_TRUE(error_listed((errors), (field), (needle)))
 
 VmConfig valid_vm(const TempDir& dir, uint64_t cid = 3) {
   VmConfig vm;
@@ -38,6 +47,23 @@ VmConfig valid_vm(const TempDir& dir, uint64_t cid = 3) {
   vm.source = VmSource::kVmOption;
   vm.index = 0;
   return vm;
+}
+
+// The errors of a --vm spec (entry `index`) that must be rejected.
+ConfigErrors rejected_vm_spec(std::string_view spec, size_t index = 0) {
+  ConfigErrors errors;
+  VmConfig vm;
+  EXPECT_FALSE(parse_vm_spec(spec, index, &vm, &errors)) << spec;
+  return errors;
+}
+
+// The errors of a YAML config that must be rejected; `vms` gets what was parsed.
+ConfigErrors rejected_yaml(std::string_view yaml, std::vector<VmConfig>* vms = nullptr) {
+  std::vector<VmConfig> parsed;
+  ConfigErrors errors;
+  EXPECT_FALSE(parse_yaml_config(yaml, &parsed, &errors)) << yaml;
+  if (vms != nullptr) *vms = std::move(parsed);
+  return errors;
 }
 
 ConfigErrors validate_one(const VmConfig& vm) {
@@ -135,50 +161,33 @@ TEST(VmSpec, ValueKeepsEverythingAfterTheFirstEquals) {
 }
 
 TEST(VmSpec, UnknownKeyIsNamedWithTheEntryIndex) {
-  ConfigErrors errors;
-  VmConfig vm;
-  EXPECT_FALSE(parse_vm_spec("guest-cid=3,socket=/s,uds-path=/u,colour=blue", 2, &vm, &errors));
+  const ConfigErrors errors = rejected_vm_spec("guest-cid=3,socket=/s,uds-path=/u,colour=blue", 2);
   EXPECT_ERROR(errors, "vm[2]", "unknown key 'colour'");
 }
 
 TEST(VmSpec, RequiredKeysAreReported) {
-  ConfigErrors errors;
-  VmConfig vm;
-  EXPECT_FALSE(parse_vm_spec("guest-cid=3", 1, &vm, &errors));
+  const ConfigErrors errors = rejected_vm_spec("guest-cid=3", 1);
   EXPECT_ERROR(errors, "vm[1].socket", "required");
   EXPECT_ERROR(errors, "vm[1].uds_path", "required");
 }
 
 TEST(VmSpec, MalformedNumbersNameTheField) {
-  ConfigErrors errors;
-  VmConfig vm;
-  EXPECT_FALSE(parse_vm_spec("guest-cid=three,socket=/s,uds-path=/u,queue-size=1k,tx-buffer-size=-1", 0, &vm, &errors));
+  const ConfigErrors errors = rejected_vm_spec("guest-cid=three,socket=/s,uds-path=/u,queue-size=1k,tx-buffer-size=-1");
   EXPECT_ERROR(errors, "vm[0].guest_cid", "'three' is not a number");
   EXPECT_ERROR(errors, "vm[0].queue_size", "'1k' is not a number");
   EXPECT_ERROR(errors, "vm[0].tx_buffer_size", "'-1' is not a number");
-  errors.clear();
-  EXPECT_FALSE(parse_vm_spec("socket=/s,uds-path=/u,tx-buffer-size=4294967296", 0, &vm, &errors));
-  EXPECT_ERROR(errors, "vm[0].tx_buffer_size", "out of range");
+  EXPECT_ERROR(rejected_vm_spec("socket=/s,uds-path=/u,tx-buffer-size=4294967296"), "vm[0].tx_buffer_size",
+               "out of range");
 }
 
 TEST(VmSpec, RejectsItemsThatAreNotKeyValueAndRepeatedKeys) {
-  ConfigErrors errors;
-  VmConfig vm;
-  EXPECT_FALSE(parse_vm_spec("socket=/s,uds-path=/u,", 0, &vm, &errors));
-  EXPECT_ERROR(errors, "vm[0]", "is not key=value");
-  errors.clear();
-  EXPECT_FALSE(parse_vm_spec("socket=/s,uds-path=/u,=3", 0, &vm, &errors));
-  EXPECT_ERROR(errors, "vm[0]", "is not key=value");
-  errors.clear();
-  EXPECT_FALSE(parse_vm_spec("socket=/s,uds-path=/u,guest-cid=3,guest_cid=4", 0, &vm, &errors));
-  EXPECT_ERROR(errors, "vm[0].guest_cid", "more than once");
+  EXPECT_ERROR(rejected_vm_spec("socket=/s,uds-path=/u,"), "vm[0]", "is not key=value");
+  EXPECT_ERROR(rejected_vm_spec("socket=/s,uds-path=/u,=3"), "vm[0]", "is not key=value");
+  EXPECT_ERROR(rejected_vm_spec("socket=/s,uds-path=/u,guest-cid=3,guest_cid=4"), "vm[0].guest_cid", "more than once");
 }
 
 TEST(VmSpec, VsockForwardingBackendIsRefusedClearly) {
-  ConfigErrors errors;
-  VmConfig vm;
-  EXPECT_FALSE(parse_vm_spec("guest-cid=3,socket=/s,forward-cid=1", 0, &vm, &errors));
-  EXPECT_ERROR(errors, "vm[0].forward_cid", "not supported");
+  EXPECT_ERROR(rejected_vm_spec("guest-cid=3,socket=/s,forward-cid=1"), "vm[0].forward_cid", "not supported");
 }
 
 // ---- YAML ----
@@ -223,27 +232,22 @@ vms:
 }
 
 TEST(YamlConfig, UnknownKeysAreErrors) {
+  EXPECT_ERROR(rejected_yaml("vms:\n  - {guest_cid: 3, socket: /s, uds_path: /u, queue_sise: 8}\n"), "vms[0]",
+               "unknown key 'queue_sise'");
   std::vector<VmConfig> vms;
-  ConfigErrors errors;
-  EXPECT_FALSE(parse_yaml_config("vms:\n  - {guest_cid: 3, socket: /s, uds_path: /u, queue_sise: 8}\n", &vms, &errors));
-  EXPECT_ERROR(errors, "vms[0]", "unknown key 'queue_sise'");
-  errors.clear();
-  EXPECT_FALSE(parse_yaml_config("vms:\n  - {socket: /s, uds_path: /u}\nlog_level: debug\n", &vms, &errors));
-  EXPECT_ERROR(errors, "config", "unknown top-level key 'log_level'");
+  EXPECT_ERROR(rejected_yaml("vms:\n  - {socket: /s, uds_path: /u}\nlog_level: debug\n", &vms), "config",
+               "unknown top-level key 'log_level'");
   EXPECT_TRUE(vms.empty());
 }
 
 TEST(YamlConfig, WrongTypesNameTheField) {
-  std::vector<VmConfig> vms;
-  ConfigErrors errors;
-  EXPECT_FALSE(parse_yaml_config(R"(
+  const ConfigErrors errors = rejected_yaml(R"(
 vms:
   - guest_cid: [3]
     socket: {path: /s}
     uds_path:
     queue_size: lots
-)",
-                                 &vms, &errors));
+)");
   EXPECT_ERROR(errors, "vms[0].guest_cid", "not a list");
   EXPECT_ERROR(errors, "vms[0].socket", "not a mapping");
   EXPECT_ERROR(errors, "vms[0].uds_path", "has no value");
@@ -251,18 +255,11 @@ vms:
 }
 
 TEST(YamlConfig, RejectsBadDocumentShapes) {
-  std::vector<VmConfig> vms;
-  ConfigErrors errors;
-  EXPECT_FALSE(parse_yaml_config("vms: [\n", &vms, &errors));
-  EXPECT_ERROR(errors, "config", "invalid YAML");
+  EXPECT_ERROR(rejected_yaml("vms: [\n"), "config", "invalid YAML");
   for (const char* doc : {"", "- a\n- b\n", "vms: []\n", "vms:\n", "vms: 3\n", "vms:\n  - just-a-string\n"}) {
-    errors.clear();
-    EXPECT_FALSE(parse_yaml_config(doc, &vms, &errors)) << doc;
-    EXPECT_FALSE(errors.empty()) << doc;
+    EXPECT_FALSE(rejected_yaml(doc).empty()) << doc;
   }
-  errors.clear();
-  EXPECT_FALSE(parse_yaml_config("vms:\n  - {socket: /s, uds_path: /u, socket: /t}\n", &vms, &errors));
-  EXPECT_ERROR(errors, "vms[0].socket", "more than once");
+  EXPECT_ERROR(rejected_yaml("vms:\n  - {socket: /s, uds_path: /u, socket: /t}\n"), "vms[0].socket", "more than once");
 }
 
 TEST(YamlConfig, LoadsFromFileAndReportsMissingFile) {

@@ -53,9 +53,21 @@ class FakeMuxer {
 
 using Calls = std::vector<std::string>;
 
-TEST(VsockDevice, OffersStreamOnlyAndTwoQueues) {
+// A device (CID 3, queues of 1024) on a FakeMuxer, and two queues to start.
+class VsockDeviceTest : public ::testing::Test {
+ protected:
+  void start_rx_and_tx() {
+    device.on_queue_started(0, rx);
+    device.on_queue_started(1, tx);
+  }
+
   FakeMuxer muxer;
-  BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
+  FakeQueue rx;
+  FakeQueue tx;
+  BasicVsockDevice<FakeMuxer> device{muxer, 3, 1024};
+};
+
+TEST_F(VsockDeviceTest, OffersStreamOnlyAndTwoQueues) {
   EXPECT_EQ(device.device_features(), 1u) << "VIRTIO_VSOCK_F_STREAM only; no SEQPACKET yet";
   EXPECT_EQ(device.queue_count(), 2);
   EXPECT_EQ(device.max_queue_size(), 1024);
@@ -69,13 +81,8 @@ TEST(VsockDevice, ConfigSpaceIsLittleEndianGuestCid) {
   EXPECT_EQ(small.config_space(), (std::vector<uint8_t>{3, 0, 0, 0, 0, 0, 0, 0}));
 }
 
-TEST(VsockDevice, StartedQueuesGoToTheMuxer) {
-  FakeMuxer muxer;
-  FakeQueue rx;
-  FakeQueue tx;
-  BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_queue_started(0, rx);
-  device.on_queue_started(1, tx);
+TEST_F(VsockDeviceTest, StartedQueuesGoToTheMuxer) {
+  start_rx_and_tx();
   EXPECT_EQ(muxer.calls, (Calls{"attach 0", "attach 1"}));
   EXPECT_EQ(muxer.queues[0], &rx);
   EXPECT_EQ(muxer.queues[1], &tx);
@@ -84,13 +91,8 @@ TEST(VsockDevice, StartedQueuesGoToTheMuxer) {
   EXPECT_EQ(muxer.calls.back(), "kick 1");
 }
 
-TEST(VsockDevice, StoppingRxOrTxResetsEveryConnection) {
-  FakeMuxer muxer;
-  FakeQueue rx;
-  FakeQueue tx;
-  BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-  device.on_queue_started(0, rx);
-  device.on_queue_started(1, tx);
+TEST_F(VsockDeviceTest, StoppingRxOrTxResetsEveryConnection) {
+  start_rx_and_tx();
   muxer.calls.clear();
   device.on_queue_stopped(1);
   EXPECT_EQ(muxer.calls, (Calls{"detach 1", "reset"}));
@@ -104,10 +106,8 @@ TEST(VsockDevice, StoppingRxOrTxResetsEveryConnection) {
   EXPECT_EQ(muxer.calls, (Calls{"detach 1", "reset", "detach 0", "reset"}));
 }
 
-TEST(VsockDevice, UnknownQueueIndicesAreIgnored) {
-  FakeMuxer muxer;
+TEST_F(VsockDeviceTest, UnknownQueueIndicesAreIgnored) {
   FakeQueue event;
-  BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
   device.on_queue_started(2, event);
   device.on_queue_kicked(2);
   device.on_queue_stopped(2);
@@ -115,21 +115,16 @@ TEST(VsockDevice, UnknownQueueIndicesAreIgnored) {
   EXPECT_TRUE(muxer.calls.empty());
 }
 
-TEST(VsockDevice, RestartingAQueueDetachesTheOldOneFirst) {
-  FakeMuxer muxer;
+TEST_F(VsockDeviceTest, RestartingAQueueDetachesTheOldOneFirst) {
   FakeQueue first;
   FakeQueue second;
-  BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
   device.on_queue_started(0, first);
   device.on_queue_started(0, second);
   EXPECT_EQ(muxer.calls, (Calls{"attach 0", "detach 0", "attach 0"}));
   EXPECT_EQ(muxer.queues[0], &second);
 }
 
-TEST(VsockDevice, FrontendDisconnectDetachesAndResets) {
-  FakeMuxer muxer;
-  FakeQueue rx;
-  BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
+TEST_F(VsockDeviceTest, FrontendDisconnectDetachesAndResets) {
   device.on_features_negotiated(virtio::kFeatureVersion1 | vsock::kFeatureStream);
   EXPECT_EQ(muxer.features, virtio::kFeatureVersion1 | vsock::kFeatureStream) << "negotiated features reach the muxer";
   device.on_queue_started(0, rx);
