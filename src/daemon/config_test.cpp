@@ -326,26 +326,28 @@ TEST(Validate, TxBufferSizeIsCapped) {
   EXPECT_ERROR(validate_one(vm), "vm[0].tx_buffer_size", "out of range");
 }
 
-TEST(Validate, UdsPathLeavesRoomForThePortSuffix) {
+// A path of `max_length` bytes in `path` is valid; one byte more is an
+// error about `field` containing `needle`.
+void expect_path_length_limit(std::string VmConfig::*path, size_t max_length, const std::string& field,
+                              const std::string& needle) {
   TempDir dir;
   VmConfig vm = valid_vm(dir);
   const size_t prefix = dir.path().size() + 1;
-  vm.uds_path = dir.file(std::string(kMaxUdsPathLength - prefix, 'u'));
-  ASSERT_EQ(vm.uds_path.size(), 96u);
-  EXPECT_TRUE(validate_one(vm).empty());
-  vm.uds_path += "u";
-  EXPECT_ERROR(validate_one(vm), "vm[0].uds_path", "'_<port>'");
+  vm.*path = dir.file(std::string(max_length - prefix, 'p'));
+  ASSERT_EQ((vm.*path).size(), max_length);
+  EXPECT_TRUE(validate_one(vm).empty()) << field;
+  vm.*path += "p";
+  EXPECT_ERROR(validate_one(vm), field, needle);
+}
+
+TEST(Validate, UdsPathLeavesRoomForThePortSuffix) {
+  ASSERT_EQ(kMaxUdsPathLength, 96u);
+  expect_path_length_limit(&VmConfig::uds_path, kMaxUdsPathLength, "vm[0].uds_path", "'_<port>'");
 }
 
 TEST(Validate, SocketPathFitsSunPath) {
-  TempDir dir;
-  VmConfig vm = valid_vm(dir);
-  const size_t prefix = dir.path().size() + 1;
-  vm.socket_path = dir.file(std::string(kMaxUnixPathLength - prefix, 's'));
-  ASSERT_EQ(vm.socket_path.size(), 107u);
-  EXPECT_TRUE(validate_one(vm).empty());
-  vm.socket_path += "s";
-  EXPECT_ERROR(validate_one(vm), "vm[0].socket", "at most 107 bytes");
+  ASSERT_EQ(kMaxUnixPathLength, 107u);
+  expect_path_length_limit(&VmConfig::socket_path, kMaxUnixPathLength, "vm[0].socket", "at most 107 bytes");
 }
 
 TEST(Validate, SocketDirectoryMustExistAndBeADirectory) {
