@@ -48,25 +48,7 @@ def bulk_64mib_host_to_guest(t):
 def concurrent_100_each_way(t):
     """100 guest->host and 100 host->guest connections at the same time, each
     echoing its own 1 MiB blob (seed per connection), verified byte by byte."""
-    path = f"{t.uds}_7001"
-    host_echo = t.host_tool("ulisten", path, "--echo", "--conns", CONCURRENT, "--quiet", "--timeout", 400)
-    host_client = None
-    try:
-        t.wait_path(path)
-        t.start_guest_listener("echo", f"vsock_tool listen 7002 --echo --conns {CONCURRENT} --timeout 400",
-                               timeout=420)
-        t.shell.start_job("clients", f"vsock_tool connect 2 7001 --conns {CONCURRENT} --send {BLOB} --recv {BLOB} "
-                          "--seed 1000 --timeout 400", timeout=420)
-        host_client = t.host_tool("uconnect", t.uds, "--hybrid", 7002, "--conns", CONCURRENT, "--send", BLOB,
-                                  "--recv", BLOB, "--seed", 2000, "--timeout", 400)
-        host_out = t.finish_host(host_client, "host clients (host->guest)", timeout=450)
-        guest_out = t.finish_guest_job("clients", "guest clients (guest->host)", timeout=450)
-        t.finish_guest_job("echo", "guest echo server", timeout=60)
-        t.finish_host(host_echo, "host echo server", timeout=60)
-    finally:
-        host_echo.kill()
-        if host_client:
-            host_client.kill()
+    guest_out, host_out = t.echo_both_ways(7001, conns=CONCURRENT, size=BLOB, seeds=(1000, 2000), timeout=400)
     g = parse_fields(guest_out)
     h = parse_fields(host_out)
     expect(int(g["conns"]) == CONCURRENT and int(h["conns"]) == CONCURRENT, "connection count")

@@ -9,33 +9,10 @@ from e2e_lib import TestFailure, UnixListener, e2e_test, expect, hybrid_connect_
 MIB = 1 << 20
 
 
-def echo_both_ways(t, port, conns=4, size=MIB):
-    """`conns` connections each way at once, each echoing `size` bytes, verified."""
-    path = f"{t.uds}_{port}"
-    host_echo = t.host_tool("ulisten", path, "--echo", "--conns", conns, "--quiet", "--timeout", 120)
-    host_client = None
-    try:
-        t.wait_path(path)
-        t.start_guest_listener("echo2", f"vsock_tool listen {port + 1} --echo --conns {conns} --timeout 120",
-                               timeout=150)
-        t.shell.start_job("client2", f"vsock_tool connect 2 {port} --conns {conns} --send {size} --recv {size} "
-                          "--seed 500 --timeout 120", timeout=150)
-        host_client = t.host_tool("uconnect", t.uds, "--hybrid", port + 1, "--conns", conns, "--send", size,
-                                  "--recv", size, "--seed", 600, "--timeout", 120)
-        t.finish_host(host_client, "host clients", timeout=150)
-        t.finish_guest_job("client2", "guest clients", timeout=150)
-        t.finish_guest_job("echo2", "guest echo server", timeout=30)
-        t.finish_host(host_echo, "host echo server", timeout=30)
-    finally:
-        host_echo.kill()
-        if host_client:
-            host_client.kill()
-
-
 def everything_works(t, port):
     seed_exchange_guest_to_host(t)
     seed_exchange_host_to_guest(t)
-    echo_both_ways(t, port)
+    t.echo_both_ways(port, conns=4, size=MIB, seeds=(500, 600), timeout=120)
 
 
 def open_live_connections(t, port):

@@ -227,3 +227,29 @@ class E2E:
         if not self.shell.wait_job_output(name, "vsock_tool: listening", timeout=30):
             result = self.shell.wait_job(name, timeout=10)
             raise TestFailure(f"guest listener '{command}' did not start:\n{result.output}")
+
+    def echo_both_ways(self, port, conns, size, seeds, timeout):
+        """`conns` guest->host connections to `port` and `conns` host->guest ones
+        to `port + 1` at the same time, each sending `size` bytes (seeds[0] for
+        the guest's, seeds[1] for the host's) and verifying the echo; `timeout`
+        bounds each tool. Returns (guest clients' output, host clients' output)."""
+        path = f"{self.uds}_{port}"
+        host_echo = self.host_tool("ulisten", path, "--echo", "--conns", conns, "--quiet", "--timeout", timeout)
+        host_client = None
+        try:
+            self.wait_path(path)
+            self.start_guest_listener("echo", f"vsock_tool listen {port + 1} --echo --conns {conns} "
+                                      f"--timeout {timeout}", timeout=timeout + 30)
+            self.shell.start_job("clients", f"vsock_tool connect 2 {port} --conns {conns} --send {size} "
+                                 f"--recv {size} --seed {seeds[0]} --timeout {timeout}", timeout=timeout + 30)
+            host_client = self.host_tool("uconnect", self.uds, "--hybrid", port + 1, "--conns", conns, "--send", size,
+                                         "--recv", size, "--seed", seeds[1], "--timeout", timeout)
+            host_out = self.finish_host(host_client, "host clients (host->guest)", timeout=timeout + 50)
+            guest_out = self.finish_guest_job("clients", "guest clients (guest->host)", timeout=timeout + 50)
+            self.finish_guest_job("echo", "guest echo server", timeout=max(30, timeout // 4))
+            self.finish_host(host_echo, "host echo server", timeout=max(30, timeout // 4))
+        finally:
+            host_echo.kill()
+            if host_client:
+                host_client.kill()
+        return guest_out, host_out
