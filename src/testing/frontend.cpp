@@ -1,6 +1,7 @@
 #include "testing/frontend.h"
 
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,10 +12,9 @@
 #include <stdexcept>
 #include <thread>
 
-#include <spdlog/spdlog.h>
-
 #include "base/errno_text.h"
 #include "base/unix_socket_address.h"
+#include "testing/vhost_user_payload.h"
 
 namespace vhost_vsock::testing {
 
@@ -23,15 +23,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 namespace req = vhost_user_request;
 
-constexpr size_t kMemoryRegionSize = 32;
-
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error("vhost-user front-end: " + what); }
-
-template <typename T>
-void put(std::vector<uint8_t>& out, T value) {
-  const size_t at = out.size();
-  out.resize(at + sizeof(T));
-  std::memcpy(out.data() + at, &value, sizeof(T));
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error("vhost-user front-end: " + what);
 }
 
 template <typename T>
@@ -44,13 +37,6 @@ T get(std::span<const uint8_t> in, size_t offset) {
 int remaining_ms(Clock::time_point deadline) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return left < 0 ? 0 : static_cast<int>(left);
-}
-
-std::vector<uint8_t> vring_state(uint16_t index, uint32_t num) {
-  std::vector<uint8_t> out;
-  put<uint32_t>(out, index);
-  put<uint32_t>(out, num);
-  return out;
 }
 
 }  // namespace
@@ -188,7 +174,9 @@ VhostUserReply VhostUserFrontend::call(uint32_t request, std::span<const uint8_t
   return std::move(*reply);
 }
 
-uint64_t VhostUserFrontend::call_u64(uint32_t request) { return get<uint64_t>(call(request, {}, 8).payload, 0); }
+uint64_t VhostUserFrontend::call_u64(uint32_t request) {
+  return get<uint64_t>(call(request, {}, 8).payload, 0);
+}
 
 void VhostUserFrontend::send_no_reply(uint32_t request, std::span<const uint8_t> payload, std::span<const int> fds,
                                       bool want_ack) {
@@ -202,31 +190,36 @@ void VhostUserFrontend::send_no_reply(uint32_t request, std::span<const uint8_t>
     fail("malformed ack for request " + std::to_string(request));
   }
   const auto status = get<uint64_t>(reply->payload, 0);
-  if (status != 0) fail("backend refused request " + std::to_string(request) + " (status " + std::to_string(status) + ")");
+  if (status != 0)
+    fail("backend refused request " + std::to_string(request) + " (status " + std::to_string(status) + ")");
 }
 
-uint64_t VhostUserFrontend::get_features() { return call_u64(req::kGetFeatures); }
+uint64_t VhostUserFrontend::get_features() {
+  return call_u64(req::kGetFeatures);
+}
 
 void VhostUserFrontend::set_features(uint64_t features) {
-  std::vector<uint8_t> payload;
-  put<uint64_t>(payload, features);
-  send_no_reply(req::kSetFeatures, payload);
+  send_no_reply(req::kSetFeatures, encode_u64(features));
   acked_features_ = features;
 }
 
-uint64_t VhostUserFrontend::get_protocol_features() { return call_u64(req::kGetProtocolFeatures); }
+uint64_t VhostUserFrontend::get_protocol_features() {
+  return call_u64(req::kGetProtocolFeatures);
+}
 
 void VhostUserFrontend::set_protocol_features(uint64_t features) {
-  std::vector<uint8_t> payload;
-  put<uint64_t>(payload, features);
   // REPLY_ACK only counts from the next message on.
-  send_no_reply(req::kSetProtocolFeatures, payload, {}, false);
+  send_no_reply(req::kSetProtocolFeatures, encode_u64(features), {}, false);
   acked_protocol_features_ = features;
 }
 
-void VhostUserFrontend::set_owner() { send_no_reply(req::kSetOwner, {}); }
+void VhostUserFrontend::set_owner() {
+  send_no_reply(req::kSetOwner, {});
+}
 
-uint64_t VhostUserFrontend::get_queue_num() { return call_u64(req::kGetQueueNum); }
+uint64_t VhostUserFrontend::get_queue_num() {
+  return call_u64(req::kGetQueueNum);
+}
 
 std::vector<uint8_t> VhostUserFrontend::get_config(uint32_t offset, uint32_t size) {
   std::vector<uint8_t> payload;
@@ -241,13 +234,12 @@ std::vector<uint8_t> VhostUserFrontend::get_config(uint32_t offset, uint32_t siz
   return {reply.payload.begin() + 12, reply.payload.end()};
 }
 
-uint64_t VhostUserFrontend::read_guest_cid() { return get<uint64_t>(get_config(0, 8), 0); }
+uint64_t VhostUserFrontend::read_guest_cid() {
+  return get<uint64_t>(get_config(0, 8), 0);
+}
 
 void VhostUserFrontend::set_mem_table(GuestRam& ram) {
-  struct Region {
-    uint64_t gpa, size, user_addr, mmap_offset;
-  };
-  std::vector<Region> regions;
+  std::vector<MemoryRegion> regions;
   const auto user_base = reinterpret_cast<uint64_t>(ram.data());
   // Split on a page boundary well past the rings (allocated first), so the
   // rings stay inside one region while data buffers may straddle both.
@@ -258,39 +250,23 @@ void VhostUserFrontend::set_mem_table(GuestRam& ram) {
   } else {
     regions.push_back({ram.gpa_base(), ram.size(), user_base, 0});
   }
-  std::vector<uint8_t> payload;
-  put<uint32_t>(payload, static_cast<uint32_t>(regions.size()));
-  put<uint32_t>(payload, 0);
-  for (const Region& r : regions) {
-    put(payload, r.gpa);
-    put(payload, r.size);
-    put(payload, r.user_addr);
-    put(payload, r.mmap_offset);
-  }
-  static_assert(sizeof(Region) == kMemoryRegionSize);
   std::vector<int> fds(regions.size(), ram.fd());
-  send_no_reply(req::kSetMemTable, payload, fds);
+  send_no_reply(req::kSetMemTable, encode_mem_table(static_cast<uint32_t>(regions.size()), regions), fds);
 }
 
 void VhostUserFrontend::setup_vring(uint16_t index, GuestRam& ram, DriverVring& ring) {
   if (index > 1) fail("queue index out of range");
-  send_no_reply(req::kSetVringNum, vring_state(index, ring.size()));
-  send_no_reply(req::kSetVringBase, vring_state(index, 0));
-  std::vector<uint8_t> addr;
-  put<uint32_t>(addr, index);
-  put<uint32_t>(addr, 0);  // flags: no logging
+  send_no_reply(req::kSetVringNum, encode_vring_state(index, ring.size()));
+  send_no_reply(req::kSetVringBase, encode_vring_state(index, 0));
   // Front-end virtual addresses, as QEMU sends them.
-  put<uint64_t>(addr, reinterpret_cast<uint64_t>(ram.host(ring.desc_gpa())));
-  put<uint64_t>(addr, reinterpret_cast<uint64_t>(ram.host(ring.used_gpa())));
-  put<uint64_t>(addr, reinterpret_cast<uint64_t>(ram.host(ring.avail_gpa())));
-  put<uint64_t>(addr, 0);  // log address
-  send_no_reply(req::kSetVringAddr, addr);
+  send_no_reply(req::kSetVringAddr, encode_vring_addr(index, reinterpret_cast<uint64_t>(ram.host(ring.desc_gpa())),
+                                                      reinterpret_cast<uint64_t>(ram.host(ring.used_gpa())),
+                                                      reinterpret_cast<uint64_t>(ram.host(ring.avail_gpa()))));
 
   kick_fds_[index].reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   call_fds_[index].reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!kick_fds_[index] || !call_fds_[index]) fail("eventfd: " + base::errno_text(errno));
-  std::vector<uint8_t> which;
-  put<uint64_t>(which, index);
+  const std::vector<uint8_t> which = encode_u64(index);
   const int kick = kick_fds_[index].get();
   const int call_fd_value = call_fds_[index].get();
   send_no_reply(req::kSetVringKick, which, std::span<const int>(&kick, 1));
@@ -298,11 +274,11 @@ void VhostUserFrontend::setup_vring(uint16_t index, GuestRam& ram, DriverVring& 
 }
 
 void VhostUserFrontend::set_vring_enable(uint16_t index, bool enable) {
-  send_no_reply(req::kSetVringEnable, vring_state(index, enable ? 1 : 0));
+  send_no_reply(req::kSetVringEnable, encode_vring_state(index, enable ? 1 : 0));
 }
 
 uint16_t VhostUserFrontend::get_vring_base(uint16_t index) {
-  auto reply = call(req::kGetVringBase, vring_state(index, 0), 8);
+  auto reply = call(req::kGetVringBase, encode_vring_state(index, 0), 8);
   if (get<uint32_t>(reply.payload, 0) != index) fail("GET_VRING_BASE reply names another queue");
   return static_cast<uint16_t>(get<uint32_t>(reply.payload, 4));
 }
@@ -355,8 +331,12 @@ bool VhostUserFrontend::wait_call(uint16_t index, std::chrono::milliseconds time
   return ::read(call_fds_[index].get(), &count, sizeof(count)) == sizeof(count);
 }
 
-int VhostUserFrontend::call_fd(uint16_t index) const { return index > 1 ? -1 : call_fds_[index].get(); }
+int VhostUserFrontend::call_fd(uint16_t index) const {
+  return index > 1 ? -1 : call_fds_[index].get();
+}
 
-void VhostUserFrontend::disconnect() { socket_.reset(); }
+void VhostUserFrontend::disconnect() {
+  socket_.reset();
+}
 
 }  // namespace vhost_vsock::testing

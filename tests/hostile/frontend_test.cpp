@@ -14,60 +14,18 @@
 #include "hostile_support.h"
 #include "testing/driver_vring.h"
 #include "testing/guest_ram.h"
+#include "testing/vhost_user_payload.h"
 
 namespace vhost_vsock::hostile {
 namespace {
 
 namespace req = testing::vhost_user_request;
+using testing::encode_mem_table;
+using testing::encode_u64;
+using testing::encode_vring_addr;
+using testing::encode_vring_state;
+using testing::MemoryRegion;
 using testing::VhostUserFrontend;
-
-template <typename T>
-void put(std::vector<uint8_t>& out, T value) {
-  const size_t at = out.size();
-  out.resize(at + sizeof(T));
-  std::memcpy(out.data() + at, &value, sizeof(T));
-}
-
-std::vector<uint8_t> u64(uint64_t value) {
-  std::vector<uint8_t> out;
-  put(out, value);
-  return out;
-}
-
-std::vector<uint8_t> vring_state(uint32_t index, uint32_t num) {
-  std::vector<uint8_t> out;
-  put(out, index);
-  put(out, num);
-  return out;
-}
-
-std::vector<uint8_t> vring_addr(uint32_t index, uint64_t desc, uint64_t used, uint64_t avail) {
-  std::vector<uint8_t> out;
-  put(out, index);
-  put<uint32_t>(out, 0);
-  put(out, desc);
-  put(out, used);
-  put(out, avail);
-  put<uint64_t>(out, 0);
-  return out;
-}
-
-struct Region {
-  uint64_t gpa, size, user_addr, mmap_offset;
-};
-
-std::vector<uint8_t> mem_table(uint32_t count, const std::vector<Region>& regions) {
-  std::vector<uint8_t> out;
-  put(out, count);
-  put<uint32_t>(out, 0);
-  for (const Region& r : regions) {
-    put(out, r.gpa);
-    put(out, r.size);
-    put(out, r.user_addr);
-    put(out, r.mmap_offset);
-  }
-  return out;
-}
 
 UniqueFd make_eventfd() {
   return UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -132,11 +90,11 @@ TEST_F(FrontendTest, KickBeforeMemoryTable) {
     UniqueFd kick = make_eventfd();
     const int fd = kick.get();
     // Rings "configured" and enabled with no memory at all.
-    ack(*fe, req::kSetVringNum, vring_state(1, 64));
+    ack(*fe, req::kSetVringNum, encode_vring_state(1, 64));
     // Addresses may be refused now or when the ring would start; never used.
-    ack(*fe, req::kSetVringAddr, vring_addr(1, 0x1000, 0x3000, 0x2000));
-    ack(*fe, req::kSetVringKick, u64(1), std::span(&fd, 1));
-    ack(*fe, req::kSetVringEnable, vring_state(1, 1));
+    ack(*fe, req::kSetVringAddr, encode_vring_addr(1, 0x1000, 0x3000, 0x2000));
+    ack(*fe, req::kSetVringKick, encode_u64(1), std::span(&fd, 1));
+    ack(*fe, req::kSetVringEnable, encode_vring_state(1, 1));
     const uint64_t one = 1;
     for (int i = 0; i < 100; ++i) ASSERT_EQ(::write(fd, &one, sizeof(one)), 8);
     std::this_thread::sleep_for(Millis(100));
@@ -157,20 +115,20 @@ TEST_F(FrontendTest, VringAddressesOutsideTheMemoryTable) {
     fe->set_mem_table(ram);
     const auto base = reinterpret_cast<uint64_t>(ram.data());
     const uint64_t end = base + ram.size();
-    ASSERT_EQ(ack(*fe, req::kSetVringNum, vring_state(0, 64)), uint64_t{0});
-    expect_refused(*fe, req::kSetVringAddr, vring_addr(0, 0xdead0000, base + 0x2000, base + 0x1000),
+    ASSERT_EQ(ack(*fe, req::kSetVringNum, encode_vring_state(0, 64)), uint64_t{0});
+    expect_refused(*fe, req::kSetVringAddr, encode_vring_addr(0, 0xdead0000, base + 0x2000, base + 0x1000),
                    "a descriptor table outside memory");
-    expect_refused(*fe, req::kSetVringAddr, vring_addr(0, end - 16, base + 0x2000, base + 0x1000),
+    expect_refused(*fe, req::kSetVringAddr, encode_vring_addr(0, end - 16, base + 0x2000, base + 0x1000),
                    "a descriptor table running off the end of memory");
-    expect_refused(*fe, req::kSetVringAddr, vring_addr(0, base, ~uint64_t{0} - 8, base + 0x1000),
+    expect_refused(*fe, req::kSetVringAddr, encode_vring_addr(0, base, ~uint64_t{0} - 8, base + 0x1000),
                    "a used ring that wraps past 2^64");
     // Misalignment may be refused now or when the ring would start.
-    ack(*fe, req::kSetVringAddr, vring_addr(0, base + 1, base + 0x2000, base + 0x1000));
+    ack(*fe, req::kSetVringAddr, encode_vring_addr(0, base + 1, base + 0x2000, base + 0x1000));
     // Kicks on the refused ring must not make the device read anything.
     UniqueFd kick = make_eventfd();
     const int fd = kick.get();
-    ack(*fe, req::kSetVringKick, u64(0), std::span(&fd, 1));
-    ack(*fe, req::kSetVringEnable, vring_state(0, 1));
+    ack(*fe, req::kSetVringKick, encode_u64(0), std::span(&fd, 1));
+    ack(*fe, req::kSetVringEnable, encode_vring_state(0, 1));
     const uint64_t one = 1;
     ASSERT_EQ(::write(fd, &one, sizeof(one)), 8);
     std::this_thread::sleep_for(Millis(100));
@@ -195,35 +153,39 @@ TEST_F(FrontendTest, MessagesWithBadSizesOrFields) {
   const std::vector<Case> cases = {
       {"SET_FEATURES with 4 bytes", req::kSetFeatures, {1, 2, 3, 4}, {}},
       {"SET_FEATURES with 100 bytes", req::kSetFeatures, junk, {}},
-      {"SET_VRING_NUM for queue 200", req::kSetVringNum, vring_state(200, 64), {}},
-      {"SET_VRING_NUM of 0", req::kSetVringNum, vring_state(0, 0), {}},
-      {"SET_VRING_NUM of 3 (not a power of two)", req::kSetVringNum, vring_state(0, 3), {}},
-      {"SET_VRING_NUM of 65536", req::kSetVringNum, vring_state(1, 65536), {}},
-      {"SET_VRING_BASE for queue 9", req::kSetVringBase, vring_state(9, 0), {}},
+      {"SET_VRING_NUM for queue 200", req::kSetVringNum, encode_vring_state(200, 64), {}},
+      {"SET_VRING_NUM of 0", req::kSetVringNum, encode_vring_state(0, 0), {}},
+      {"SET_VRING_NUM of 3 (not a power of two)", req::kSetVringNum, encode_vring_state(0, 3), {}},
+      {"SET_VRING_NUM of 65536", req::kSetVringNum, encode_vring_state(1, 65536), {}},
+      {"SET_VRING_BASE for queue 9", req::kSetVringBase, encode_vring_state(9, 0), {}},
       {"SET_VRING_ADDR 12 bytes short", req::kSetVringAddr, std::vector<uint8_t>(28, 0), {}},
-      {"SET_MEM_TABLE with 0 regions", req::kSetMemTable, mem_table(0, {}), {}},
+      {"SET_MEM_TABLE with 0 regions", req::kSetMemTable, encode_mem_table(0, {}), {}},
       {"SET_MEM_TABLE with 9 regions", req::kSetMemTable,
-       mem_table(9, std::vector<Region>(9, Region{0x100000, 4096, base, 0})), std::vector<int>(8, ram_fd)},
+       encode_mem_table(9, std::vector<MemoryRegion>(9, MemoryRegion{0x100000, 4096, base, 0})),
+       std::vector<int>(8, ram_fd)},
       {"SET_MEM_TABLE claiming 2 regions, carrying 1",
        req::kSetMemTable,
-       mem_table(2, {Region{0x100000, 4096, base, 0}}),
+       encode_mem_table(2, {MemoryRegion{0x100000, 4096, base, 0}}),
        {ram_fd}},
-      {"SET_MEM_TABLE without its fd", req::kSetMemTable, mem_table(1, {Region{0x100000, 4096, base, 0}}), {}},
+      {"SET_MEM_TABLE without its fd",
+       req::kSetMemTable,
+       encode_mem_table(1, {MemoryRegion{0x100000, 4096, base, 0}}),
+       {}},
       {"SET_MEM_TABLE region larger than its memfd",
        req::kSetMemTable,
-       mem_table(1, {Region{0x100000, 1ULL << 40, base, 0}}),
+       encode_mem_table(1, {MemoryRegion{0x100000, 1ULL << 40, base, 0}}),
        {ram_fd}},
       {"SET_MEM_TABLE region with gpa + size wrapping",
        req::kSetMemTable,
-       mem_table(1, {Region{~uint64_t{0} - 4095, 8192, base, 0}}),
+       encode_mem_table(1, {MemoryRegion{~uint64_t{0} - 4095, 8192, base, 0}}),
        {ram_fd}},
       {"SET_MEM_TABLE mmap_offset past the file",
        req::kSetMemTable,
-       mem_table(1, {Region{0x100000, 4096, base, 1ULL << 40}}),
+       encode_mem_table(1, {MemoryRegion{0x100000, 4096, base, 1ULL << 40}}),
        {ram_fd}},
       {"GET_CONFIG of 4000 bytes", req::kGetConfig, std::vector<uint8_t>(12 + 4000, 0), {}},
-      {"SET_VRING_KICK for queue 5", req::kSetVringKick, u64(5), {ram_fd}},
-      {"SET_VRING_CALL with two fds", req::kSetVringCall, u64(0), {ram_fd, ram_fd}},
+      {"SET_VRING_KICK for queue 5", req::kSetVringKick, encode_u64(5), {ram_fd}},
+      {"SET_VRING_CALL with two fds", req::kSetVringCall, encode_u64(0), {ram_fd, ram_fd}},
       {"unknown request 0xFFFF", 0xFFFF, junk, {}},
   };
   for (const Case& c : cases) {
@@ -256,16 +218,16 @@ TEST_F(FrontendTest, OutOfOrderMessagesWhileRunning) {
     testing::GuestRam ram(1 << 20);
     auto fe = raw_frontend();
     // Ring queries before anything is set up.
-    auto early = std::vector<uint8_t>(vring_state(0, 0));
+    auto early = std::vector<uint8_t>(encode_vring_state(0, 0));
     fe->send_message(req::kGetVringBase, early);
     fe->receive_reply(Millis(300));
-    ack(*fe, req::kSetVringEnable, vring_state(1, 1));
-    ack(*fe, req::kSetVringAddr, vring_addr(0, 0, 0, 0));
+    ack(*fe, req::kSetVringEnable, encode_vring_state(1, 1));
+    ack(*fe, req::kSetVringAddr, encode_vring_addr(0, 0, 0, 0));
     // RESET_OWNER (which forgets what was negotiated), then more messages.
     fe->send_message(req::kResetOwner, {});
     fe->send_message(req::kSetOwner, {});
     fe->send_message(req::kSetOwner, {});
-    fe->send_message(req::kSetVringEnable, vring_state(0, 1));
+    fe->send_message(req::kSetVringEnable, encode_vring_state(0, 1));
     fe->receive_reply(Millis(200));
     ASSERT_TRUE(daemon().running());
   }
@@ -277,7 +239,7 @@ TEST_F(FrontendTest, OutOfOrderMessagesWhileRunning) {
     ASSERT_TRUE(s.established());
     testing::GuestRam other(1 << 20);
     guest().frontend().send_message(req::kResetOwner, {});
-    guest().frontend().send_message(req::kSetVringBase, vring_state(1, 7));
+    guest().frontend().send_message(req::kSetVringBase, encode_vring_state(1, 7));
     std::this_thread::sleep_for(Millis(100));
     ASSERT_TRUE(daemon().running());
     guest_.reset();  // its device was yanked away on purpose: no violation check
@@ -315,12 +277,12 @@ TEST_F(FrontendTest, DescriptorsAndMappingsDoNotLeak) {
     fe->set_owner();
     fe->set_features(testing::kVirtioFeatureVersion1 | testing::kVhostUserFeatureProtocolFeatures);
     const auto base = reinterpret_cast<uint64_t>(ram.data());
-    std::vector<Region> eight;
+    std::vector<MemoryRegion> eight;
     for (uint64_t i = 0; i < 8; ++i)
       eight.push_back({0x100000 + i * 0x80000, 0x80000, base + i * 0x80000, i * 0x80000});
     const std::vector<int> fds(8, ram.fd());
     for (int i = 0; i < 200; ++i) {
-      ASSERT_EQ(ack(*fe, req::kSetMemTable, mem_table(8, eight), fds), uint64_t{0}) << "table " << i;
+      ASSERT_EQ(ack(*fe, req::kSetMemTable, encode_mem_table(8, eight), fds), uint64_t{0}) << "table " << i;
     }
     EXPECT_LE(daemon().open_fds(), fds_idle + 8 + 2) << "replaced memory tables left descriptors open";
   }
