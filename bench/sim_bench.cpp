@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <thread>
@@ -451,21 +452,27 @@ struct Bench {
     return out;
   }
 
+  // A thread that accepts `count` guest streams on kBasePort and hands each to
+  // `take`; `failed` is set if one does not come within 10 s.
+  std::thread accept_in_background(int count, std::atomic<bool>& failed, std::function<void(Stream&)> take) {
+    return std::thread([this, count, &failed, take = std::move(take)] {
+      for (int i = 0; i < count; ++i) {
+        auto s = guest.accept(kBasePort, Millis(10000));
+        if (!s) {
+          failed = true;
+          return;
+        }
+        take(*s);
+      }
+    });
+  }
+
   JsonLine connect_host() {
     const int count = options.integer("count", 10000);
     guest.listen(kBasePort);
     HostPeer peer(self, "connect", daemon.uds_path(), {"--count", std::to_string(count)});
     std::atomic<bool> accept_failed{false};
-    std::thread acceptor([&] {
-      for (int i = 0; i < count; ++i) {
-        auto s = guest.accept(kBasePort, Millis(10000));
-        if (!s) {
-          accept_failed = true;
-          return;
-        }
-        s->close();
-      }
-    });
+    std::thread acceptor = accept_in_background(count, accept_failed, [](Stream& s) { s.close(); });
     peer.expect("ready");
     peer.go();
     const std::string json = peer.expect("done");
@@ -508,16 +515,7 @@ struct Bench {
     std::vector<Stream> held;
     held.reserve(static_cast<size_t>(conns));
     std::atomic<bool> accept_failed{false};
-    std::thread acceptor([&] {
-      for (int i = 0; i < conns; ++i) {
-        auto s = guest.accept(kBasePort, Millis(10000));
-        if (!s) {
-          accept_failed = true;
-          return;
-        }
-        held.push_back(*s);
-      }
-    });
+    std::thread acceptor = accept_in_background(conns, accept_failed, [&held](Stream& s) { held.push_back(s); });
     peer.go();
     peer.expect("done");
     acceptor.join();
