@@ -75,37 +75,32 @@ bool killed_by_sigsys(int status) {
 // ---------------------------------------------------------------------------
 // --user parsing
 
-TEST(UserSpec, NamesAndNumbers) {
-  uid_t uid = 1;
-  gid_t gid = 1;
+// parse_user_spec accepts `spec` and yields these IDs.
+void expect_user_spec(const char* spec, uid_t want_uid, gid_t want_gid) {
+  uid_t uid = 4242;  // neither root nor any ID below, so a missing write shows
+  gid_t gid = 4242;
   std::string error;
-  ASSERT_TRUE(parse_user_spec("root", &uid, &gid, &error)) << error;
-  EXPECT_EQ(uid, 0u);
-  EXPECT_EQ(gid, 0u);
-  ASSERT_TRUE(parse_user_spec("0:0", &uid, &gid, &error)) << error;
-  EXPECT_EQ(uid, 0u);
-  EXPECT_EQ(gid, 0u);
+  ASSERT_TRUE(parse_user_spec(spec, &uid, &gid, &error)) << spec << ": " << error;
+  EXPECT_EQ(uid, want_uid) << spec;
+  EXPECT_EQ(gid, want_gid) << spec;
+}
+
+TEST(UserSpec, NamesAndNumbers) {
+  expect_user_spec("root", 0, 0);
+  expect_user_spec("0:0", 0, 0);
 
   // A UID with no passwd entry: the group defaults to the same number.
   ASSERT_EQ(::getpwuid(54321), nullptr) << "test assumes uid 54321 does not exist";
-  ASSERT_TRUE(parse_user_spec("54321", &uid, &gid, &error)) << error;
-  EXPECT_EQ(uid, 54321u);
-  EXPECT_EQ(gid, 54321u);
-  ASSERT_TRUE(parse_user_spec("54321:100", &uid, &gid, &error)) << error;
-  EXPECT_EQ(uid, 54321u);
-  EXPECT_EQ(gid, 100u);
+  expect_user_spec("54321", 54321, 54321);
+  expect_user_spec("54321:100", 54321, 100);
 
   // A name takes the passwd entry's primary group unless a group is given.
   const passwd* nobody = ::getpwnam("nobody");
   if (nobody != nullptr) {
     const uid_t nobody_uid = nobody->pw_uid;
     const gid_t nobody_gid = nobody->pw_gid;
-    ASSERT_TRUE(parse_user_spec("nobody", &uid, &gid, &error)) << error;
-    EXPECT_EQ(uid, nobody_uid);
-    EXPECT_EQ(gid, nobody_gid);
-    ASSERT_TRUE(parse_user_spec("nobody:root", &uid, &gid, &error)) << error;
-    EXPECT_EQ(uid, nobody_uid);
-    EXPECT_EQ(gid, 0u);
+    expect_user_spec("nobody", nobody_uid, nobody_gid);
+    expect_user_spec("nobody:root", nobody_uid, 0);
   }
 }
 
