@@ -51,7 +51,6 @@ Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
 }
 
 Muxer::Impl::~Impl() {
-  *alive_ = false;
   reset_all_connections();
   listener_.reset();  // closes host peers still in their handshake
 }
@@ -81,14 +80,14 @@ void Muxer::Impl::on_queue_kicked(uint16_t index) {
 void Muxer::Impl::reset_all_connections() {
   control_list_.clear();
   data_list_.clear();
-  for (auto& [key, mc] : connections_) {
-    if (mc->timer != 0) loop_.cancel_timer(mc->timer);
-    if (mc->was_established) {
-      log_info("local={} peer={} connection reset (guest driver gone)", mc->conn.local_port(), mc->conn.peer_port());
+  connections_.for_each([this](RoutedConnection& connection) {
+    timers_.cancel(connection);
+    if (connection.was_established) {
+      log_info("local={} peer={} connection reset (guest driver gone)", connection.conn.local_port(),
+               connection.conn.peer_port());
     }
-  }
+  });
   connections_.clear();  // closes every host socket
-  local_ports_in_use_.clear();
   orphan_rsts_.clear();
   wake_tx_if_waiting();
   stats_.connections_active = 0;
@@ -164,10 +163,8 @@ void Muxer::Impl::handle_tx_chain(const virtio::DescriptorChain& chain) {
   if (status != TxParseStatus::kOk) {
     ++stats_.dropped_malformed;
     warn_guest("malformed packet ({}): {}", to_string(status), describe(header));
-    if (MuxConnection* mc = find(connection_key(header.dst_port, header.src_port))) {
-      const ConnectionState before = mc->conn.state();
-      mc->conn.reset();
-      after_change(*mc, before);
+    if (RoutedConnection* connection = find_for(header)) {
+      mutate(*connection, [](Connection& conn) { conn.reset(); });
     } else if (header.operation() != Op::kRst) {
       reply_rst(header);
     }
@@ -184,21 +181,18 @@ void Muxer::Impl::handle_guest_packet(const PacketHeader& header, std::span<cons
     if (op != Op::kRst) reply_rst(header);
     return;
   }
-  const uint64_t key = connection_key(header.dst_port, header.src_port);
-  MuxConnection* mc = find(key);
+  RoutedConnection* connection = find_for(header);
   if (!is_known_op(header.op)) {
     ++stats_.dropped_malformed;
     warn_guest("unknown op: {}", describe(header));
-    if (mc != nullptr) {
-      const ConnectionState before = mc->conn.state();
-      mc->conn.reset();
-      after_change(*mc, before);
+    if (connection != nullptr) {
+      mutate(*connection, [](Connection& conn) { conn.reset(); });
     } else {
       reply_rst(header);
     }
     return;
   }
-  if (mc == nullptr) {
+  if (connection == nullptr) {
     if (op == Op::kRequest) {
       handle_guest_connect(header);
     } else if (op != Op::kRst) {
@@ -206,34 +200,41 @@ void Muxer::Impl::handle_guest_packet(const PacketHeader& header, std::span<cons
     }
     return;
   }
-  const ConnectionState before = mc->conn.state();
-  const GuestPacketVerdict verdict = mc->conn.on_guest_packet(header, payload);
+  mutate(*connection, [&](Connection& conn) {
+    const ConnectionState before = conn.state();
+    count_guest_verdict(*connection, header, before, conn.on_guest_packet(header, payload));
+  });
+}
+
+void Muxer::Impl::count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header,
+                                      ConnectionState before, GuestPacketVerdict verdict) {
+  const Connection& conn = connection.conn;
   switch (verdict) {
     case GuestPacketVerdict::kOk:
-      if (op == Op::kRw && before == ConnectionState::kEstablished) stats_.bytes_from_guest += header.len;
+      if (header.operation() == Op::kRw && before == ConnectionState::kEstablished) {
+        stats_.bytes_from_guest += header.len;
+      }
       break;
     case GuestPacketVerdict::kCreditViolation:
       ++stats_.credit_violations;
       warn_guest("local={} peer={} credit violation: len={} beyond credit (buf_alloc={} rx_cnt={} fwd_cnt={})",
-                 mc->conn.local_port(), mc->conn.peer_port(), header.len, mc->conn.buf_alloc(), mc->conn.rx_cnt(),
-                 mc->conn.fwd_cnt());
+                 conn.local_port(), conn.peer_port(), header.len, conn.buf_alloc(), conn.rx_cnt(), conn.fwd_cnt());
       break;
     case GuestPacketVerdict::kProtocolViolation:
       ++stats_.protocol_violations;
-      warn_guest("local={} peer={} {} not valid in state {}", mc->conn.local_port(), mc->conn.peer_port(),
-                 op_name(header.op), to_string(before));
+      warn_guest("local={} peer={} {} not valid in state {}", conn.local_port(), conn.peer_port(), op_name(header.op),
+                 to_string(before));
       break;
     case GuestPacketVerdict::kHostGone:
       spdlog::debug("cid={} local={} peer={} data for a closed host socket; resetting", options_.guest_cid,
-                    mc->conn.local_port(), mc->conn.peer_port());
+                    conn.local_port(), conn.peer_port());
       break;
   }
-  after_change(*mc, before);
 }
 
 void Muxer::Impl::handle_guest_connect(const PacketHeader& header) {
   const uint32_t port = header.dst_port;
-  if (connections_.size() + pending_host_peers() >= options_.limits.max_connections) {
+  if (!connections_.has_room(pending_host_peers())) {
     warn_guest("connection limit {} reached; refusing guest port {} -> host port {}", options_.limits.max_connections,
                header.src_port, port);
     reply_rst(header);
@@ -247,16 +248,16 @@ void Muxer::Impl::handle_guest_connect(const PacketHeader& header) {
     return;
   }
   ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size};
-  auto owned = std::make_unique<MuxConnection>(params, std::move(dialed.endpoint), ConnectionState::kEstablished,
-                                               next_connection_id_++);
-  MuxConnection& mc = insert(std::move(owned));
-  mc.conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
-  mc.conn.accept_connect();
-  mc.was_established = true;
+  RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
+      params, std::move(dialed.endpoint), ConnectionState::kEstablished, next_connection_id_++));
+  connection.was_established = true;
   ++stats_.connections_opened;
   log_info("local={} peer={} guest connection established", port, header.src_port);
-  watch(mc);
-  after_change(mc, ConnectionState::kEstablished);
+  mutate(connection, [&](Connection& conn) {
+    conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
+    conn.accept_connect();
+    watch(connection);
+  });
 }
 
 void Muxer::Impl::reply_rst(const PacketHeader& to) {
@@ -278,146 +279,108 @@ void Muxer::Impl::wake_tx_if_waiting() {
 // ---------------------------------------------------------------------------
 // Connection table and lifecycle
 
-MuxConnection* Muxer::Impl::find(uint64_t key) {
-  auto it = connections_.find(key);
-  return it == connections_.end() ? nullptr : it->second.get();
+RoutedConnection* Muxer::Impl::find_for(const PacketHeader& from_guest) const {
+  return connections_.find({options_.guest_cid, from_guest.dst_port, from_guest.src_port});
 }
 
-MuxConnection& Muxer::Impl::insert(std::unique_ptr<MuxConnection> owned) {
-  MuxConnection& mc = *owned;
-  const uint64_t key = connection_key(mc.conn.local_port(), mc.conn.peer_port());
-  if (MuxConnection* old = find(key)) erase(*old);  // callers check first; belt and braces
-  ++local_ports_in_use_[mc.conn.local_port()];
-  connections_.emplace(key, std::move(owned));
+RoutedConnection& Muxer::Impl::insert(std::unique_ptr<RoutedConnection> owned) {
+  if (RoutedConnection* old = connections_.find(owned->key())) erase(*old);  // callers check first
+  RoutedConnection& connection = connections_.insert(std::move(owned));
   stats_.connections_active = connections_.size();
-  return mc;
+  return connection;
 }
 
-void Muxer::Impl::erase(MuxConnection& mc) {
-  if (mc.timer != 0) loop_.cancel_timer(mc.timer);
-  const uint32_t local = mc.conn.local_port();
-  const uint32_t peer = mc.conn.peer_port();
-  if (mc.was_established) log_info("local={} peer={} connection closed", local, peer);
-  auto port = local_ports_in_use_.find(local);
-  if (port != local_ports_in_use_.end() && --port->second == 0) local_ports_in_use_.erase(port);
-  connections_.erase(connection_key(local, peer));  // destroys mc, closing its host socket
+void Muxer::Impl::erase(RoutedConnection& connection) {
+  timers_.cancel(connection);
+  if (connection.was_established) {
+    log_info("local={} peer={} connection closed", connection.conn.local_port(), connection.conn.peer_port());
+  }
+  connections_.erase(connection);  // destroys it, closing its host socket
   stats_.connections_active = connections_.size();
 }
 
-void Muxer::Impl::watch(MuxConnection& mc) {
-  const uint64_t key = connection_key(mc.conn.local_port(), mc.conn.peer_port());
-  const uint64_t id = mc.id;
+void Muxer::Impl::watch(RoutedConnection& connection) {
+  Connection& conn = connection.conn;
   try {
-    mc.conn.watch_host([this, key, id](HostEvents events) { on_host_event(key, id, events); });
+    conn.watch_host(
+        [this, key = connection.key(), id = connection.id](HostEvents events) { on_host_event(key, id, events); });
   } catch (const std::exception& error) {
     // epoll refused the socket (out of memory or watches): this connection cannot work.
-    spdlog::error("cid={} local={} peer={} cannot watch host socket: {}", options_.guest_cid, mc.conn.local_port(),
-                  mc.conn.peer_port(), error.what());
-    mc.conn.reset();
+    spdlog::error("cid={} local={} peer={} cannot watch host socket: {}", options_.guest_cid, conn.local_port(),
+                  conn.peer_port(), error.what());
+    conn.reset();
   }
 }
 
-bool Muxer::Impl::after_change(MuxConnection& mc, ConnectionState before) {
-  const ConnectionState now = mc.conn.state();
+bool Muxer::Impl::settle(RoutedConnection& connection, ConnectionState before) {
+  Connection& conn = connection.conn;
+  const ConnectionState now = conn.state();
   if (now == ConnectionState::kForgotten) {
     if (before == ConnectionState::kAwaitingResponse) ++stats_.handshake_failures;
-    erase(mc);
+    erase(connection);
     return false;
   }
   if (now != before) {
     if (before == ConnectionState::kAwaitingResponse) {
       if (now == ConnectionState::kEstablished) {
-        mc.was_established = true;
+        connection.was_established = true;
         ++stats_.connections_opened;
-        log_info("local={} peer={} host connection established", mc.conn.local_port(), mc.conn.peer_port());
+        log_info("local={} peer={} host connection established", conn.local_port(), conn.peer_port());
       } else {
         ++stats_.handshake_failures;
       }
     }
-    start_state_timer(mc);
+    timers_.arm_for_state(connection);
   }
-  if (mc.conn.wants_to_send_data()) {
-    if (mc.conn.peer_credit() > 0) {
-      data_list_.push_back(mc.data_hook);
+  if (conn.wants_to_send_data()) {
+    if (conn.peer_credit() > 0) {
+      data_list_.push_back(connection.data_hook);
       schedule_rx();
     } else {
       // Not queued: a connection without guest credit would spin the RX pass
-      // until the guest's next CREDIT_UPDATE, which re-runs this function.
-      mc.conn.note_credit_starved();
+      // until the guest's next CREDIT_UPDATE, which settles it again.
+      conn.note_credit_starved();
     }
   }
-  if (mc.conn.pending_control() != 0) {
-    control_list_.push_back(mc.control_hook);
+  if (conn.pending_control() != 0) {
+    control_list_.push_back(connection.control_hook);
     schedule_rx();
   }
   return true;
 }
 
-void Muxer::Impl::start_state_timer(MuxConnection& mc) {
-  if (mc.timer != 0) {
-    loop_.cancel_timer(mc.timer);
-    mc.timer = 0;
-  }
-  std::chrono::milliseconds delay{0};
-  switch (mc.conn.state()) {
+void Muxer::Impl::on_timer_expired(RoutedConnection& connection) {
+  const Connection& conn = connection.conn;
+  const ConnectionTimers::Durations& durations = timers_.durations();
+  switch (conn.state()) {
     case ConnectionState::kAwaitingResponse:
-      delay = options_.limits.request_timeout;
-      break;
-    case ConnectionState::kClosingAfterFlush:
-      mc.flush_backlog = mc.conn.host_backlog();
-      delay = options_.limits.shutdown_timeout;
-      break;
-    case ConnectionState::kAwaitingGuestRst:
-      delay = options_.limits.shutdown_timeout;
-      break;
-    default:
-      return;
-  }
-  const uint64_t key = connection_key(mc.conn.local_port(), mc.conn.peer_port());
-  mc.timer = loop_.add_timer(delay, [this, key, id = mc.id, alive = std::weak_ptr<bool>(alive_)] {
-    if (!alive.expired()) on_state_timer(key, id);
-  });
-}
-
-void Muxer::Impl::on_state_timer(uint64_t key, uint64_t id) {
-  MuxConnection* mc = find(key);
-  if (mc == nullptr || mc->id != id) return;
-  mc->timer = 0;
-  const ConnectionState before = mc->conn.state();
-  switch (before) {
-    case ConnectionState::kAwaitingResponse:
-      log_info("local={} peer={} guest did not answer our REQUEST in {} ms", mc->conn.local_port(),
-               mc->conn.peer_port(), options_.limits.request_timeout.count());
-      mc->conn.reset();
+      log_info("local={} peer={} guest did not answer our REQUEST in {} ms", conn.local_port(), conn.peer_port(),
+               durations.request_timeout.count());
       break;
     case ConnectionState::kClosingAfterFlush:
       // The timeout is for a host that stopped reading, not a slow one: the
       // host never sees a truncated stream while it keeps reading.
-      if (mc->conn.host_backlog() < mc->flush_backlog) {
-        start_state_timer(*mc);
+      if (conn.host_backlog() < connection.flush_backlog) {
+        timers_.arm_for_state(connection);
         return;
       }
-      log_info("local={} peer={} host read none of the last {} bytes in {} ms; closing", mc->conn.local_port(),
-               mc->conn.peer_port(), mc->conn.tx_buffered_bytes(), options_.limits.shutdown_timeout.count());
-      mc->conn.reset();
+      log_info("local={} peer={} host read none of the last {} bytes in {} ms; closing", conn.local_port(),
+               conn.peer_port(), conn.tx_buffered_bytes(), durations.shutdown_timeout.count());
       break;
     case ConnectionState::kAwaitingGuestRst:
       spdlog::debug("cid={} local={} peer={} guest did not RST after SHUTDOWN; forgetting", options_.guest_cid,
-                    mc->conn.local_port(), mc->conn.peer_port());
-      mc->conn.reset();
+                    conn.local_port(), conn.peer_port());
       break;
     default:
       return;
   }
-  after_change(*mc, before);
+  mutate(connection, [](Connection& expired) { expired.reset(); });
 }
 
-void Muxer::Impl::on_host_event(uint64_t key, uint64_t id, HostEvents events) {
-  MuxConnection* mc = find(key);
-  if (mc == nullptr || mc->id != id) return;
-  const ConnectionState before = mc->conn.state();
-  mc->conn.on_host_events(events);
-  after_change(*mc, before);
+void Muxer::Impl::on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events) {
+  RoutedConnection* connection = connections_.find(key);
+  if (connection == nullptr || connection->id != id) return;
+  mutate(*connection, [events](Connection& conn) { conn.on_host_events(events); });
 }
 
 }  // namespace vhost_vsock::vsock

@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "vsock/muxer/muxer_test_fixture.h"
-#include "vsock/muxer/orphan_rsts.h"
+#include "vsock/router/orphan_rsts.h"
 
 namespace vhost_vsock::vsock::test {
 namespace {

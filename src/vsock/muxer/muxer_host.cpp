@@ -28,7 +28,7 @@ size_t Muxer::Impl::pending_host_peers() const {
 }
 
 bool Muxer::Impl::admit_host_peer() {
-  if (connections_.size() + pending_host_peers() < options_.limits.max_connections) return true;
+  if (connections_.has_room(pending_host_peers())) return true;
   ++stats_.handshake_failures;
   log_info("connection limit {} reached; closing new host connection", options_.limits.max_connections);
   return false;
@@ -36,30 +36,30 @@ bool Muxer::Impl::admit_host_peer() {
 
 void Muxer::Impl::on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port,
                                   std::span<const uint8_t> early_bytes) {
-  if (connections_.size() >= options_.limits.max_connections) {
+  if (!connections_.has_room()) {
     ++stats_.handshake_failures;
     log_info("connection limit {} reached; refusing host connect to port {}", options_.limits.max_connections,
              guest_port);
     return;
   }
   // Bounded: more candidates than live connections guarantees a free port.
-  const auto host_port = port_allocator_.allocate([this](uint32_t port) { return local_ports_in_use_.contains(port); },
-                                                  connections_.size() + 1);
+  const auto host_port = port_allocator_.allocate(
+      [this](uint32_t port) { return connections_.local_port_in_use(port); }, connections_.size() + 1);
   if (!host_port) {
     ++stats_.handshake_failures;
     return;
   }
   ConnectionParams params{options_.guest_cid, *host_port, guest_port, options_.limits.tx_buffer_size};
-  auto owned = std::make_unique<MuxConnection>(params, std::move(endpoint), ConnectionState::kAwaitingResponse,
-                                               next_connection_id_++);
-  MuxConnection& mc = insert(std::move(owned));
-  mc.conn.set_early_host_bytes(early_bytes);
-  mc.conn.request_connect();
+  RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
+      params, std::move(endpoint), ConnectionState::kAwaitingResponse, next_connection_id_++));
   spdlog::debug("cid={} local={} peer={} host connect: REQUEST sent to the guest", options_.guest_cid, *host_port,
                 guest_port);
-  watch(mc);
-  start_state_timer(mc);
-  after_change(mc, ConnectionState::kAwaitingResponse);
+  mutate(connection, [&](Connection& conn) {
+    conn.set_early_host_bytes(early_bytes);
+    conn.request_connect();
+    watch(connection);
+    timers_.arm_for_state(connection);  // the request timeout (none if watching failed)
+  });
 }
 
 }  // namespace vhost_vsock::vsock

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <memory>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -16,38 +17,17 @@
 #include "base/log_limiter.h"
 #include "base/unique_fd.h"
 #include "vsock/connection/connection.h"
-#include "vsock/muxer/intrusive_list.h"
 #include "vsock/muxer/muxer.h"
-#include "vsock/muxer/orphan_rsts.h"
 #include "vsock/muxer/port_allocator.h"
 #include "vsock/packet/packet.h"
+#include "vsock/router/connection_table.h"
+#include "vsock/router/connection_timers.h"
+#include "vsock/router/intrusive_list.h"
+#include "vsock/router/orphan_rsts.h"
 #include "vsock/transport/hybrid_listener.h"
 #include "vsock/transport/unix_stream_dialer.h"
 
 namespace vhost_vsock::vsock {
-
-inline uint64_t connection_key(uint32_t local_port, uint32_t peer_port) {
-  return (static_cast<uint64_t>(local_port) << 32) | peer_port;
-}
-
-struct MuxConnection {
-  MuxConnection(const ConnectionParams& params, std::unique_ptr<HostEndpoint> host, ConnectionState state, uint64_t id_)
-      : conn(params, std::move(host), state), id(id_) {
-    control_hook.owner = this;
-    data_hook.owner = this;
-  }
-  ~MuxConnection() {
-    control_hook.unlink();
-    data_hook.unlink();
-  }
-  Connection conn;
-  uint64_t id;  // unique for the muxer's lifetime: stale timers and events check it
-  base::EventLoop::TimerId timer = 0;
-  size_t flush_backlog = 0;  // kClosingAfterFlush: host_backlog() when the timer was armed
-  bool was_established = false;
-  ListHook<MuxConnection> control_hook;
-  ListHook<MuxConnection> data_hook;
-};
 
 class Muxer::Impl {
  public:
@@ -68,16 +48,22 @@ class Muxer::Impl {
   void handle_guest_connect(const PacketHeader& header);
   void reply_rst(const PacketHeader& to);
   void wake_tx_if_waiting();
-  MuxConnection* find(uint64_t key);
-  MuxConnection& insert(std::unique_ptr<MuxConnection> mc);
-  void erase(MuxConnection& mc);
-  // Reacts to whatever a connection just did: stats, logs, timers, scheduling,
-  // erasure. Returns false if `mc` was erased.
-  bool after_change(MuxConnection& mc, ConnectionState before);
-  void start_state_timer(MuxConnection& mc);
-  void on_state_timer(uint64_t key, uint64_t id);
-  void on_host_event(uint64_t key, uint64_t id, HostEvents events);
-  void watch(MuxConnection& mc);
+  // The connection a guest packet is addressed to, if any.
+  RoutedConnection* find_for(const PacketHeader& from_guest) const;
+  RoutedConnection& insert(std::unique_ptr<RoutedConnection> connection);
+  void erase(RoutedConnection& connection);
+  // The one place a connection changes: applies `change` to it, then settles
+  // what follows (stats, logs, timer, RX scheduling, erasure). A change that
+  // returns false did nothing worth settling. Returns false if the connection
+  // was erased.
+  template <typename Change>
+  bool mutate(RoutedConnection& connection, Change&& change);
+  bool settle(RoutedConnection& connection, ConnectionState before);
+  void count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
+                           GuestPacketVerdict verdict);
+  void on_timer_expired(RoutedConnection& connection);
+  void on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events);
+  void watch(RoutedConnection& connection);
   template <typename... Args>
   void warn_guest(fmt::format_string<Args...> format, Args&&... args);
   template <typename... Args>
@@ -96,7 +82,7 @@ class Muxer::Impl {
   bool acquire_rx_chain(virtio::Queue& queue, virtio::DescriptorChain& chain);
   bool put_control(virtio::Queue& queue, const PacketHeader& header);
   enum class DataTurn { kRxEmpty, kMore, kDone };
-  DataTurn serve_data(virtio::Queue& queue, MuxConnection& mc);
+  DataTurn serve_data(virtio::Queue& queue, RoutedConnection& connection);
 
   // --- muxer_host.cpp: connections from the hybrid listener ---
   void open_listener();
@@ -112,20 +98,22 @@ class Muxer::Impl {
   base::EventLoop& loop_;
   MuxerOptions options_;
   MuxerStats stats_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::array<QueueSlot, 2> queues_;
   uint64_t negotiated_features_ = 0;  // Muxer::set_negotiated_features()
 
   std::unique_ptr<HybridListener> listener_;           // null without a uds-path
   UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
 
-  std::unordered_map<uint64_t, std::unique_ptr<MuxConnection>> connections_;
-  std::unordered_map<uint32_t, uint32_t> local_ports_in_use_;  // port -> live connections using it
+  ConnectionTable connections_{options_.limits.max_connections};
+  ConnectionTimers timers_{loop_,
+                           connections_,
+                           {options_.limits.request_timeout, options_.limits.shutdown_timeout},
+                           [this](RoutedConnection& connection) { on_timer_expired(connection); }};
   LocalPortAllocator port_allocator_;
   uint64_t next_connection_id_ = 1;
 
-  IntrusiveList<MuxConnection> control_list_;  // owes the guest a control packet
-  IntrusiveList<MuxConnection> data_list_;     // may have host bytes for the guest
+  IntrusiveList<RoutedConnection> control_list_;  // owes the guest a control packet
+  IntrusiveList<RoutedConnection> data_list_;     // may have host bytes for the guest
   OrphanRstQueue orphan_rsts_;
   // The TX pass stopped taking guest packets because orphan_rsts_ was full;
   // the RX pass wakes it once a reply went out.
@@ -147,6 +135,17 @@ class Muxer::Impl {
   base::LogLimiter warn_limiter_{"guest warnings", 20};
   base::LogLimiter info_limiter_{"connection messages", 200};  // lifecycle, refusals, handshake failures
 };
+
+template <typename Change>
+bool Muxer::Impl::mutate(RoutedConnection& connection, Change&& change) {
+  const ConnectionState before = connection.conn.state();
+  if constexpr (std::is_same_v<std::invoke_result_t<Change, Connection&>, bool>) {
+    if (!change(connection.conn)) return true;
+  } else {
+    change(connection.conn);
+  }
+  return settle(connection, before);
+}
 
 template <typename... Args>
 void Muxer::Impl::log_info(fmt::format_string<Args...> format, Args&&... args) {

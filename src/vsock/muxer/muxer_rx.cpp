@@ -74,24 +74,24 @@ void Muxer::Impl::process_rx() {
   while (!rx_empty && !yielded) {
     // 1. Control packets owed by live connections.
     while (!rx_empty && !control_list_.empty()) {
-      MuxConnection* mc = control_list_.front();
-      if (mc->conn.pending_control() == 0) {
+      RoutedConnection* connection = control_list_.front();
+      if (connection->conn.pending_control() == 0) {
         control_list_.pop_front();
         continue;
       }
-      if (mc->conn.pending_control() == control::kCreditUpdate && mc->conn.wants_to_send_data() &&
-          mc->conn.peer_credit() > 0) {
+      if (connection->conn.pending_control() == control::kCreditUpdate && connection->conn.wants_to_send_data() &&
+          connection->conn.peer_credit() > 0) {
         // A data packet is about to carry the same credit: let it. If no data
-        // comes out after all, after_change() puts the update back here.
+        // comes out after all, settle() puts the update back here.
         control_list_.pop_front();
-        data_list_.push_back(mc->data_hook);
+        data_list_.push_back(connection->data_hook);
         continue;
       }
       if (!take_control_chain()) break;
-      const ConnectionState before = mc->conn.state();
-      put_control(*queue, *mc->conn.take_control_packet());
-      if (mc->conn.pending_control() == 0) control_list_.pop_front();
-      after_change(*mc, before);
+      mutate(*connection, [&](Connection& conn) {
+        put_control(*queue, *conn.take_control_packet());
+        if (conn.pending_control() == 0) control_list_.pop_front();
+      });
     }
     // 2. RSTs for packets that matched no connection.
     while (!rx_empty && !yielded && !orphan_rsts_.empty()) {
@@ -108,16 +108,18 @@ void Muxer::Impl::process_rx() {
       break;
     }
     ++turns;
-    MuxConnection* mc = data_list_.pop_front();
-    if (!mc->conn.wants_to_send_data()) continue;
-    const ConnectionState before = mc->conn.state();
-    const DataTurn turn = serve_data(*queue, *mc);
+    RoutedConnection* connection = data_list_.pop_front();
+    if (!connection->conn.wants_to_send_data()) continue;
+    DataTurn turn = DataTurn::kDone;
+    // Settling re-queues it behind the others if it still has data and credit.
+    mutate(*connection, [&](Connection&) {
+      turn = serve_data(*queue, *connection);
+      return turn != DataTurn::kRxEmpty;  // nothing read: it keeps its place below
+    });
     if (turn == DataTurn::kRxEmpty) {
       rx_empty = true;
-      data_list_.push_back(mc->data_hook);  // keep its place for the next RX kick
-      continue;
+      data_list_.push_back(connection->data_hook);  // keep its place for the next RX kick
     }
-    after_change(*mc, before);  // re-queues it behind the others if it still has data and credit
   }
 
   if (rx_used_any_) queue->notify();
@@ -131,8 +133,8 @@ void Muxer::Impl::process_rx() {
   if (yielded) schedule_rx();
 }
 
-Muxer::Impl::DataTurn Muxer::Impl::serve_data(virtio::Queue& queue, MuxConnection& mc) {
-  Connection& conn = mc.conn;
+Muxer::Impl::DataTurn Muxer::Impl::serve_data(virtio::Queue& queue, RoutedConnection& connection) {
+  Connection& conn = connection.conn;
   const uint32_t credit = conn.peer_credit();
   if (credit == 0) {
     conn.note_credit_starved();

@@ -1,6 +1,6 @@
 // A minimal intrusive FIFO: elements carry their own hook, so linking and
 // unlinking never allocate and an element can leave every list in O(1) when it
-// is destroyed. Used for the muxer's "owes a control packet" and "has data"
+// is destroyed. Used for the RX scheduler's "owes a control packet" and "has data"
 // lists.
 #pragma once
 

@@ -1,0 +1,36 @@
+// One entry of the connection table: the stream itself plus what the router
+// keeps about it (its timer, the RX scheduling hooks, lifecycle facts).
+#pragma once
+
+#include <memory>
+
+#include "base/event_loop.h"
+#include "vsock/connection/connection.h"
+#include "vsock/router/connection_key.h"
+#include "vsock/router/intrusive_list.h"
+
+namespace vhost_vsock::vsock {
+
+struct RoutedConnection {
+  RoutedConnection(const ConnectionParams& params, std::unique_ptr<HostEndpoint> host, ConnectionState state,
+                   uint64_t id_)
+      : conn(params, std::move(host), state), id(id_) {
+    control_hook.owner = this;
+    data_hook.owner = this;
+  }
+  ~RoutedConnection() {
+    control_hook.unlink();
+    data_hook.unlink();
+  }
+  [[nodiscard]] ConnectionKey key() const { return {conn.guest_cid(), conn.local_port(), conn.peer_port()}; }
+
+  Connection conn;
+  uint64_t id;  // unique for the router's lifetime: stale timers and events check it
+  base::EventLoop::TimerId timer = 0;
+  size_t flush_backlog = 0;  // kClosingAfterFlush: host_backlog() when the timer was armed
+  bool was_established = false;
+  ListHook<RoutedConnection> control_hook;  // owes the guest a control packet
+  ListHook<RoutedConnection> data_hook;     // may have host bytes for the guest
+};
+
+}  // namespace vhost_vsock::vsock
