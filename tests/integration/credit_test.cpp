@@ -40,12 +40,7 @@ TEST_F(CreditTest, SlowGuestReaderStallsHostWriterWithoutLoss) {
 
   // Resume reading: everything arrives, in order.
   std::vector<uint8_t> received(kTransfer);
-  size_t got = 0;
-  while (got < kTransfer) {
-    const size_t n = c.guest.recv_into(std::span(received).subspan(got), Millis(10000));
-    if (n == 0) break;
-    got += n;
-  }
+  const size_t got = receive_fully(c.guest, received, Millis(10000));
   writer.join();
   EXPECT_TRUE(write_ok.load());
   ASSERT_EQ(got, kTransfer);
@@ -100,8 +95,8 @@ TEST_F(CreditTest, SmallGuestBufAllocIsHonoured) {
   size_t got = 0;
   while (got < data.size()) {
     // Read slowly in small pieces to keep credit tight.
-    const size_t n = c.guest.recv_into(std::span(received).subspan(got, std::min<size_t>(3000, data.size() - got)),
-                                       Millis(10000));
+    const size_t n =
+        c.guest.recv_into(std::span(received).subspan(got, std::min<size_t>(3000, data.size() - got)), Millis(10000));
     if (n == 0) break;
     EXPECT_LE(c.guest.readable_bytes(), g.buf_alloc);
     got += n;
@@ -122,12 +117,7 @@ TEST_F(CreditTest, PausedRxQueueDelaysButLosesNothing) {
   std::this_thread::sleep_for(Millis(500));
   guest().set_rx_paused(false);
   std::vector<uint8_t> received(data.size());
-  size_t got = 0;
-  while (got < data.size()) {
-    const size_t n = c.guest.recv_into(std::span(received).subspan(got), Millis(10000));
-    if (n == 0) break;
-    got += n;
-  }
+  const size_t got = receive_fully(c.guest, received, Millis(10000));
   writer.join();
   ASSERT_EQ(got, data.size());
   EXPECT_TRUE(received == data);
@@ -156,15 +146,10 @@ TEST_F(CreditTest, DeviceNoticesRxRefillAfterRingRanDry) {
     guest().set_rx_paused(true);
     const auto data = pattern(200 * 1024, 5);
     ASSERT_TRUE(write_all(c.host.get(), data));  // fits in the socket buffer
-    std::this_thread::sleep_for(Millis(300));     // the device fills every RX buffer and stops
+    std::this_thread::sleep_for(Millis(300));    // the device fills every RX buffer and stops
     guest().set_rx_paused(false);
     std::vector<uint8_t> received(data.size());
-    size_t got = 0;
-    while (got < data.size()) {
-      const size_t n = c.guest.recv_into(std::span(received).subspan(got), Millis(3000));
-      if (n == 0) break;
-      got += n;
-    }
+    const size_t got = receive_fully(c.guest, received, Millis(3000));
     EXPECT_EQ(got, data.size()) << "device stopped after the RX ring ran dry\n" << guest().debug_state();
     EXPECT_TRUE(received == data);
     TearDown();  // next round gets a fresh daemon and guest

@@ -4,6 +4,16 @@
 
 namespace vhost_vsock::integration {
 
+size_t receive_fully(Stream& stream, std::span<uint8_t> out, Millis wait_per_read) {
+  size_t got = 0;
+  while (got < out.size()) {
+    const size_t n = stream.recv_into(out.subspan(got), wait_per_read);
+    if (n == 0) break;
+    got += n;
+  }
+  return got;
+}
+
 void DaemonTest::start_daemon(DaemonOptions options) {
   options.guest_cid = kGuestCid;
   daemon_ = std::make_unique<DaemonProcess>(std::move(options));

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <span>
 #include <string>
 
 #include "host_socket.h"
@@ -22,6 +23,10 @@ using testing::Stream;
 using testing::StreamState;
 
 inline constexpr uint64_t kGuestCid = 3;
+
+// Reads from `stream` until `out` is full, or until one wait for data lasts
+// `wait_per_read` (or EOF / reset). The number of bytes read.
+size_t receive_fully(Stream& stream, std::span<uint8_t> out, Millis wait_per_read);
 
 class DaemonTest : public ::testing::Test {
  protected:

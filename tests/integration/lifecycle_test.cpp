@@ -103,12 +103,7 @@ TEST_P(LayoutTest, EchoBothWays) {
     c.guest.shutdown(SHUT_WR);
   });
   std::vector<uint8_t> echoed(data.size());
-  size_t got = 0;
-  while (got < data.size()) {
-    const size_t n = c.guest.recv_into(std::span(echoed).subspan(got), Millis(10000));
-    if (n == 0) break;
-    got += n;
-  }
+  const size_t got = receive_fully(c.guest, echoed, Millis(10000));
   sender.join();
   host.join();
   ASSERT_EQ(got, data.size());
