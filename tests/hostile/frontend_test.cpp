@@ -78,21 +78,6 @@ class FrontendTest : public HostileTest {
     ASSERT_TRUE(daemon().running());
     EXPECT_FALSE(ring_started(static_cast<int>(index))) << why;
   }
-  // After each attack: the daemon and its sibling are fine, and a proper
-  // front-end plus guest gets a working device on the attacked socket.
-  void expect_next_frontend_works(uint32_t port) {
-    expect_daemon_healthy("after the hostile front-end");
-    attach_guest();
-    HostListener listener(daemon().uds_port_path(0, port));
-    Stream s = guest().connect(port, Millis(3000));
-    ASSERT_TRUE(s.established()) << "the next front-end did not get a working device";
-    UniqueFd host = listener.accept(Millis(3000));
-    ASSERT_TRUE(host.valid());
-    ASSERT_TRUE(s.send("next front-end"));
-    EXPECT_EQ(integration::read_exactly(host.get(), 14, Millis(3000)), "next front-end");
-    check_violations(guest(), "the next front-end's");
-    guest_.reset();
-  }
 };
 
 TEST_F(FrontendTest, KickBeforeMemoryTable) {

@@ -256,14 +256,7 @@ TEST_P(AvailIndexTest, CorruptAvailRingStopsTheQueueNotTheDaemon) {
     }
     expect_daemon_healthy("with a broken " + std::string(queue == 0 ? "RX" : "TX") + " queue");
   }  // the front-end goes away; a new one must get a working device
-  attach_guest();
-  HostListener after(daemon().uds_port_path(0, 5004));
-  Stream s = guest().connect(5004, Millis(3000));
-  ASSERT_TRUE(s.established());
-  UniqueFd host = after.accept(Millis(3000));
-  ASSERT_TRUE(host.valid());
-  ASSERT_TRUE(s.send("new front-end"));
-  EXPECT_EQ(integration::read_exactly(host.get(), 13), "new front-end");
+  expect_next_frontend_works(5004);
 }
 
 TEST_F(GuestRingsTest, AvailHeadOutsideTheTableStopsTheQueue) {
@@ -274,10 +267,7 @@ TEST_F(GuestRingsTest, AvailHeadOutsideTheTableStopsTheQueue) {
     ASSERT_TRUE(daemon().wait_log("queue is stopped", Millis(3000)));
     expect_daemon_healthy("after a head index outside the table");
   }
-  attach_guest();
-  HostListener after(daemon().uds_port_path(0, 5005));
-  Stream s = guest().connect(5005, Millis(3000));
-  EXPECT_TRUE(s.established());
+  expect_next_frontend_works(5005);
 }
 
 INSTANTIATE_TEST_SUITE_P(Queues, AvailIndexTest, ::testing::Values(uint16_t{0}, uint16_t{1}),

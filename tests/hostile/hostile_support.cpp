@@ -272,6 +272,20 @@ void HostileTest::expect_memory_growth_bounded(const MemoryUse& before, const st
   std::cout << "[ memory   ] " << what << ": " << after.describe() << std::endl;
 }
 
+void HostileTest::expect_next_frontend_works(uint32_t port) {
+  expect_daemon_healthy("after the hostile front-end");
+  attach_guest();
+  HostListener listener(daemon_->uds_port_path(0, port));
+  Stream s = guest_->connect(port, Millis(3000));
+  ASSERT_TRUE(s.established()) << "the next front-end did not get a working device";
+  UniqueFd host = listener.accept(Millis(3000));
+  ASSERT_TRUE(host.valid());
+  ASSERT_TRUE(s.send("next front-end"));
+  EXPECT_EQ(integration::read_exactly(host.get(), 14, Millis(3000)), "next front-end");
+  check_violations(*guest_, "the next front-end's");
+  guest_.reset();
+}
+
 void HostileTest::check_violations(GuestVsockDriver& driver, const char* which) {
   std::string listed;
   for (const auto& v : driver.violations()) {

@@ -143,6 +143,10 @@ class HostileTest : public ::testing::Test {
   void expect_daemon_healthy(const std::string& when);
   // Own memory grew by at most kGrowthLimitMiB since `before`.
   void expect_memory_growth_bounded(const MemoryUse& before, const std::string& what);
+  // After an attack that ended with its front-end gone: the daemon and its
+  // sibling are fine, and a proper front-end plus guest on VM 0 gets a
+  // working device (a stream to `port` carries data).
+  void expect_next_frontend_works(uint32_t port);
   // Guest-driver violations containing this text are expected (e.g. raw ring writes).
   void allow_violations_containing(std::string text) { allowed_violations_.push_back(std::move(text)); }
   void TearDown() override;
