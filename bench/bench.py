@@ -146,12 +146,12 @@ def local_goals(pins: list[str]) -> list[Goal]:
     goals: list[Goal] = []
     for pin in pins:
         where = report.PIN_TEXT[pin]
-        for direction, name in (("g2h", "guest→host"), ("h2g", "host→guest")):
+        for direction, name in local_suite.DIRECTIONS:
             for tag, size, target in (("64k", "64 KiB", 0.6), ("4k", "4 KiB", 0.5)):
                 goals.append(Goal(f"sim {name} {size} writes, 1 stream ÷ ceiling [{where}]",
                                   f"sim.{direction}.{tag}.1.{pin}", f"ceiling.tput.{tag}.1.{pin}",
                                   target, True, f"≥ {target}×"))
-        for direction, name in (("g2h", "guest→host"), ("h2g", "host→guest")):
+        for direction, name in local_suite.DIRECTIONS:
             for tag, size in (("64k", "64 KiB"), ("4k", "4 KiB")):
                 goals.append(Goal(f"sim {name} {size} writes, 8 streams ÷ ceiling 8 streams [{where}]",
                                   f"sim.{direction}.{tag}.8.{pin}", f"ceiling.tput.{tag}.8.{pin}"))
@@ -168,7 +168,7 @@ def peer_goals(pins: list[str], name: str) -> list[Goal]:
     goals: list[Goal] = []
     for pin in pins:
         where = report.PIN_TEXT[pin]
-        for direction, text in (("g2h", "guest→host"), ("h2g", "host→guest")):
+        for direction, text in local_suite.DIRECTIONS:
             for tag, size in (("64k", "64 KiB"), ("4k", "4 KiB")):
                 goals.append(Goal(f"ours ÷ {name}: sim {text} {size} writes, 1 stream [{where}]",
                                   f"sim.{direction}.{tag}.1.{pin}", f"peer.{direction}.{tag}.1.{pin}"))
@@ -183,7 +183,7 @@ def peer_goals(pins: list[str], name: str) -> list[Goal]:
 def vm_goals() -> list[Goal]:
     goals = []
     for alt, name in (("net", "virtio-net (user net)"), ("serial", "virtio-serial")):
-        for direction, text in (("g2h", "guest→host"), ("h2g", "host→guest")):
+        for direction, text in local_suite.DIRECTIONS:
             goals.append(Goal(f"VM vsock ÷ {name}, {text} throughput", f"vm.vsock.{direction}",
                               f"vm.{alt}.{direction}", 2.0, True, "≥ 2×"))
     goals.append(Goal("VM vsock ÷ virtio-net (user net), 1-byte round trip (lower is better)", "vm.vsock.rtt",

@@ -10,6 +10,8 @@ DAEMON_BINARY = "vhost-user-vsock"
 
 WRITE_SIZES = [("64k", "64K"), ("4k", "4K")]
 STREAM_COUNTS = [1, 8]
+# Transfer directions, sim and VM alike: (measurement id part, text).
+DIRECTIONS = [("g2h", "guest→host"), ("h2g", "host→guest")]
 # Non-default daemon settings measured beside the defaults (guest→host, 1 stream):
 # our buf_alloc per connection, which bounds the bytes in flight per stream.
 TX_BUFFER_ROWS = [("tx256k", "256K", 256 * 1024), ("tx1m", "1M", 1024 * 1024)]
@@ -47,7 +49,7 @@ def sim_measurements(ctx: Context) -> list[Measurement]:
     common = ["--daemon", str(ctx.binary(DAEMON_BINARY)), "--dir", str(ctx.scratch)]
     out: list[Measurement] = []
     for pin in ctx.pins:
-        for direction, name in (("g2h", "guest→host"), ("h2g", "host→guest")):
+        for direction, name in DIRECTIONS:
             for tag, size in WRITE_SIZES:
                 for streams in STREAM_COUNTS:
                     out.append(Measurement(
@@ -99,7 +101,7 @@ def peer_measurements(ctx: Context, peer: str, name: str) -> list[Measurement]:
     common = ["--daemon", peer, "--daemon-cli", "compat", "--dir", str(ctx.scratch)]
     out: list[Measurement] = []
     for pin in ctx.pins:
-        for direction, text in (("g2h", "guest→host"), ("h2g", "host→guest")):
+        for direction, text in DIRECTIONS:
             for tag, size in WRITE_SIZES:
                 out.append(Measurement(
                     id=f"peer.{direction}.{tag}.1.{pin}", group="sim",
