@@ -86,7 +86,7 @@ stage_build() {
   local rc=0
   echo "--- layers: scripts/check_layers.py"
   python3 scripts/check_layers.py || rc=1
-  configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo && ninja -C build -j "$jobs" || rc=1
+  configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVUV_WERROR=ON && ninja -C build -j "$jobs" || rc=1
   return "$rc"
 }
 
@@ -98,7 +98,7 @@ stage_e2e() { ctest_label build e2e -V; }
 # (coverage instrumentation is harmless to the tests), saving a full build.
 configure_asan() {
   configure build-asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DVUV_SANITIZE=address,undefined -DVUV_BUILD_FUZZERS=ON -DVUV_BUILD_BENCH=OFF
+    -DVUV_WERROR=ON -DVUV_SANITIZE=address,undefined -DVUV_BUILD_FUZZERS=ON -DVUV_BUILD_BENCH=OFF
 }
 
 # ASan+UBSan: unit and integration suites (the integration tests drive the
@@ -113,7 +113,7 @@ stage_asan() {
 
 stage_tsan() {
   configure build-tsan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
-    -DVUV_SANITIZE=thread -DVUV_BUILD_BENCH=OFF &&
+    -DVUV_WERROR=ON -DVUV_SANITIZE=thread -DVUV_BUILD_BENCH=OFF &&
     ninja -C build-tsan -j "$jobs" &&
     TSAN_OPTIONS=halt_on_error=1 ctest_label build-tsan unit -j "$jobs" &&
     TSAN_OPTIONS=halt_on_error=1 ctest_label build-tsan integration

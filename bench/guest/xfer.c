@@ -112,6 +112,19 @@ static void read_all(int fd, void *data, size_t len, const char *what)
 
 static int listener; /* kept open for serve */
 
+/* A path that does not fit sun_path is an error, never a silently truncated address. */
+static struct sockaddr_un unix_address(const char *path, const char *spec)
+{
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof(un.sun_path)) {
+        errno = ENAMETOOLONG;
+        die("unix path in %s", spec);
+    }
+    memcpy(un.sun_path, path, len + 1);
+    return un;
+}
+
 /* Opens ENDPOINT; listening kinds print "listening" and return one accepted connection. */
 static int open_endpoint(const char *spec, bool only_listen)
 {
@@ -135,8 +148,7 @@ static int open_endpoint(const char *spec, bool only_listen)
             die("listen %s", spec);
         listening = true;
     } else if (strcmp(kind, "unix-listen") == 0) {
-        struct sockaddr_un un = {.sun_family = AF_UNIX};
-        snprintf(un.sun_path, sizeof(un.sun_path), "%s", spec + 12);
+        struct sockaddr_un un = unix_address(spec + 12, spec);
         unlink(un.sun_path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0 || bind(fd, (struct sockaddr *)&un, sizeof(un)) != 0 || listen(fd, 1024) != 0)
@@ -154,8 +166,7 @@ static int open_endpoint(const char *spec, bool only_listen)
             die("connect %s", spec);
     } else if (strcmp(kind, "unix-connect") == 0 || strcmp(kind, "hybrid") == 0) {
         bool hybrid = kind[0] == 'h';
-        struct sockaddr_un un = {.sun_family = AF_UNIX};
-        snprintf(un.sun_path, sizeof(un.sun_path), "%s", hybrid ? a : spec + 13);
+        struct sockaddr_un un = unix_address(hybrid ? a : spec + 13, spec);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0 || connect(fd, (struct sockaddr *)&un, sizeof(un)) != 0)
             die("connect %s", spec);
