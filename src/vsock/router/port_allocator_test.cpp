@@ -1,4 +1,4 @@
-#include "vsock/muxer/port_allocator.h"
+#include "vsock/router/port_allocator.h"
 
 #include <gtest/gtest.h>
 

@@ -1,0 +1,44 @@
+// The per-VM limits and counters of the vsock device. They live below the
+// router and the queue pump, which both count into MuxerStats; the public
+// Muxer API (vsock/muxer/muxer.h) includes them.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+namespace vhost_vsock::vsock {
+
+struct MuxerLimits {
+  // Our buf_alloc per connection: the most guest->host bytes we hold for one
+  // connection while its host socket would block (vhost-device-vsock's
+  // --tx-buffer-size, default 64 KiB).
+  uint32_t tx_buffer_size = 64 * 1024;
+  size_t max_connections = 65536;
+  std::chrono::milliseconds handshake_timeout{5000};  // host peer must finish "CONNECT <port>\n"
+  std::chrono::milliseconds request_timeout{2000};    // guest must answer our REQUEST
+  std::chrono::milliseconds shutdown_timeout{2000};   // guest must RST after our full SHUTDOWN
+  size_t max_connect_line = 64;                       // bytes, newline included
+};
+
+struct MuxerStats {
+  uint64_t connections_opened = 0;  // reached ESTABLISHED
+  uint64_t connections_active = 0;
+  uint64_t host_connects_refused = 0;  // guest REQUEST with no host listener
+  uint64_t handshake_failures = 0;     // bad/over-long/silent CONNECT lines, guest refusals, timeouts
+  uint64_t packets_from_guest = 0;
+  uint64_t packets_to_guest = 0;
+  uint64_t bytes_from_guest = 0;
+  uint64_t bytes_to_guest = 0;
+  uint64_t dropped_bad_address = 0;  // src_cid != guest cid or dst_cid != host
+  uint64_t dropped_malformed = 0;    // unparseable chains, unknown type/op
+  uint64_t resets_sent = 0;
+  uint64_t credit_violations = 0;    // guest sent beyond our advertised credit
+  uint64_t protocol_violations = 0;  // op not valid in the connection's state
+  uint64_t rx_chains_too_small = 0;  // RX chains returned unused (no room for a header, or for data)
+  uint64_t orphan_rsts_dropped = 0;  // RST replies lost to a full queue: 0 (TX backpressure); a tripwire
+  uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
+  uint64_t tx_passes = 0;            // TX passes run (each drains the ring up to a budget)
+};
+
+}  // namespace vhost_vsock::vsock

@@ -1,0 +1,351 @@
+#include "vsock/router/router.h"
+
+namespace vhost_vsock::vsock {
+namespace {
+
+bool is_known_op(uint16_t op) {
+  return op >= static_cast<uint16_t>(Op::kRequest) && op <= static_cast<uint16_t>(Op::kCreditRequest);
+}
+
+}  // namespace
+
+Router::Router(base::EventLoop& loop, Options options, MuxerStats& stats, Wakeups wakeups)
+    : loop_(loop), options_(std::move(options)), stats_(stats), wakeups_(std::move(wakeups)) {}
+
+Router::~Router() {
+  wakeups_ = Wakeups{[] {}, [] {}};  // the pump may be gone already
+  reset_all_connections();
+}
+
+// ---------------------------------------------------------------------------
+// Guest -> host
+
+bool Router::ready_for_guest_packet() {
+  // Each guest packet owes at most one RST: room for one is enough.
+  if (!orphan_rsts_.full()) return true;
+  tx_waits_for_rx_ = true;
+  return false;
+}
+
+void Router::note_invalid_tx_chain() {
+  ++stats_.dropped_malformed;
+  warn_guest("invalid TX descriptor chain");
+}
+
+void Router::route_guest_packet(std::span<const iovec> readable, size_t readable_bytes) {
+  const TxParseStatus status = parse_tx_packet(readable, tx_packet_);
+  const PacketHeader& header = tx_packet_.header;
+  if (status == TxParseStatus::kShortHeader) {
+    ++stats_.dropped_malformed;
+    warn_guest("TX chain with {} readable bytes, no room for a header", readable_bytes);
+    return;
+  }
+  // Invariant 2: only packets from the guest itself to the host.
+  if (header.src_cid != options_.guest_cid || header.dst_cid != kCidHost) {
+    ++stats_.dropped_bad_address;
+    warn_guest("dropped packet with bad address: {}", describe(header));
+    return;
+  }
+  ++stats_.packets_from_guest;
+  if (status != TxParseStatus::kOk) {
+    ++stats_.dropped_malformed;
+    warn_guest("malformed packet ({}): {}", to_string(status), describe(header));
+    if (RoutedConnection* connection = find_for(header)) {
+      mutate(*connection, [](Connection& conn) { conn.reset(); });
+    } else if (header.operation() != Op::kRst) {
+      reply_rst(header);
+    }
+    return;
+  }
+  route_parsed_packet(header, tx_packet_.payload.span());
+}
+
+void Router::route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload) {
+  const Op op = header.operation();
+  if (header.type != static_cast<uint16_t>(SocketType::kStream)) {
+    // SEQPACKET seam: a SeqpacketConnection over AF_UNIX SOCK_SEQPACKET would be
+    // routed from here once the device offers VIRTIO_VSOCK_F_SEQPACKET.
+    if (op != Op::kRst) reply_rst(header);
+    return;
+  }
+  RoutedConnection* connection = find_for(header);
+  if (!is_known_op(header.op)) {
+    ++stats_.dropped_malformed;
+    warn_guest("unknown op: {}", describe(header));
+    if (connection != nullptr) {
+      mutate(*connection, [](Connection& conn) { conn.reset(); });
+    } else {
+      reply_rst(header);
+    }
+    return;
+  }
+  if (connection == nullptr) {
+    if (op == Op::kRequest) {
+      handle_guest_connect(header);
+    } else if (op != Op::kRst) {
+      reply_rst(header);  // never answer an orphan RST: it could reset a reused port pair
+    }
+    return;
+  }
+  mutate(*connection, [&](Connection& conn) {
+    const ConnectionState before = conn.state();
+    count_guest_verdict(*connection, header, before, conn.on_guest_packet(header, payload));
+  });
+}
+
+void Router::count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
+                                 GuestPacketVerdict verdict) {
+  const Connection& conn = connection.conn;
+  switch (verdict) {
+    case GuestPacketVerdict::kOk:
+      if (header.operation() == Op::kRw && before == ConnectionState::kEstablished) {
+        stats_.bytes_from_guest += header.len;
+      }
+      break;
+    case GuestPacketVerdict::kCreditViolation:
+      ++stats_.credit_violations;
+      warn_guest("local={} peer={} credit violation: len={} beyond credit (buf_alloc={} rx_cnt={} fwd_cnt={})",
+                 conn.local_port(), conn.peer_port(), header.len, conn.buf_alloc(), conn.rx_cnt(), conn.fwd_cnt());
+      break;
+    case GuestPacketVerdict::kProtocolViolation:
+      ++stats_.protocol_violations;
+      warn_guest("local={} peer={} {} not valid in state {}", conn.local_port(), conn.peer_port(), op_name(header.op),
+                 to_string(before));
+      break;
+    case GuestPacketVerdict::kHostGone:
+      spdlog::debug("cid={} local={} peer={} data for a closed host socket; resetting", options_.guest_cid,
+                    conn.local_port(), conn.peer_port());
+      break;
+  }
+}
+
+void Router::handle_guest_connect(const PacketHeader& header) {
+  const uint32_t port = header.dst_port;
+  if (!connections_.has_room(pending_host_peers())) {
+    warn_guest("connection limit {} reached; refusing guest port {} -> host port {}", options_.limits.max_connections,
+               header.src_port, port);
+    reply_rst(header);
+    return;
+  }
+  UnixStreamDialer::Result dialed = dialer_.dial(port);
+  if (!dialed.endpoint) {
+    ++stats_.host_connects_refused;
+    log_info("local={} peer={} guest connect refused: {}", port, header.src_port, dialed.failure);
+    reply_rst(header);
+    return;
+  }
+  ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size};
+  RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
+      params, std::move(dialed.endpoint), ConnectionState::kEstablished, next_connection_id_++));
+  connection.was_established = true;
+  ++stats_.connections_opened;
+  log_info("local={} peer={} guest connection established", port, header.src_port);
+  mutate(connection, [&](Connection& conn) {
+    conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
+    conn.accept_connect();
+    watch(connection);
+  });
+}
+
+void Router::reply_rst(const PacketHeader& to) {
+  // process_tx() takes a packet only while there is room for its reply, so
+  // this cannot fail; the counter stays as a tripwire.
+  if (!orphan_rsts_.push_reply_to(to, options_.guest_cid)) {
+    ++stats_.orphan_rsts_dropped;
+    return;
+  }
+  wakeups_.rx();
+}
+
+void Router::wake_tx_if_waiting() {
+  if (!tx_waits_for_rx_ || orphan_rsts_.full()) return;
+  tx_waits_for_rx_ = false;
+  wakeups_.tx();
+}
+
+// ---------------------------------------------------------------------------
+// Host -> guest
+
+bool Router::has_control_packet() {
+  while (RoutedConnection* connection = control_list_.front()) {
+    const Connection& conn = connection->conn;
+    if (conn.pending_control() == 0) {
+      control_list_.pop_front();
+      continue;
+    }
+    if (conn.pending_control() == control::kCreditUpdate && conn.wants_to_send_data() && conn.peer_credit() > 0) {
+      // A data packet is about to carry the same credit: let it. If no data
+      // comes out after all, settle() puts the update back here.
+      control_list_.pop_front();
+      data_list_.push_back(connection->data_hook);
+      continue;
+    }
+    return true;
+  }
+  return !orphan_rsts_.empty();
+}
+
+// ---------------------------------------------------------------------------
+// Connection table and lifecycle
+
+RoutedConnection* Router::find_for(const PacketHeader& from_guest) const {
+  return connections_.find({options_.guest_cid, from_guest.dst_port, from_guest.src_port});
+}
+
+RoutedConnection& Router::insert(std::unique_ptr<RoutedConnection> owned) {
+  if (RoutedConnection* old = connections_.find(owned->key())) erase(*old);  // callers check first
+  RoutedConnection& connection = connections_.insert(std::move(owned));
+  stats_.connections_active = connections_.size();
+  return connection;
+}
+
+void Router::erase(RoutedConnection& connection) {
+  timers_.cancel(connection);
+  if (connection.was_established) {
+    log_info("local={} peer={} connection closed", connection.conn.local_port(), connection.conn.peer_port());
+  }
+  connections_.erase(connection);  // destroys it, closing its host socket
+  stats_.connections_active = connections_.size();
+}
+
+void Router::watch(RoutedConnection& connection) {
+  Connection& conn = connection.conn;
+  try {
+    conn.watch_host(
+        [this, key = connection.key(), id = connection.id](HostEvents events) { on_host_event(key, id, events); });
+  } catch (const std::exception& error) {
+    // epoll refused the socket (out of memory or watches): this connection cannot work.
+    spdlog::error("cid={} local={} peer={} cannot watch host socket: {}", options_.guest_cid, conn.local_port(),
+                  conn.peer_port(), error.what());
+    conn.reset();
+  }
+}
+
+bool Router::settle(RoutedConnection& connection, ConnectionState before) {
+  Connection& conn = connection.conn;
+  const ConnectionState now = conn.state();
+  if (now == ConnectionState::kForgotten) {
+    if (before == ConnectionState::kAwaitingResponse) ++stats_.handshake_failures;
+    erase(connection);
+    return false;
+  }
+  if (now != before) {
+    if (before == ConnectionState::kAwaitingResponse) {
+      if (now == ConnectionState::kEstablished) {
+        connection.was_established = true;
+        ++stats_.connections_opened;
+        log_info("local={} peer={} host connection established", conn.local_port(), conn.peer_port());
+      } else {
+        ++stats_.handshake_failures;
+      }
+    }
+    timers_.arm_for_state(connection);
+  }
+  if (conn.wants_to_send_data()) {
+    if (conn.peer_credit() > 0) {
+      data_list_.push_back(connection.data_hook);
+      wakeups_.rx();
+    } else {
+      // Not queued: a connection without guest credit would spin the RX pass
+      // until the guest's next CREDIT_UPDATE, which settles it again.
+      conn.note_credit_starved();
+    }
+  }
+  if (conn.pending_control() != 0) {
+    control_list_.push_back(connection.control_hook);
+    wakeups_.rx();
+  }
+  return true;
+}
+
+void Router::on_timer_expired(RoutedConnection& connection) {
+  const Connection& conn = connection.conn;
+  const ConnectionTimers::Durations& durations = timers_.durations();
+  switch (conn.state()) {
+    case ConnectionState::kAwaitingResponse:
+      log_info("local={} peer={} guest did not answer our REQUEST in {} ms", conn.local_port(), conn.peer_port(),
+               durations.request_timeout.count());
+      break;
+    case ConnectionState::kClosingAfterFlush:
+      // The timeout is for a host that stopped reading, not a slow one: the
+      // host never sees a truncated stream while it keeps reading.
+      if (conn.host_backlog() < connection.flush_backlog) {
+        timers_.arm_for_state(connection);
+        return;
+      }
+      log_info("local={} peer={} host read none of the last {} bytes in {} ms; closing", conn.local_port(),
+               conn.peer_port(), conn.tx_buffered_bytes(), durations.shutdown_timeout.count());
+      break;
+    case ConnectionState::kAwaitingGuestRst:
+      spdlog::debug("cid={} local={} peer={} guest did not RST after SHUTDOWN; forgetting", options_.guest_cid,
+                    conn.local_port(), conn.peer_port());
+      break;
+    default:
+      return;
+  }
+  mutate(connection, [](Connection& expired) { expired.reset(); });
+}
+
+void Router::on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events) {
+  RoutedConnection* connection = connections_.find(key);
+  if (connection == nullptr || connection->id != id) return;
+  mutate(*connection, [events](Connection& conn) { conn.on_host_events(events); });
+}
+
+void Router::reset_all_connections() {
+  control_list_.clear();
+  data_list_.clear();
+  connections_.for_each([this](RoutedConnection& connection) {
+    timers_.cancel(connection);
+    if (connection.was_established) {
+      log_info("local={} peer={} connection reset (guest driver gone)", connection.conn.local_port(),
+               connection.conn.peer_port());
+    }
+  });
+  connections_.clear();  // closes every host socket
+  orphan_rsts_.clear();
+  wake_tx_if_waiting();
+  stats_.connections_active = 0;
+}
+
+bool Router::admit_host_peer() {
+  if (connections_.has_room(pending_host_peers())) return true;
+  ++stats_.handshake_failures;
+  log_info("connection limit {} reached; closing new host connection", options_.limits.max_connections);
+  return false;
+}
+
+void Router::on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port,
+                             std::span<const uint8_t> early_bytes) {
+  if (!connections_.has_room()) {
+    ++stats_.handshake_failures;
+    log_info("connection limit {} reached; refusing host connect to port {}", options_.limits.max_connections,
+             guest_port);
+    return;
+  }
+  // Bounded: more candidates than live connections guarantees a free port.
+  const auto host_port = port_allocator_.allocate(
+      [this](uint32_t port) { return connections_.local_port_in_use(port); }, connections_.size() + 1);
+  if (!host_port) {
+    ++stats_.handshake_failures;
+    return;
+  }
+  ConnectionParams params{options_.guest_cid, *host_port, guest_port, options_.limits.tx_buffer_size};
+  RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
+      params, std::move(endpoint), ConnectionState::kAwaitingResponse, next_connection_id_++));
+  spdlog::debug("cid={} local={} peer={} host connect: REQUEST sent to the guest", options_.guest_cid, *host_port,
+                guest_port);
+  mutate(connection, [&](Connection& conn) {
+    conn.set_early_host_bytes(early_bytes);
+    conn.request_connect();
+    watch(connection);
+    timers_.arm_for_state(connection);  // the request timeout (none if watching failed)
+  });
+}
+
+void Router::on_handshake_failed(const std::string& uds_path, const char* reason) {
+  ++stats_.handshake_failures;
+  log_info("host connection on {} dropped: {}", uds_path, reason);
+}
+
+}  // namespace vhost_vsock::vsock

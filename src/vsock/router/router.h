@@ -1,0 +1,195 @@
+// The router: every connection of one guest and what happens to packets.
+// Guest packets come in from the queue pump and are routed to their
+// connection (or refused: RST, counted, logged); host events, timers and host
+// connects change connections too, and every change goes through mutate().
+// What is owed to the guest (control packets, RSTs for unknown connections,
+// host data) waits here until the pump asks for it. The router never touches
+// a virtqueue; it asks the pump for passes through Wakeups.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include "base/event_loop.h"
+#include "base/log_limiter.h"
+#include "vsock/connection/connection.h"
+#include "vsock/packet/packet.h"
+#include "vsock/router/connection_table.h"
+#include "vsock/router/connection_timers.h"
+#include "vsock/router/intrusive_list.h"
+#include "vsock/router/limits_and_stats.h"
+#include "vsock/router/orphan_rsts.h"
+#include "vsock/router/port_allocator.h"
+#include "vsock/transport/unix_stream_dialer.h"
+
+namespace vhost_vsock::vsock {
+
+class Router {
+ public:
+  struct Options {
+    uint64_t guest_cid = 0;
+    std::string uds_path;  // guest connects dial <uds_path>_<port>
+    MuxerLimits limits;
+  };
+  // How the router asks for queue passes (the pump's deferred tasks).
+  struct Wakeups {
+    std::function<void()> rx;  // something is owed to the guest
+    std::function<void()> tx;  // room for replies again after backpressure
+  };
+
+  Router(base::EventLoop& loop, Options options, MuxerStats& stats, Wakeups wakeups);
+  ~Router();
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  // Host peers still in their handshake count against the connection cap.
+  void set_pending_host_peers(std::function<size_t()> pending) { pending_host_peers_ = std::move(pending); }
+
+  // ---- guest -> host (the TX pass) ----
+  // False while a guest packet might owe a reply with nowhere to queue it:
+  // the pump must leave the packet in the ring; Wakeups::tx comes when the
+  // RX pass made room.
+  [[nodiscard]] bool ready_for_guest_packet();
+  // One TX chain's device-readable buffers.
+  void route_guest_packet(std::span<const iovec> readable, size_t readable_bytes);
+  void note_invalid_tx_chain();
+
+  // ---- host -> guest (the RX pass) ----
+  // Whether a control packet is owed (per-connection ones first, then RSTs
+  // for unknown connections). May hand a pending credit update over to the
+  // data round-robin when a data packet is about to carry the same credit.
+  [[nodiscard]] bool has_control_packet();
+  // Hands the next control packet to `put` (which writes it to the guest).
+  template <typename Put>
+  void send_control_packet(Put&& put);
+  [[nodiscard]] bool has_data() const { return !data_list_.empty(); }
+  // Runs one data turn for the next connection in the round-robin: `serve`
+  // moves host bytes into RX buffers and returns false if it found none (the
+  // connection then keeps its place). Returns that result; true if the
+  // connection had nothing to send after all.
+  template <typename Serve>
+  bool serve_next_data(Serve&& serve);
+
+  // ---- host side ----
+  // A new host peer on the hybrid listener: false (counted, logged) at the cap.
+  bool admit_host_peer();
+  // A host peer finished its CONNECT line: open a connection and ask the guest.
+  void on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port,
+                       std::span<const uint8_t> early_bytes);
+  void on_handshake_failed(const std::string& uds_path, const char* reason);
+  // The guest's driver state is gone: close every host socket, forget all.
+  void reset_all_connections();
+
+ private:
+  void route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload);
+  void handle_guest_connect(const PacketHeader& header);
+  void reply_rst(const PacketHeader& to);
+  void wake_tx_if_waiting();
+  RoutedConnection* find_for(const PacketHeader& from_guest) const;
+  RoutedConnection& insert(std::unique_ptr<RoutedConnection> connection);
+  void erase(RoutedConnection& connection);
+  // The one place a connection changes: applies `change` to it, then settles
+  // what follows (stats, logs, timer, RX scheduling, erasure). A change that
+  // returns false did nothing worth settling. Returns false if the connection
+  // was erased.
+  template <typename Change>
+  bool mutate(RoutedConnection& connection, Change&& change);
+  bool settle(RoutedConnection& connection, ConnectionState before);
+  void count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
+                           GuestPacketVerdict verdict);
+  void on_timer_expired(RoutedConnection& connection);
+  void on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events);
+  void watch(RoutedConnection& connection);
+  [[nodiscard]] size_t pending_host_peers() const { return pending_host_peers_ ? pending_host_peers_() : 0; }
+  template <typename... Args>
+  void warn_guest(fmt::format_string<Args...> format, Args&&... args);
+  template <typename... Args>
+  void log_info(fmt::format_string<Args...> format, Args&&... args);
+
+  base::EventLoop& loop_;
+  Options options_;
+  MuxerStats& stats_;
+  Wakeups wakeups_;
+  std::function<size_t()> pending_host_peers_;
+  UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
+
+  ConnectionTable connections_{options_.limits.max_connections};
+  ConnectionTimers timers_{loop_,
+                           connections_,
+                           {options_.limits.request_timeout, options_.limits.shutdown_timeout},
+                           [this](RoutedConnection& connection) { on_timer_expired(connection); }};
+  LocalPortAllocator port_allocator_;
+  uint64_t next_connection_id_ = 1;
+
+  IntrusiveList<RoutedConnection> control_list_;  // owes the guest a control packet
+  IntrusiveList<RoutedConnection> data_list_;     // may have host bytes for the guest
+  OrphanRstQueue orphan_rsts_;
+  // The TX pass stopped taking guest packets because orphan_rsts_ was full;
+  // the RX pass wakes it once a reply went out.
+  bool tx_waits_for_rx_ = false;
+
+  TxPacket tx_packet_;  // reused for every guest packet: the data path does not allocate
+  base::LogLimiter warn_limiter_{"guest warnings", 20};
+  base::LogLimiter info_limiter_{"connection messages", 200};  // lifecycle, refusals, handshake failures
+};
+
+template <typename Change>
+bool Router::mutate(RoutedConnection& connection, Change&& change) {
+  const ConnectionState before = connection.conn.state();
+  if constexpr (std::is_same_v<std::invoke_result_t<Change, Connection&>, bool>) {
+    if (!change(connection.conn)) return true;
+  } else {
+    change(connection.conn);
+  }
+  return settle(connection, before);
+}
+
+template <typename Put>
+void Router::send_control_packet(Put&& put) {
+  if (RoutedConnection* connection = control_list_.front()) {
+    mutate(*connection, [&](Connection& conn) {
+      put(*conn.take_control_packet());
+      if (conn.pending_control() == 0) control_list_.pop_front();
+    });
+    return;
+  }
+  if (orphan_rsts_.empty()) return;
+  put(orphan_rsts_.front());
+  orphan_rsts_.pop();
+  wake_tx_if_waiting();
+}
+
+template <typename Serve>
+bool Router::serve_next_data(Serve&& serve) {
+  RoutedConnection* connection = data_list_.pop_front();
+  if (connection == nullptr || !connection->conn.wants_to_send_data()) return true;
+  bool served = true;
+  // Settling re-queues it behind the others if it still has data and credit.
+  mutate(*connection, [&](Connection& conn) -> bool {
+    served = serve(conn);
+    return served;
+  });
+  if (!served) data_list_.push_back(connection->data_hook);  // keep its place for the next RX kick
+  return served;
+}
+
+template <typename... Args>
+void Router::log_info(fmt::format_string<Args...> format, Args&&... args) {
+  if (info_limiter_.allow()) {
+    spdlog::info("cid={} {}", options_.guest_cid, fmt::format(format, std::forward<Args>(args)...));
+  }
+}
+
+template <typename... Args>
+void Router::warn_guest(fmt::format_string<Args...> format, Args&&... args) {
+  if (warn_limiter_.allow()) {
+    spdlog::warn("cid={} guest misbehaves: {}", options_.guest_cid, fmt::format(format, std::forward<Args>(args)...));
+  }
+}
+
+}  // namespace vhost_vsock::vsock
