@@ -28,6 +28,7 @@
 
 #include "base/event_loop.h"
 #include "base/unique_fd.h"
+#include "testing/fd_passing.h"
 #include "vhost_user/connection.h"
 #include "vhost_user/device.h"
 
@@ -90,21 +91,8 @@ class Input {
 };
 
 bool send_chunk(int socket, const uint8_t* bytes, size_t length, const std::vector<int>& fds) {
-  iovec iov{const_cast<uint8_t*>(bytes), length};
-  msghdr header{};
-  header.msg_iov = &iov;
-  header.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
-  if (!fds.empty()) {
-    header.msg_control = control;
-    header.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&header);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  }
-  return ::sendmsg(socket, &header, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(length);
+  const iovec iov{const_cast<uint8_t*>(bytes), length};
+  return testing::send_with_fds(socket, {&iov, 1}, fds, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(length);
 }
 
 void drain_replies(int socket) {

@@ -14,6 +14,7 @@
 
 #include "base/errno_text.h"
 #include "base/unix_socket_address.h"
+#include "testing/fd_passing.h"
 #include "testing/vhost_user_payload.h"
 
 namespace vhost_vsock::testing {
@@ -70,22 +71,8 @@ bool VhostUserFrontend::send_message(uint32_t request, std::span<const uint8_t> 
   std::memcpy(header + 4, &flags, 4);
   std::memcpy(header + 8, &size, 4);
   iovec iov[2] = {{header, sizeof(header)}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
-  msghdr msg{};
-  msg.msg_iov = iov;
-  msg.msg_iovlen = payload.empty() ? 1 : 2;
-  std::vector<uint8_t> control;
-  if (!fds.empty()) {
-    control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
-    msg.msg_control = control.data();
-    msg.msg_controllen = control.size();
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  }
   size_t total = sizeof(header) + payload.size();
-  ssize_t sent = ::sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
+  ssize_t sent = send_with_fds(socket_.get(), std::span<const iovec>(iov, payload.empty() ? 1 : 2), fds, MSG_NOSIGNAL);
   if (sent < 0) return false;
   // The socket is blocking, so a short write only happens for huge hostile
   // payloads; finish it without resending the fds.

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "base/unix_socket_address.h"
+#include "testing/fd_passing.h"
 #include "testing/temp_dir.h"
 #include "vhost_user/message.h"
 #include "vhost_user/session.h"
@@ -47,21 +48,8 @@ class TestFrontend {
 
   // Sends raw bytes; `fds` ride along with the first byte.
   bool send_bytes(std::span<const uint8_t> bytes, const std::vector<int>& fds = {}) {
-    iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
-    msghdr header{};
-    header.msg_iov = &iov;
-    header.msg_iovlen = 1;
-    std::vector<char> control(CMSG_SPACE(sizeof(int) * std::max<size_t>(fds.size(), 1)));
-    if (!fds.empty()) {
-      header.msg_control = control.data();
-      header.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* cmsg = CMSG_FIRSTHDR(&header);
-      cmsg->cmsg_level = SOL_SOCKET;
-      cmsg->cmsg_type = SCM_RIGHTS;
-      cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-    }
-    return ::sendmsg(socket_.get(), &header, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+    const iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
+    return testing::send_with_fds(socket_.get(), {&iov, 1}, fds, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
   }
 
   bool send(Request request, const std::vector<uint8_t>& payload = {}, const std::vector<int>& fds = {},
