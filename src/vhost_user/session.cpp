@@ -279,22 +279,28 @@ std::optional<uint16_t> Session::ring_index(uint64_t index, const Message& messa
   return std::nullopt;
 }
 
-Session::Result Session::handle_set_vring_num(const Message& message) {
+std::optional<Session::RingState> Session::ring_state(const Message& message) {
   auto state = decode_vring_state(message.payload);
-  if (!state) return Result::kFailed;
+  if (!state) return std::nullopt;
   auto index = ring_index(state->index, message);
-  if (!index) return Result::kFailed;
+  if (!index) return std::nullopt;
+  return RingState{*index, state->num};
+}
+
+Session::Result Session::handle_set_vring_num(const Message& message) {
+  auto state = ring_state(message);
+  if (!state) return Result::kFailed;
   uint32_t max_size = std::min<uint32_t>(device_.max_queue_size(), virtio::kMaxQueueSize);
   if (!base::is_power_of_two(state->num) || state->num > max_size) {
     protocol_warning("vhost-user {}: SET_VRING_NUM {} for ring {} is not a power of two in 1..{}", name_, state->num,
-                     *index, max_size);
+                     state->index, max_size);
     return Result::kFailed;
   }
-  Vring& ring = vrings_[*index];
-  stop(*index);
+  Vring& ring = vrings_[state->index];
+  stop(state->index);
   if (ring.size != state->num) ring.fresh = true;
   ring.size = static_cast<uint16_t>(state->num);
-  reconcile(*index);
+  reconcile(state->index);
   return Result::kOk;
 }
 
@@ -330,35 +336,31 @@ Session::Result Session::handle_set_vring_addr(const Message& message) {
 }
 
 Session::Result Session::handle_set_vring_base(const Message& message) {
-  auto state = decode_vring_state(message.payload);
+  auto state = ring_state(message);
   if (!state) return Result::kFailed;
-  auto index = ring_index(state->index, message);
-  if (!index) return Result::kFailed;
   if (state->num > 0xffff) {
     protocol_warning("vhost-user {}: SET_VRING_BASE {} for ring {} does not fit a split ring index", name_, state->num,
-                     *index);
+                     state->index);
     return Result::kFailed;
   }
-  Vring& ring = vrings_[*index];
-  stop(*index);
+  Vring& ring = vrings_[state->index];
+  stop(state->index);
   ring.base = static_cast<uint16_t>(state->num);
   ring.fresh = true;
-  reconcile(*index);
+  reconcile(state->index);
   return Result::kOk;
 }
 
 Session::Result Session::handle_get_vring_base(const Message& message, std::vector<uint8_t>& reply) {
   // The front-end blocks on the reply, so a request we cannot answer ends the session.
-  auto state = decode_vring_state(message.payload);
+  auto state = ring_state(message);
   if (!state) return Result::kFatal;
-  auto index = ring_index(state->index, message);
-  if (!index) return Result::kFatal;
-  Vring& ring = vrings_[*index];
-  stop(*index);
+  Vring& ring = vrings_[state->index];
+  stop(state->index);
   // The ring stays stopped until the front-end sets a kick fd again.
   ring.kick.reset();
   ring.fresh = true;
-  append_reply_vring_state(reply, message.header.request, VringState{*index, ring.base});
+  append_reply_vring_state(reply, message.header.request, VringState{state->index, ring.base});
   return Result::kOk;
 }
 
@@ -415,16 +417,15 @@ Session::Result Session::handle_vring_fd(Message& message) {
 }
 
 Session::Result Session::handle_set_vring_enable(const Message& message) {
-  auto state = decode_vring_state(message.payload);
+  auto state = ring_state(message);
   if (!state) return Result::kFailed;
-  auto index = ring_index(state->index, message);
-  if (!index) return Result::kFailed;
   if (state->num > 1) {
-    protocol_warning("vhost-user {}: SET_VRING_ENABLE {} for ring {} is neither 0 nor 1", name_, state->num, *index);
+    protocol_warning("vhost-user {}: SET_VRING_ENABLE {} for ring {} is neither 0 nor 1", name_, state->num,
+                     state->index);
     return Result::kFailed;
   }
-  vrings_[*index].enabled = state->num == 1;
-  reconcile(*index);
+  vrings_[state->index].enabled = state->num == 1;
+  reconcile(state->index);
   return Result::kOk;
 }
 

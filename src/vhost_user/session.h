@@ -88,6 +88,13 @@ class Session final {
 
   // A ring index from a message; nullopt (after a warning) if out of range.
   std::optional<uint16_t> ring_index(uint64_t index, const Message& message);
+  // A vring-state payload (SET_VRING_NUM/BASE/ENABLE, GET_VRING_BASE) naming
+  // one of our rings; nullopt on a wrong size or (after a warning) a bad ring.
+  struct RingState {
+    uint16_t index;
+    uint32_t num;
+  };
+  std::optional<RingState> ring_state(const Message& message);
   [[nodiscard]] bool protocol_features_negotiated() const { return (acked_features_ & kFeatureProtocolFeatures) != 0; }
   [[nodiscard]] uint16_t ring_count() const { return static_cast<uint16_t>(vrings_.size()); }
   [[nodiscard]] bool should_run(const Vring& ring) const;

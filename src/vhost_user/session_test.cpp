@@ -78,15 +78,19 @@ class SessionTest : public ::testing::Test {
     return send_acked(Request::kSetMemTable, encode_memory_table(regions), std::move(fds));
   }
 
-  // Sends SET_VRING_CALL with a new eventfd; returns our copy of it.
-  base::UniqueFd send_call_fd(uint32_t index) {
-    base::UniqueFd call = test::make_eventfd();
-    base::UniqueFd ours(::dup(call.get()));
-    std::vector<base::UniqueFd> call_message;
-    call_message.push_back(std::move(call));
-    EXPECT_EQ(send_acked(Request::kSetVringCall, encode_u64(index), std::move(call_message)), 0u);
+  // Sends `request` (SET_VRING_CALL or _KICK) for ring `index` with a new
+  // eventfd attached, expecting ack 0; returns our copy of the eventfd.
+  base::UniqueFd send_eventfd(Request request, uint32_t index) {
+    base::UniqueFd sent = test::make_eventfd();
+    base::UniqueFd ours(::dup(sent.get()));
+    std::vector<base::UniqueFd> message;
+    message.push_back(std::move(sent));
+    EXPECT_EQ(send_acked(request, encode_u64(index), std::move(message)), 0u);
     return ours;
   }
+
+  // Sends SET_VRING_CALL with a new eventfd; returns our copy of it.
+  base::UniqueFd send_call_fd(uint32_t index) { return send_eventfd(Request::kSetVringCall, index); }
 
   // Everything but enable; returns the write side of the kick eventfd.
   base::UniqueFd configure_ring(uint32_t index, uint32_t base = 0, bool with_call = true) {
@@ -94,12 +98,7 @@ class SessionTest : public ::testing::Test {
     EXPECT_EQ(send_acked(Request::kSetVringBase, encode_vring_state({index, base})), 0u);
     EXPECT_EQ(send_acked(Request::kSetVringAddr, encode_vring_address(test::ring_address(index))), 0u);
     if (with_call) call_fds[index] = send_call_fd(index);
-    base::UniqueFd kick = test::make_eventfd();
-    base::UniqueFd kick_writer(::dup(kick.get()));
-    std::vector<base::UniqueFd> kick_message;
-    kick_message.push_back(std::move(kick));
-    EXPECT_EQ(send_acked(Request::kSetVringKick, encode_u64(index), std::move(kick_message)), 0u);
-    return kick_writer;
+    return send_eventfd(Request::kSetVringKick, index);  // the kick fd's write side
   }
 
   // Plays driver and device for one chain on a started ring: makes a chain
@@ -356,10 +355,7 @@ TEST_F(SessionTest, CallFdSurvivesARingStopAndRestart) {
   send(Request::kGetVringBase, encode_vring_state({0, 0}));
   ASSERT_EQ(device.queues[0], nullptr);
   // The front-end restarts the ring with a new kick fd only, as QEMU does.
-  base::UniqueFd new_kick = test::make_eventfd();
-  std::vector<base::UniqueFd> kick_message;
-  kick_message.push_back(base::UniqueFd(::dup(new_kick.get())));
-  EXPECT_EQ(send_acked(Request::kSetVringKick, encode_u64(0), std::move(kick_message)), 0u);
+  base::UniqueFd new_kick = send_eventfd(Request::kSetVringKick, 0);
   ASSERT_NE(device.queues[0], nullptr);
   complete_one_chain(0);
   EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 1u);
