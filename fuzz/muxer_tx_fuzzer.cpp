@@ -12,15 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "vsock/muxer/muxer_test_harness.h"
 
 using namespace vhost_vsock;
 using namespace vhost_vsock::vsock;
-
-#define CHECK(cond)            \
-  do {                         \
-    if (!(cond)) std::abort(); \
-  } while (0)
 
 namespace {
 

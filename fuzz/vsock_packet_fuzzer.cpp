@@ -6,14 +6,10 @@
 #include <cstring>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "vsock/packet/packet.h"
 
 using namespace vhost_vsock;
-
-#define CHECK(cond)            \
-  do {                         \
-    if (!(cond)) std::abort(); \
-  } while (0)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
