@@ -5,6 +5,8 @@
 #include <CLI/CLI.hpp>
 #include <limits>
 #include <sstream>
+#include <string>
+#include <string_view>
 
 #include "daemon/sandbox.h"
 
@@ -56,6 +58,12 @@ struct Options {
   CLI::Option* user;
 };
 
+// The help text of an option with a default and a ceiling: "<what> (default D, max M)".
+template <typename Default, typename Max>
+std::string bounded_help(std::string_view what, Default default_value, Max max_value) {
+  return fmt::format("{} (default {}, max {})", what, default_value, max_value);
+}
+
 Options define_options(CLI::App& app, RawFlags& raw) {
   Options o{};
   o.guest_cid = app.add_option("--guest-cid", raw.guest_cid,
@@ -68,16 +76,14 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                               "<uds-path>_<P> (single-VM form)")
                    ->type_name("PATH");
   o.tx_buffer_size =
-      app.add_option(
-             "--tx-buffer-size", raw.tx_buffer_size,
-             fmt::format(
-                 "Bytes buffered per connection for guest->host data, the credit the guest gets (default {}, max {})",
-                 kDefaultTxBufferSize, kMaxTxBufferSize))
+      app.add_option("--tx-buffer-size", raw.tx_buffer_size,
+                     bounded_help("Bytes buffered per connection for guest->host data, the credit the guest gets",
+                                  kDefaultTxBufferSize, kMaxTxBufferSize))
           ->type_name("BYTES");
-  o.queue_size = app.add_option("--queue-size", raw.queue_size,
-                                fmt::format("Largest vring size accepted, a power of two (default {}, max {})",
-                                            kDefaultQueueSize, kMaxQueueSize))
-                     ->type_name("N");
+  o.queue_size =
+      app.add_option("--queue-size", raw.queue_size,
+                     bounded_help("Largest vring size accepted, a power of two", kDefaultQueueSize, kMaxQueueSize))
+          ->type_name("N");
   o.groups = app.add_option("--groups", raw.groups,
                             "Sibling-VM groups joined by '+' (default \"default\"; stored, routing not implemented)")
                  ->type_name("NAME[+NAME...]");
@@ -86,10 +92,10 @@ Options define_options(CLI::App& app, RawFlags& raw) {
   o.config = app.add_option("--config", raw.config_file, "YAML file with a 'vms' list (see docs/configuration.md)")
                  ->type_name("FILE");
   app.add_option("--log-level", raw.log_level, "trace, debug, info, warn or error (default info)")->type_name("LEVEL");
-  o.max_connections = app.add_option("--max-connections", raw.max_connections,
-                                     fmt::format("Connections per VM, both directions (default {}, max {})",
-                                                 kDefaultMaxConnections, kMaxMaxConnections))
-                          ->type_name("N");
+  o.max_connections =
+      app.add_option("--max-connections", raw.max_connections,
+                     bounded_help("Connections per VM, both directions", kDefaultMaxConnections, kMaxMaxConnections))
+          ->type_name("N");
   o.handshake_timeout = app.add_option("--handshake-timeout", raw.handshake_timeout,
                                        "ms a host program has to finish its CONNECT line (default 5000)")
                             ->type_name("MS");
