@@ -36,13 +36,18 @@ class SplitQueueNotifyTest : public SplitQueueTest {
       queue_.add_used(chain_.id(), 16);
     }
   }
+  // Gives the queue a new call eventfd; returns our copy to drain.
+  base::UniqueFd give_call_fd() {
+    base::UniqueFd call = make_eventfd();
+    queue_.set_call_fd(dup_fd(call));
+    return call;
+  }
   uint16_t next_head_ = 0;
 };
 
 TEST_F(SplitQueueNotifyTest, OnePassWritesTheCallFdOnce) {
   start(8);
-  base::UniqueFd call = make_eventfd();
-  queue_.set_call_fd(dup_fd(call));
+  base::UniqueFd call = give_call_fd();
   complete_chains(3);
   EXPECT_EQ(ring_->used_idx(), 0) << "nothing is published before notify()";
   queue_.notify();
@@ -58,8 +63,7 @@ TEST_F(SplitQueueNotifyTest, OnePassWritesTheCallFdOnce) {
 
 TEST_F(SplitQueueNotifyTest, DriverSuppressingInterruptsGetsNoWrite) {
   start(8);
-  base::UniqueFd call = make_eventfd();
-  queue_.set_call_fd(dup_fd(call));
+  base::UniqueFd call = give_call_fd();
   ring_->set_avail_flags(1);  // VRING_AVAIL_F_NO_INTERRUPT
   complete_chains(2);
   queue_.notify();
@@ -71,8 +75,7 @@ TEST_F(SplitQueueNotifyTest, DriverSuppressingInterruptsGetsNoWrite) {
 
 TEST_F(SplitQueueNotifyTest, EventIdxDecidesWhetherToWrite) {
   start(8, kFeatureVersion1 | kFeatureEventIdx);
-  base::UniqueFd call = make_eventfd();
-  queue_.set_call_fd(dup_fd(call));
+  base::UniqueFd call = give_call_fd();
   complete_chains(1);
   queue_.notify();  // the first decision is always a yes
   EXPECT_EQ(drain(call), 1u);
@@ -121,8 +124,7 @@ TEST_F(SplitQueueNotifyTest, AReplacedCallFdIsTheOneWritten) {
 
 TEST_F(SplitQueueNotifyTest, ResetKeepsTheCallFd) {
   start(8);
-  base::UniqueFd call = make_eventfd();
-  queue_.set_call_fd(dup_fd(call));
+  base::UniqueFd call = give_call_fd();
   queue_.reset();
   EXPECT_TRUE(queue_.has_call_fd());
   queue_.notify();  // not configured: nothing to publish, nothing to write
