@@ -8,11 +8,17 @@
 namespace vhost_vsock::base {
 namespace {
 
-TEST(IovecList, ConsumeFrontDropsWholeAndPartialEntries) {
-  std::string a = "abc", b = "defgh";
+// A two-entry list over the bytes of `a` and `b`.
+IovecList list_of(std::string& a, std::string& b) {
   IovecList list;
   list.push_back(a.data(), a.size());
   list.push_back(b.data(), b.size());
+  return list;
+}
+
+TEST(IovecList, ConsumeFrontDropsWholeAndPartialEntries) {
+  std::string a = "abc", b = "defgh";
+  IovecList list = list_of(a, b);
   list.consume_front(4);
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list.total_bytes(), 4u);
@@ -21,9 +27,7 @@ TEST(IovecList, ConsumeFrontDropsWholeAndPartialEntries) {
 
 TEST(IovecList, ClipKeepsPrefixOnly) {
   std::string a = "abc", b = "defgh";
-  IovecList list;
-  list.push_back(a.data(), a.size());
-  list.push_back(b.data(), b.size());
+  IovecList list = list_of(a, b);
   list.clip(5);
   EXPECT_EQ(list.total_bytes(), 5u);
   EXPECT_EQ(list.size(), 2u);
