@@ -101,6 +101,16 @@ class SessionTest : public ::testing::Test {
     return send_eventfd(Request::kSetVringKick, index);  // the kick fd's write side
   }
 
+  // Negotiates (with protocol features), sets the memory table, configures
+  // ring `index` and enables it; returns the write side of its kick eventfd.
+  base::UniqueFd start_ring(uint32_t index, uint32_t base = 0, bool with_call = true) {
+    negotiate(true);
+    set_single_region_table();
+    base::UniqueFd kick = configure_ring(index, base, with_call);
+    send(Request::kSetVringEnable, encode_vring_state({index, 1}));
+    return kick;
+  }
+
   // Plays driver and device for one chain on a started ring: makes a chain
   // (one writable descriptor) available, pops it, completes it, notifies.
   void complete_one_chain(uint32_t index) {
@@ -291,10 +301,7 @@ TEST_F(SessionTest, RingStartsOnKickWithoutProtocolFeatures) {
 }
 
 TEST_F(SessionTest, KickEventfdReachesTheDevice) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0);
   int kicks_before = device.kicks[0];
   uint64_t one = 1;
   ASSERT_EQ(::write(kick.get(), &one, sizeof(one)), 8);
@@ -304,10 +311,7 @@ TEST_F(SessionTest, KickEventfdReachesTheDevice) {
 }
 
 TEST_F(SessionTest, QueueNotifySignalsTheCallFdSetBeforeTheRingStarted) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0);
   ASSERT_NE(device.queues[0], nullptr);
   complete_one_chain(0);
   EXPECT_EQ(test::drain_eventfd(call_fds[0].get()), 1u);
@@ -317,10 +321,7 @@ TEST_F(SessionTest, QueueNotifySignalsTheCallFdSetBeforeTheRingStarted) {
 }
 
 TEST_F(SessionTest, CallFdArrivingAfterTheRingStartedIsUsed) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0, 0, /*with_call=*/false);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0, 0, /*with_call=*/false);
   ASSERT_NE(device.queues[0], nullptr);
   complete_one_chain(0);  // no call fd yet: counted, nothing written, no crash
   EXPECT_EQ(device.queues[0]->stats().notifications_without_fd, 1u);
@@ -330,10 +331,7 @@ TEST_F(SessionTest, CallFdArrivingAfterTheRingStartedIsUsed) {
 }
 
 TEST_F(SessionTest, ReplacedCallFdIsUsedAndNoFdStopsSignalling) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0);
   ASSERT_NE(device.queues[0], nullptr);
   base::UniqueFd replacement = send_call_fd(0);
   complete_one_chain(0);
@@ -348,10 +346,7 @@ TEST_F(SessionTest, ReplacedCallFdIsUsedAndNoFdStopsSignalling) {
 }
 
 TEST_F(SessionTest, CallFdSurvivesARingStopAndRestart) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0);
   send(Request::kGetVringBase, encode_vring_state({0, 0}));
   ASSERT_EQ(device.queues[0], nullptr);
   // The front-end restarts the ring with a new kick fd only, as QEMU does.
@@ -367,10 +362,7 @@ TEST_F(SessionTest, ShutdownLogsTheStatsOfEachRingSetUp) {
   capture->set_level(spdlog::level::info);
   const auto previous = spdlog::default_logger();
   spdlog::set_default_logger(capture);
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0);
   complete_one_chain(0);
   session.shutdown();
   spdlog::set_default_logger(previous);
@@ -382,10 +374,7 @@ TEST_F(SessionTest, ShutdownLogsTheStatsOfEachRingSetUp) {
 }
 
 TEST_F(SessionTest, GetVringBaseStopsTheRingAndReturnsItsIndex) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(1, 5);
-  send(Request::kSetVringEnable, encode_vring_state({1, 1}));
+  auto kick = start_ring(1, 5);
   ASSERT_TRUE(session.ring_started(1));
   auto replies = send(Request::kGetVringBase, encode_vring_state({1, 0}));
   ASSERT_EQ(replies.size(), 1u);
@@ -452,10 +441,7 @@ TEST_F(SessionTest, AddressesCheckedAtStartWhenSetBeforeTheMemoryTable) {
 }
 
 TEST_F(SessionTest, NewMemoryTableRestartsRunningRings) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0, 3);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0, 3);
   device.events.clear();
   ASSERT_EQ(set_single_region_table(), 0u);
   ASSERT_GE(device.events.size(), 2u);
@@ -514,10 +500,7 @@ TEST_F(SessionTest, KickFdAtEndOfFileStopsTheRing) {
 }
 
 TEST_F(SessionTest, ResetOwnerStopsRingsAndForgetsState) {
-  negotiate(true);
-  set_single_region_table();
-  auto kick = configure_ring(0);
-  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  auto kick = start_ring(0);
   send(Request::kResetOwner);
   EXPECT_FALSE(session.ring_started(0));
   ASSERT_GE(device.events.size(), 2u);
