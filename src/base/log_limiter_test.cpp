@@ -1,28 +1,13 @@
 #include "base/log_limiter.h"
 
 #include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 
-#include <sstream>
+#include "testing/captured_log.h"
 
 namespace vhost_vsock::base {
 namespace {
 
-// Captures what spdlog's default logger writes while it lives.
-class CapturedLog {
- public:
-  CapturedLog() : previous_(spdlog::default_logger()) {
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>("captured", sink));
-  }
-  ~CapturedLog() { spdlog::set_default_logger(previous_); }
-  [[nodiscard]] std::string text() const { return out_.str(); }
-
- private:
-  std::shared_ptr<spdlog::logger> previous_;
-  std::ostringstream out_;
-};
+using testing::CapturedLog;
 
 TEST(LogLimiterTest, AllowsPerWindowThenSummarizesAtTheNextWindow) {
   CapturedLog log;

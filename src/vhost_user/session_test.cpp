@@ -3,13 +3,11 @@
 #include <endian.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstring>
-#include <sstream>
 
+#include "testing/captured_log.h"
 #include "vhost_user/test_support.h"
 #include "virtio/features.h"
 
@@ -357,20 +355,16 @@ TEST_F(SessionTest, CallFdSurvivesARingStopAndRestart) {
 }
 
 TEST_F(SessionTest, ShutdownLogsTheStatsOfEachRingSetUp) {
-  std::ostringstream log;
-  auto capture = std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_st>(log));
-  capture->set_level(spdlog::level::info);
-  const auto previous = spdlog::default_logger();
-  spdlog::set_default_logger(capture);
+  testing::CapturedLog capture;
   auto kick = start_ring(0);
   complete_one_chain(0);
   session.shutdown();
-  spdlog::set_default_logger(previous);
-  EXPECT_NE(log.str().find("ring 0 queue stats: chains_popped=1 descriptors_walked=1 invalid_chains=0 "
-                           "notifications sent=1 suppressed=0 without_fd=0 call_fd_errors=0"),
+  const std::string log = capture.text();
+  EXPECT_NE(log.find("ring 0 queue stats: chains_popped=1 descriptors_walked=1 invalid_chains=0 "
+                     "notifications sent=1 suppressed=0 without_fd=0 call_fd_errors=0"),
             std::string::npos)
-      << log.str();
-  EXPECT_EQ(log.str().find("ring 1 queue stats"), std::string::npos) << "ring 1 was never set up";
+      << log;
+  EXPECT_EQ(log.find("ring 1 queue stats"), std::string::npos) << "ring 1 was never set up";
 }
 
 TEST_F(SessionTest, GetVringBaseStopsTheRingAndReturnsItsIndex) {
