@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "fuzz_check.h"
-#include "vsock/muxer/muxer_test_harness.h"
+#include "testing/muxer_test_harness.h"
 
 using namespace vhost_vsock;
 using namespace vhost_vsock::vsock;

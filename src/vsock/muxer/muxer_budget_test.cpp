@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "vsock/muxer/muxer_test_harness.h"
+#include "testing/muxer_test_harness.h"
 
 namespace vhost_vsock::vsock::test {
 namespace {

@@ -3,36 +3,17 @@
 // the TX pass stops taking packets while the reply queue is full instead of
 // dropping replies; and the refusals write a bounded number of log lines.
 #include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <map>
-#include <sstream>
 
+#include "testing/captured_log.h"
 #include "vsock/muxer/muxer_test_fixture.h"
 #include "vsock/router/orphan_rsts.h"
 
 namespace vhost_vsock::vsock::test {
 namespace {
 
-class CapturedLog {
- public:
-  CapturedLog() : previous_(spdlog::default_logger()) {
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>("captured", sink));
-  }
-  ~CapturedLog() { spdlog::set_default_logger(previous_); }
-  [[nodiscard]] size_t lines_containing(const std::string& needle) const {
-    std::istringstream in(out_.str());
-    size_t n = 0;
-    for (std::string line; std::getline(in, line);) n += line.find(needle) != std::string::npos ? 1 : 0;
-    return n;
-  }
-
- private:
-  std::shared_ptr<spdlog::logger> previous_;
-  std::ostringstream out_;
-};
+using testing::CapturedLog;
 
 TEST_F(MuxerTest, RequestFloodPastTheCapIsAnsweredInFull) {
   CapturedLog log;

@@ -9,7 +9,7 @@
 #include <map>
 #include <string>
 
-#include "vsock/muxer/muxer_test_harness.h"
+#include "testing/muxer_test_harness.h"
 
 using namespace std::chrono_literals;
 
