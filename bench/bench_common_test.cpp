@@ -23,7 +23,7 @@ TEST(PatternTest, DetectsShiftedDuplicatedAndCorruptedData) {
   Pattern p(9, 65536);
   std::vector<uint8_t> data(p.at(65536), p.at(65536) + 65536);
   EXPECT_TRUE(p.matches(65536, data.data(), data.size()));
-  EXPECT_FALSE(p.matches(0, data.data(), data.size()));         // a lost 64 KiB write
+  EXPECT_FALSE(p.matches(0, data.data(), data.size()));          // a lost 64 KiB write
   EXPECT_FALSE(p.matches(2 * 65536, data.data(), data.size()));  // a duplicated one
   data[40000] ^= 1;
   EXPECT_FALSE(p.matches(65536, data.data(), data.size()));

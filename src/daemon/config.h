@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "base/unix_socket_address.h"
+
 namespace vhost_vsock::daemon {
 
 // Defaults and limits of vhost-device-vsock's command line, plus our own caps.
@@ -22,8 +24,7 @@ inline constexpr uint32_t kMaxTxBufferSize = 64 * 1024 * 1024;
 inline constexpr uint32_t kDefaultQueueSize = 1024;
 inline constexpr uint32_t kMaxQueueSize = 32768;  // virtio::kMaxQueueSize (split ring limit)
 inline constexpr std::string_view kDefaultGroup = "default";
-// sockaddr_un::sun_path holds 108 bytes including the terminating NUL.
-inline constexpr size_t kMaxUnixPathLength = 107;
+using base::kMaxUnixPathLength;  // 107: sun_path holds 108 bytes with the NUL
 // The device listens on uds-path and connects to "<uds-path>_<port>" with a
 // 32-bit port: up to 11 more bytes ("_4294967295").
 inline constexpr size_t kPortSuffixLength = 11;
