@@ -21,14 +21,16 @@ class InlineTask {
 
   // Whether a callable of type Fn can be stored (checked at compile time by the constructor too).
   template <typename Fn>
-  static constexpr bool fits = sizeof(Fn) <= kCapacity &&
-                               alignof(Fn) <= kAlignment&& std::is_nothrow_move_constructible_v<Fn>;
+  static constexpr bool fits =
+      std::conjunction_v<std::bool_constant<sizeof(Fn) <= kCapacity>, std::bool_constant<alignof(Fn) <= kAlignment>,
+                         std::is_nothrow_move_constructible<Fn>>;
 
   InlineTask() noexcept = default;
 
+  // Implicit, as lambdas convert to std::function; the requires clause keeps it from hiding the move constructor.
   template <typename F>
   requires(!std::is_same_v<std::remove_cvref_t<F>, InlineTask> && std::is_invocable_r_v<void, std::decay_t<F>&>)
-      InlineTask(F&& callable)  // NOLINT(google-explicit-constructor): lambdas convert like to std::function
+      InlineTask(F&& callable)  // NOLINT(google-explicit-constructor,bugprone-forwarding-reference-overload)
   {
     using Fn = std::decay_t<F>;
     static_assert(sizeof(Fn) <= kCapacity, "InlineTask: the callable's captures exceed kCapacity bytes");

@@ -237,6 +237,7 @@ int run_daemon(const DaemonConfig& config) {
     const VmConfig& vm = worker->config();
     spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
   }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in the daemon calls setenv.
   if (std::getenv(kSandboxSelfTestEnv) != nullptr) run_sandbox_self_test();
 
   const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get(), watch);
