@@ -15,15 +15,16 @@ struct ConnectionKey {
   bool operator==(const ConnectionKey&) const = default;
 };
 
+// Keyed: the guest chooses its ports, so every table draws its own random
+// seed (ConnectionTable) and a guest that cannot know it cannot aim its ports
+// at one bucket. One multiply-xorshift, a bijection of the ports for a given
+// seed and CID: lookups are on the per-packet path.
 struct ConnectionKeyHash {
-  size_t operator()(const ConnectionKey& key) const {
+  uint64_t seed = 0;
+  size_t operator()(const ConnectionKey& key) const noexcept {
     const uint64_t ports = (static_cast<uint64_t>(key.local_port) << 32) | key.peer_port;
-    // splitmix64 finalizer over both words: guest-chosen ports must not
-    // cluster in the table's buckets.
-    uint64_t x = ports ^ (key.peer_cid * 0x9e3779b97f4a7c15ULL);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return static_cast<size_t>(x ^ (x >> 31));
+    const uint64_t x = (ports ^ seed ^ (key.peer_cid * 0x9e3779b97f4a7c15ULL)) * 0xbf58476d1ce4e5b9ULL;
+    return static_cast<size_t>(x ^ (x >> 32));
   }
 };
 

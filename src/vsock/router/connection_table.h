@@ -15,9 +15,15 @@ namespace vhost_vsock::vsock {
 
 class ConnectionTable {
  public:
-  explicit ConnectionTable(size_t max_connections) : max_connections_(max_connections) {}
+  explicit ConnectionTable(size_t max_connections)
+      : max_connections_(max_connections), connections_(0, ConnectionKeyHash{random_seed()}) {}
 
-  [[nodiscard]] RoutedConnection* find(const ConnectionKey& key) const;
+  // Consecutive guest packets mostly belong to one stream: the last hit is
+  // checked before the hash table.
+  [[nodiscard]] RoutedConnection* find(const ConnectionKey& key) const {
+    if (last_found_ != nullptr && last_found_key_ == key) return last_found_;
+    return find_in_table(key);
+  }
   // The key must be free (callers look first).
   RoutedConnection& insert(std::unique_ptr<RoutedConnection> connection);
   void erase(RoutedConnection& connection);
@@ -37,9 +43,15 @@ class ConnectionTable {
   }
 
  private:
+  // A seed of its own for each table's hash, which guests cannot predict.
+  static uint64_t random_seed();
+  RoutedConnection* find_in_table(const ConnectionKey& key) const;  // a hit becomes last_found_
+
   size_t max_connections_;
   std::unordered_map<ConnectionKey, std::unique_ptr<RoutedConnection>, ConnectionKeyHash> connections_;
   std::unordered_map<uint32_t, uint32_t> local_ports_in_use_;  // port -> live connections using it
+  mutable ConnectionKey last_found_key_;
+  mutable RoutedConnection* last_found_ = nullptr;  // erase() and clear() forget it
 };
 
 }  // namespace vhost_vsock::vsock

@@ -37,6 +37,7 @@ TEST(ConnectionKeyTest, EveryFieldCounts) {
   std::unordered_set<size_t> hashes;
   for (uint32_t port = 0; port < 1000; ++port) hashes.insert(ConnectionKeyHash{}({3, 5000, port}));
   EXPECT_EQ(hashes.size(), 1000u);
+  EXPECT_NE(ConnectionKeyHash{1}(key), ConnectionKeyHash{2}(key)) << "the seed counts";
 }
 
 TEST_F(ConnectionTableTest, FindInsertEraseAndLocalPortCounts) {
@@ -55,6 +56,17 @@ TEST_F(ConnectionTableTest, FindInsertEraseAndLocalPortCounts) {
   table.erase(*table.find({3, 5000, 2}));
   EXPECT_FALSE(table.local_port_in_use(5000));
   EXPECT_EQ(table.size(), 0u);
+}
+
+TEST_F(ConnectionTableTest, FindForgetsAnErasedConnection) {
+  ConnectionTable table(3);
+  RoutedConnection& old = table.insert(make(5000, 1, ConnectionState::kEstablished));
+  ASSERT_EQ(table.find({3, 5000, 1}), &old);
+  table.erase(old);
+  RoutedConnection& fresh = table.insert(make(5000, 1, ConnectionState::kEstablished));
+  EXPECT_EQ(table.find({3, 5000, 1}), &fresh) << "same key, new connection";
+  table.clear();
+  EXPECT_EQ(table.find({3, 5000, 1}), nullptr);
 }
 
 TEST_F(ConnectionTableTest, TimerFiresForItsConnectionOnly) {
