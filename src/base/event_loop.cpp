@@ -40,7 +40,8 @@ void EventLoop::add(int fd, uint32_t events, FdCallback callback) {
   ev.events = events;
   ev.data.u64 = pack(fd, generation);
   if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl(ADD)");
-  handlers_[fd] = Handler{generation, std::move(callback)};
+  if (auto old = handlers_.find(fd); old != handlers_.end()) drop_handler(old);  // closed without remove()
+  handlers_.emplace(fd, Handler{generation, std::move(callback)});
 }
 
 void EventLoop::modify(int fd, uint32_t events) {
@@ -53,9 +54,19 @@ void EventLoop::modify(int fd, uint32_t events) {
 }
 
 void EventLoop::remove(int fd) {
-  if (handlers_.erase(fd) == 0) return;
+  auto it = handlers_.find(fd);
+  if (it == handlers_.end()) return;
+  drop_handler(it);
   // The fd may already be closed by its owner; that removes it from epoll too.
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+void EventLoop::drop_handler(HandlerMap::iterator it) {
+  if (dispatching_) {
+    retired_handlers_.push_back(handlers_.extract(it));  // the node, callback and all, stays where it is
+  } else {
+    handlers_.erase(it);
+  }
 }
 
 EventLoop::TimerId EventLoop::add_timer(std::chrono::milliseconds delay, TimerCallback callback) {
@@ -162,21 +173,33 @@ DeferredTask::~DeferredTask() {
   }
 }
 
+void EventLoop::dispatch_fd_events(int count) {
+  // Callbacks run in place, not copied (a copy can allocate): a handler
+  // dropped meanwhile is retired, not destroyed, until the batch is over.
+  struct Batch {
+    EventLoop& loop;
+    explicit Batch(EventLoop& owner) : loop(owner) { loop.dispatching_ = true; }
+    ~Batch() {
+      loop.dispatching_ = false;
+      loop.retired_handlers_.clear();
+    }
+  } batch(*this);
+  for (int i = 0; i < count; ++i) {
+    int fd = static_cast<int>(static_cast<uint32_t>(events_[i].data.u64));
+    uint32_t generation = static_cast<uint32_t>(events_[i].data.u64 >> 32);
+    auto it = handlers_.find(fd);
+    if (it == handlers_.end() || it->second.generation != generation) continue;  // removed this round
+    it->second.callback(events_[i].events);
+  }
+}
+
 void EventLoop::run_once(std::chrono::milliseconds max_wait) {
   int n = ::epoll_wait(epoll_fd_.get(), events_.data(), static_cast<int>(events_.size()), next_timeout_ms(max_wait));
   if (n < 0) {
     if (errno == EINTR) return;
     throw_errno("epoll_wait");
   }
-  for (int i = 0; i < n; ++i) {
-    int fd = static_cast<int>(static_cast<uint32_t>(events_[i].data.u64));
-    uint32_t generation = static_cast<uint32_t>(events_[i].data.u64 >> 32);
-    auto it = handlers_.find(fd);
-    if (it == handlers_.end() || it->second.generation != generation) continue;  // removed this round
-    // Copy: the callback may remove (and so destroy) its own handler.
-    FdCallback callback = it->second.callback;
-    callback(events_[i].events);
-  }
+  dispatch_fd_events(n);
   run_due_timers();
   run_posted();
   run_deferred();

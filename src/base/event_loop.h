@@ -91,6 +91,12 @@ class EventLoop {
     bool operator>(const Timer& other) const { return due > other.due || (due == other.due && id > other.id); }
   };
 
+  using HandlerMap = std::unordered_map<int, Handler>;
+
+  // Erases a handler, or while fd callbacks run keeps it until the batch
+  // ends: it may be the callback running.
+  void drop_handler(HandlerMap::iterator it);
+  void dispatch_fd_events(int count);
   int next_timeout_ms(std::chrono::milliseconds max_wait) const;
   void run_due_timers();
   void compact_timers();
@@ -100,7 +106,9 @@ class EventLoop {
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;
   uint32_t next_generation_ = 1;
-  std::unordered_map<int, Handler> handlers_;
+  HandlerMap handlers_;
+  bool dispatching_ = false;                             // fd callbacks are running
+  std::vector<HandlerMap::node_type> retired_handlers_;  // dropped while dispatching_
   std::vector<Timer> timers_;  // min-heap on due time (std::greater), cancelled entries included
   std::unordered_map<TimerId, TimerCallback> timer_callbacks_;
   TimerId next_timer_id_ = 1;

@@ -59,6 +59,22 @@ TEST(EventLoop, RemovedFdInSameBatchIsNotDelivered) {
   EXPECT_EQ(delivered, 1);
 }
 
+TEST(EventLoop, CallbackOutlivesItsOwnRemovalUntilItReturns) {
+  EventLoop loop;
+  SocketPair pair;
+  std::vector<int> seen;
+  // Captures too big for std::function's inline buffer: the handler lives on the heap.
+  std::vector<int> payload{1, 2, 3, 4, 5, 6, 7, 8};
+  loop.add(pair.a.get(), EPOLLIN, [&loop, &seen, fd = pair.a.get(), payload](uint32_t) {
+    loop.remove(fd);
+    seen = payload;  // still alive: removal retires the handler until the batch ends
+  });
+  ASSERT_EQ(::write(pair.b.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(seen, payload);
+  EXPECT_FALSE(loop.watching(pair.a.get()));
+}
+
 TEST(EventLoop, TimersFireInOrderAndCancelledOnesDoNot) {
   EventLoop loop;
   std::vector<int> fired;
