@@ -283,8 +283,9 @@ void Connection::set_early_host_bytes(std::span<const uint8_t> bytes) {
 }
 
 bool Connection::wants_to_send_data() const {
-  return state_ == ConnectionState::kEstablished && host_->is_open() && !(guest_shutdown_ & kShutdownRcv) &&
-         !host_eof_ && host_readable();
+  // The endpoint (a virtual call) last: a stream the host is not writing to stops before it.
+  return state_ == ConnectionState::kEstablished && !(guest_shutdown_ & kShutdownRcv) && !host_eof_ &&
+         host_readable() && host_->is_open();
 }
 
 Connection::ReadStatus Connection::read_from_host(std::span<const iovec> into, size_t& bytes) {

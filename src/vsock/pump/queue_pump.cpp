@@ -71,8 +71,11 @@ void QueuePump::process_tx() {
 }
 
 QueuePump::TxRound QueuePump::drain_tx_round(virtio::Queue& queue, uint64_t walk_limit, bool& used_any) {
-  for (size_t i = 0; i < queue.size(); ++i) {
-    if (queue.stats().descriptors_walked >= walk_limit) return TxRound::kOutOfBudget;
+  // Looked up once: neither the size nor where the stats live changes under the router.
+  const size_t size = queue.size();
+  const virtio::QueueStats& stats = queue.stats();
+  for (size_t i = 0; i < size; ++i) {
+    if (stats.descriptors_walked >= walk_limit) return TxRound::kOutOfBudget;
     // The chain stays in the avail ring until the router has room for a reply.
     if (!router_.ready_for_guest_packet()) return TxRound::kBackpressure;
     const virtio::PopStatus status = queue.pop(tx_chain_);

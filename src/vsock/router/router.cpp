@@ -20,9 +20,7 @@ Router::~Router() {
 // ---------------------------------------------------------------------------
 // Guest -> host
 
-bool Router::ready_for_guest_packet() {
-  // Each guest packet owes at most one RST: room for one is enough.
-  if (!orphan_rsts_.full()) return true;
+bool Router::wait_for_rst_room() {
   tx_waits_for_rx_ = true;
   return false;
 }
@@ -95,12 +93,18 @@ void Router::route_parsed_packet(const PacketHeader& header, std::span<const iov
 
 void Router::count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
                                  GuestPacketVerdict verdict) {
+  if (verdict != GuestPacketVerdict::kOk) {
+    count_refused_guest_packet(connection, header, before, verdict);
+    return;
+  }
+  if (header.operation() == Op::kRw && before == ConnectionState::kEstablished) stats_.bytes_from_guest += header.len;
+}
+
+void Router::count_refused_guest_packet(const RoutedConnection& connection, const PacketHeader& header,
+                                        ConnectionState before, GuestPacketVerdict verdict) {
   const Connection& conn = connection.conn;
   switch (verdict) {
     case GuestPacketVerdict::kOk:
-      if (header.operation() == Op::kRw && before == ConnectionState::kEstablished) {
-        stats_.bytes_from_guest += header.len;
-      }
       break;
     case GuestPacketVerdict::kCreditViolation:
       ++stats_.credit_violations;

@@ -54,7 +54,10 @@ class Router {
   // False while a guest packet might owe a reply with nowhere to queue it:
   // the pump must leave the packet in the ring; Wakeups::tx comes when the
   // RX pass made room.
-  [[nodiscard]] bool ready_for_guest_packet();
+  [[nodiscard]] bool ready_for_guest_packet() {
+    // Each guest packet owes at most one RST: room for one is enough.
+    return !orphan_rsts_.full() || wait_for_rst_room();
+  }
   // One TX chain's device-readable buffers.
   void route_guest_packet(std::span<const iovec> readable, size_t readable_bytes);
   void note_invalid_tx_chain();
@@ -89,6 +92,7 @@ class Router {
   void route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload);
   void handle_guest_connect(const PacketHeader& header);
   void reply_rst(const PacketHeader& to);
+  bool wait_for_rst_room();  // false: the TX pass waits for Wakeups::tx
   void wake_tx_if_waiting();
   RoutedConnection* find_for(const PacketHeader& from_guest) const;
   RoutedConnection& insert(std::unique_ptr<RoutedConnection> connection);
@@ -102,6 +106,9 @@ class Router {
   bool settle(RoutedConnection& connection, ConnectionState before);
   void count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
                            GuestPacketVerdict verdict);
+  // The cold part of count_guest_verdict (every verdict but kOk): counts and logs.
+  void count_refused_guest_packet(const RoutedConnection& connection, const PacketHeader& header,
+                                  ConnectionState before, GuestPacketVerdict verdict);
   void on_timer_expired(RoutedConnection& connection);
   void on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events);
   void watch(RoutedConnection& connection);
