@@ -14,8 +14,12 @@ namespace {
 constexpr size_t kDescSize = 16;
 constexpr size_t kUsedElemSize = 8;
 
-uint16_t load_acquire(const uint16_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-void store_release(uint16_t* p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+uint16_t load_acquire(const uint16_t* p) {
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+void store_release(uint16_t* p, uint16_t v) {
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
 
 // virtio 1.2 §2.7.10: the device/driver wants a notification if `event` lies
 // in (old, new].
@@ -25,8 +29,7 @@ bool need_event(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
 
 }  // namespace
 
-DriverVring::DriverVring(GuestRam& ram, uint16_t size, bool event_idx)
-    : ram_(ram), size_(size), event_idx_(event_idx) {
+DriverVring::DriverVring(GuestRam& ram, uint16_t size, bool event_idx) : ram_(ram), size_(size), event_idx_(event_idx) {
   if (size == 0 || (size & (size - 1)) != 0 || size > 32768) {
     throw std::invalid_argument("DriverVring: size must be a power of two in [1, 32768]");
   }
@@ -47,16 +50,30 @@ DriverVring::DriverVring(GuestRam& ram, uint16_t size, bool event_idx)
   indirect_tables_.resize(size);
 }
 
-uint8_t* DriverVring::desc_ptr(uint16_t index) { return desc_ + kDescSize * index; }
-uint16_t* DriverVring::avail_flags_ptr() const { return reinterpret_cast<uint16_t*>(avail_); }
-uint16_t* DriverVring::avail_idx_ptr() const { return reinterpret_cast<uint16_t*>(avail_ + 2); }
+uint8_t* DriverVring::desc_ptr(uint16_t index) {
+  return desc_ + kDescSize * index;
+}
+uint16_t* DriverVring::avail_flags_ptr() const {
+  return reinterpret_cast<uint16_t*>(avail_);
+}
+uint16_t* DriverVring::avail_idx_ptr() const {
+  return reinterpret_cast<uint16_t*>(avail_ + 2);
+}
 uint16_t* DriverVring::avail_ring_ptr(uint16_t slot) const {
   return reinterpret_cast<uint16_t*>(avail_ + 4 + 2 * size_t{slot});
 }
-uint16_t* DriverVring::used_event_ptr() const { return reinterpret_cast<uint16_t*>(avail_ + 4 + 2 * size_t{size_}); }
-uint16_t* DriverVring::used_flags_ptr() const { return reinterpret_cast<uint16_t*>(used_); }
-uint16_t* DriverVring::used_idx_ptr() const { return reinterpret_cast<uint16_t*>(used_ + 2); }
-uint8_t* DriverVring::used_elem_ptr(uint16_t slot) const { return used_ + 4 + kUsedElemSize * size_t{slot}; }
+uint16_t* DriverVring::used_event_ptr() const {
+  return reinterpret_cast<uint16_t*>(avail_ + 4 + 2 * size_t{size_});
+}
+uint16_t* DriverVring::used_flags_ptr() const {
+  return reinterpret_cast<uint16_t*>(used_);
+}
+uint16_t* DriverVring::used_idx_ptr() const {
+  return reinterpret_cast<uint16_t*>(used_ + 2);
+}
+uint8_t* DriverVring::used_elem_ptr(uint16_t slot) const {
+  return used_ + 4 + kUsedElemSize * size_t{slot};
+}
 uint16_t* DriverVring::avail_event_ptr() const {
   return reinterpret_cast<uint16_t*>(used_ + 4 + kUsedElemSize * size_t{size_});
 }
@@ -144,9 +161,13 @@ std::optional<uint16_t> DriverVring::add_indirect_chain(std::span<const Buffer> 
   return head;
 }
 
-uint16_t DriverVring::device_used_idx() const { return load_acquire(used_idx_ptr()); }
+uint16_t DriverVring::device_used_idx() const {
+  return load_acquire(used_idx_ptr());
+}
 
-bool DriverVring::has_used() const { return device_used_idx() != last_used_idx_; }
+bool DriverVring::has_used() const {
+  return device_used_idx() != last_used_idx_;
+}
 
 std::optional<DriverVring::UsedElement> DriverVring::pop_used_raw() {
   if (!has_used()) return std::nullopt;  // the acquire load orders the element read below
@@ -206,23 +227,28 @@ void DriverVring::write_descriptor(uint16_t index, uint64_t addr, uint32_t len, 
   encode_descriptor(desc_ptr(index), addr, len, flags, next);
 }
 
-void DriverVring::publish_head(uint16_t head) { publish(head); }
+void DriverVring::publish_head(uint16_t head) {
+  publish(head);
+}
 
 void DriverVring::set_avail_idx(uint16_t idx) {
   avail_idx_ = idx;
   store_release(avail_idx_ptr(), idx);
 }
 
-void DriverVring::set_used_event(uint16_t idx) { store_release(used_event_ptr(), idx); }
+void DriverVring::set_used_event(uint16_t idx) {
+  store_release(used_event_ptr(), idx);
+}
 
 void DriverVring::set_no_interrupt(bool on) {
   const uint16_t flags = load_acquire(avail_flags_ptr());
-  store_release(avail_flags_ptr(),
-                on ? static_cast<uint16_t>(flags | kAvailFlagNoInterrupt)
-                   : static_cast<uint16_t>(flags & ~kAvailFlagNoInterrupt));
+  store_release(avail_flags_ptr(), on ? static_cast<uint16_t>(flags | kAvailFlagNoInterrupt)
+                                      : static_cast<uint16_t>(flags & ~kAvailFlagNoInterrupt));
 }
 
-uint16_t DriverVring::avail_event() const { return load_acquire(avail_event_ptr()); }
+uint16_t DriverVring::avail_event() const {
+  return load_acquire(avail_event_ptr());
+}
 
 bool DriverVring::device_wants_kick(uint16_t old_avail_idx) const {
   // The device reads avail idx, then writes its hint; we must read the hint

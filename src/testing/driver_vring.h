@@ -73,7 +73,7 @@ class DriverVring {
   // With EVENT_IDX, pop_used() moves used_event to the next entry (as Linux
   // does while callbacks are on) unless this is turned off or NO_INTERRUPT is set.
   void set_auto_used_event(bool on) { auto_used_event_ = on; }
-  void set_no_interrupt(bool on);             // VRING_AVAIL_F_NO_INTERRUPT
+  void set_no_interrupt(bool on);  // VRING_AVAIL_F_NO_INTERRUPT
   // Whether the device asked to be kicked for avail entries published since
   // `old_avail_idx` (used->flags NO_NOTIFY, or avail_event with EVENT_IDX).
   [[nodiscard]] bool device_wants_kick(uint16_t old_avail_idx) const;

@@ -185,8 +185,8 @@ TEST(DriverVringTest, BogusUsedIdsAreCountedNotFreed) {
   const DriverVring::Buffer one[] = {{buf, 8, true}};
   auto head = ring.add_chain(one);
   ASSERT_TRUE(head);
-  dev.push_used(1000, 0);                               // out of range
-  dev.push_used(static_cast<uint16_t>(*head + 1), 0);   // not in flight
+  dev.push_used(1000, 0);                              // out of range
+  dev.push_used(static_cast<uint16_t>(*head + 1), 0);  // not in flight
   dev.push_used(*head, 8);
   auto used = ring.pop_used();
   ASSERT_TRUE(used);

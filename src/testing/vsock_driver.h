@@ -43,14 +43,14 @@ struct GuestOptions {
   bool indirect = false;  // publish every chain through one INDIRECT descriptor
   BufferLayout rx_layout = BufferLayout::kSplit;
   BufferLayout tx_layout = BufferLayout::kSplit;
-  uint32_t rx_buffer_size = 4096;      // payload bytes per RX buffer (Linux: 4 KiB)
+  uint32_t rx_buffer_size = 4096;       // payload bytes per RX buffer (Linux: 4 KiB)
   uint32_t tx_max_payload = 64 * 1024;  // Linux: VIRTIO_VSOCK_MAX_PKT_BUF_SIZE
   uint32_t buf_alloc = 256 * 1024;      // our receive buffer per stream (Linux default)
   bool split_memory_regions = false;    // see FrontendOptions
   // Linux answers a full SHUTDOWN from the peer with RST once nothing is left
   // to read. Turn off to test the device's shutdown timeout.
   bool reset_on_peer_shutdown = true;
-  Millis close_timeout{8000};  // after close(), RST if the peer has not (Linux: 8 s)
+  Millis close_timeout{8000};    // after close(), RST if the peer has not (Linux: 8 s)
   bool capture_packets = false;  // keep every packet the device sends (see wait_packet)
   size_t ram_size = 0;           // 0: computed from the options
   Millis setup_timeout{5000};
@@ -161,10 +161,11 @@ class GuestVsockDriver {
   // Hostile tests: sends exactly this header and payload (header.len is not
   // fixed up). False if no TX buffer frees up within `timeout` or payload is
   // larger than tx_max_payload.
-  bool send_raw(const vsock::PacketHeader& header, std::span<const uint8_t> payload = {}, Millis timeout = Millis(5000));
+  bool send_raw(const vsock::PacketHeader& header, std::span<const uint8_t> payload = {},
+                Millis timeout = Millis(5000));
   // A header from this guest to the host with our credit fields filled in.
-  [[nodiscard]] vsock::PacketHeader make_header(vsock::Op op, uint32_t local_port, uint32_t peer_port,
-                                                uint32_t len = 0, uint32_t flags = 0) const;
+  [[nodiscard]] vsock::PacketHeader make_header(vsock::Op op, uint32_t local_port, uint32_t peer_port, uint32_t len = 0,
+                                                uint32_t flags = 0) const;
   // With capture_packets: the first captured packet matching `match`.
   std::optional<CapturedPacket> wait_packet(const std::function<bool(const CapturedPacket&)>& match, Millis timeout);
   std::vector<CapturedPacket> captured_packets() const;

@@ -1,8 +1,8 @@
 // The guest's stream sockets: connection state machine and credit accounting
 // (after Linux's virtio_transport_common.c), and the Stream handle API.
-#include <algorithm>
-
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "testing/vsock_driver_impl.h"
 
@@ -296,8 +296,12 @@ std::optional<Stream> GuestVsockDriver::accept(uint32_t port, Millis timeout) {
 // ---------------------------------------------------------------------------
 // Stream
 
-uint32_t Stream::local_port() const { return conn_ ? conn_->local_port : 0; }
-uint32_t Stream::peer_port() const { return conn_ ? conn_->peer_port : 0; }
+uint32_t Stream::local_port() const {
+  return conn_ ? conn_->local_port : 0;
+}
+uint32_t Stream::peer_port() const {
+  return conn_ ? conn_->peer_port : 0;
+}
 
 bool Stream::send(std::string_view data, Millis timeout) {
   return send(std::span(reinterpret_cast<const uint8_t*>(data.data()), data.size()), timeout);
@@ -379,7 +383,8 @@ std::string Stream::recv_until_eof(Millis timeout, size_t max) {
   while (out.size() < max) {
     const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
     if (left.count() <= 0) break;
-    const size_t r = recv_into(std::span(reinterpret_cast<uint8_t*>(chunk.data()), std::min(chunk.size(), max - out.size())), left);
+    const size_t r =
+        recv_into(std::span(reinterpret_cast<uint8_t*>(chunk.data()), std::min(chunk.size(), max - out.size())), left);
     out.append(chunk.data(), r);
     if (r == 0 && (eof() || state() == StreamState::kClosed)) break;
   }
@@ -438,12 +443,12 @@ void Stream::reset() {
   s.cv.notify_all();
 }
 
-#define VUV_STREAM_GETTER(type, name, expr)      \
-  type Stream::name() const {                    \
-    if (!conn_) return type{};                   \
-    std::lock_guard lock(driver_->impl_->mu);    \
-    const Connection& c = *conn_;                \
-    return expr;                                 \
+#define VUV_STREAM_GETTER(type, name, expr)   \
+  type Stream::name() const {                 \
+    if (!conn_) return type{};                \
+    std::lock_guard lock(driver_->impl_->mu); \
+    const Connection& c = *conn_;             \
+    return expr;                              \
   }
 VUV_STREAM_GETTER(StreamState, state, c.state)
 VUV_STREAM_GETTER(bool, reset_received, c.reset_received)

@@ -72,8 +72,8 @@ TEST_F(ConnectLineTest, OverLongLineIsClosed) {
 }
 
 TEST_F(ConnectLineTest, GarbageIsClosed) {
-  for (const char* garbage : {"HELLO\n", "CONNECT\n", "CONNECT abc\n", "CONNECT -1\n", "CONNECT 99999999999\n",
-                              "\n", "CONNECT 1234 extra\n"}) {
+  for (const char* garbage : {"HELLO\n", "CONNECT\n", "CONNECT abc\n", "CONNECT -1\n", "CONNECT 99999999999\n", "\n",
+                              "CONNECT 1234 extra\n"}) {
     SCOPED_TRACE(garbage);
     UniqueFd host = unix_connect(daemon().uds_path());
     ASSERT_TRUE(write_all(host.get(), garbage));

@@ -36,7 +36,8 @@ UniqueFd unix_connect(const std::string& path, Millis timeout = Millis(5000));
 // Connects to the hybrid listener and completes "CONNECT <port>\n" / "OK <n>\n".
 // Returns the fd and sets *ok_line (without the newline); invalid fd if the
 // daemon closes the socket or sends something else.
-UniqueFd hybrid_connect(const std::string& uds_path, uint32_t port, std::string* ok_line, Millis timeout = Millis(5000));
+UniqueFd hybrid_connect(const std::string& uds_path, uint32_t port, std::string* ok_line,
+                        Millis timeout = Millis(5000));
 
 bool write_all(int fd, std::span<const uint8_t> data, Millis timeout = Millis(10000));
 bool write_all(int fd, std::string_view data, Millis timeout = Millis(10000));

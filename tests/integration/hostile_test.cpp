@@ -102,19 +102,18 @@ TEST_F(HostileTest, LoopingAndOutOfRangeDescriptorsDoNotHurtTheDevice) {
   guest().with_rings([&](testing::GuestRam& ram, testing::DriverVring&, testing::DriverVring& tx) {
     used_before = tx.device_used_idx();
     const uint64_t buf = ram.gpa_base();
-    tx.write_descriptor(0, buf, 44, testing::kDescFlagNext, 0);               // loops on itself
-    tx.write_descriptor(1, 0xdead000000000ULL, 44, 0, 0);                     // outside guest memory
-    tx.write_descriptor(2, ram.gpa_base() + ram.size() - 8, 44, 0, 0);         // runs off the end
-    tx.write_descriptor(3, buf, 44, testing::kDescFlagIndirect, 0);           // indirect table of garbage
+    tx.write_descriptor(0, buf, 44, testing::kDescFlagNext, 0);         // loops on itself
+    tx.write_descriptor(1, 0xdead000000000ULL, 44, 0, 0);               // outside guest memory
+    tx.write_descriptor(2, ram.gpa_base() + ram.size() - 8, 44, 0, 0);  // runs off the end
+    tx.write_descriptor(3, buf, 44, testing::kDescFlagIndirect, 0);     // indirect table of garbage
     for (uint16_t head = 0; head < 4; ++head) tx.publish_head(head);
   });
   guest().kick(1);
   std::this_thread::sleep_for(Millis(200));
   ASSERT_TRUE(daemon().running());
   uint16_t used_after = 0;
-  guest().with_rings([&](testing::GuestRam&, testing::DriverVring&, testing::DriverVring& tx) {
-    used_after = tx.device_used_idx();
-  });
+  guest().with_rings(
+      [&](testing::GuestRam&, testing::DriverVring&, testing::DriverVring& tx) { used_after = tx.device_used_idx(); });
   // Each bad chain is handed back (len 0), not left dangling.
   EXPECT_EQ(static_cast<uint16_t>(used_after - used_before), 4);
   expect_healthy(1303);
@@ -125,7 +124,7 @@ TEST_F(HostileTest, GarbageVhostUserMessagesDoNotKillTheDaemon) {
   {
     testing::VhostUserFrontend raw(daemon().socket_path());
     const std::vector<uint8_t> junk(64, 0xAB);
-    raw.send_message(9999, junk);                         // unknown request
+    raw.send_message(9999, junk);                                       // unknown request
     raw.send_message(testing::vhost_user_request::kSetMemTable, junk);  // malformed table, no fds
     raw.send_message(testing::vhost_user_request::kSetVringAddr, {});   // short payload
     // The daemon may answer or hang up; either way it must not die.

@@ -20,8 +20,8 @@ void store_le(uint8_t* p, T value) {
 }
 
 // Wire offsets (virtio 1.2 §5.10.6).
-constexpr size_t kSrcCid = 0, kDstCid = 8, kSrcPort = 16, kDstPort = 20, kLen = 24, kType = 28, kOp = 30,
-                 kFlags = 32, kBufAlloc = 36, kFwdCnt = 40;
+constexpr size_t kSrcCid = 0, kDstCid = 8, kSrcPort = 16, kDstPort = 20, kLen = 24, kType = 28, kOp = 30, kFlags = 32,
+                 kBufAlloc = 36, kFwdCnt = 40;
 
 }  // namespace
 
@@ -55,14 +55,22 @@ void encode_header(const PacketHeader& h, std::span<uint8_t, kHeaderSize> b) {
 
 const char* op_name(uint16_t op) {
   switch (static_cast<Op>(op)) {
-    case Op::kRequest: return "REQUEST";
-    case Op::kResponse: return "RESPONSE";
-    case Op::kRst: return "RST";
-    case Op::kShutdown: return "SHUTDOWN";
-    case Op::kRw: return "RW";
-    case Op::kCreditUpdate: return "CREDIT_UPDATE";
-    case Op::kCreditRequest: return "CREDIT_REQUEST";
-    case Op::kInvalid: break;
+    case Op::kRequest:
+      return "REQUEST";
+    case Op::kResponse:
+      return "RESPONSE";
+    case Op::kRst:
+      return "RST";
+    case Op::kShutdown:
+      return "SHUTDOWN";
+    case Op::kRw:
+      return "RW";
+    case Op::kCreditUpdate:
+      return "CREDIT_UPDATE";
+    case Op::kCreditRequest:
+      return "CREDIT_REQUEST";
+    case Op::kInvalid:
+      break;
   }
   return "UNKNOWN";
 }
