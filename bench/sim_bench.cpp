@@ -15,7 +15,6 @@
 //                                 compared side by side (bench/run --peer)
 // Prints one JSON line; exits 1 if data differs, the simulator saw a protocol
 // violation, or the daemon died.
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -24,10 +23,12 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "sim_host_peer.h"
@@ -61,6 +62,7 @@ std::vector<std::string> split_words(const std::string& text) {
 // the child). `keep_fd` becomes fd 3 in the child.
 pid_t spawn(const std::vector<std::string>& args, int keep_fd = -1) {
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   pid_t pid = fork();
@@ -114,15 +116,12 @@ std::pair<uint64_t, uint64_t> process_syscalls(pid_t pid) {
 uint64_t process_voluntary_switches(pid_t pid) {
   uint64_t total = 0;
   const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
-  DIR* dir = opendir(task_dir.c_str());
-  if (dir == nullptr) return 0;
-  while (const dirent* entry = readdir(dir)) {
-    if (entry->d_name[0] == '.') continue;
-    std::ifstream status(task_dir + "/" + entry->d_name + "/status");
+  std::error_code error;  // no such process: no tasks, 0
+  for (const auto& task : std::filesystem::directory_iterator(task_dir, error)) {
+    std::ifstream status(task.path() / "status");
     for (std::string line; std::getline(status, line);)
       if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::strtoull(line.c_str() + 24, nullptr, 10);
   }
-  closedir(dir);
   return total;
 }
 
@@ -161,7 +160,9 @@ class DaemonProcess {
     for (auto& word : split_words(options.text("daemon-args", ""))) args.push_back(word);
     if (args[0].find('/') == std::string::npos) {  // a wrapper named without a path
       std::string found;
-      for (const auto& dirname : split_path(getenv("PATH") ? getenv("PATH") : ""))
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): getenv races only with setenv/putenv, which nothing here calls.
+      const char* path_variable = getenv("PATH");
+      for (const auto& dirname : split_path(path_variable != nullptr ? path_variable : ""))
         if (access((dirname + "/" + args[0]).c_str(), X_OK) == 0) {
           found = dirname + "/" + args[0];
           break;
@@ -254,14 +255,14 @@ class HostPeer {
     if (pid_ > 0) waitpid(pid_, nullptr, 0);
   }
   // Waits for "ready" / "done <json>"; fails the benchmark on "error ...".
-  std::string expect(const std::string& word) {
+  std::string expect(const std::string& word) const {
     std::string line;
     if (!read_line(control_, line)) fail("host peer exited before '" + word + "'");
     if (line.rfind("error ", 0) == 0) fail("host peer: " + line.substr(6));
     if (line.rfind(word, 0) != 0) fail("host peer said '" + line + "', expected '" + word + "'");
     return line.size() > word.size() ? line.substr(word.size() + 1) : "";
   }
-  void go() {
+  void go() const {
     if (!send_line(control_, "go")) fail("host peer is gone");
   }
   void finish() {
@@ -319,7 +320,7 @@ struct Bench {
 
   JsonLine stream() {
     const std::string direction = options.text("direction", "g2h");
-    const size_t write_size = static_cast<size_t>(options.size("write-size", 64 * 1024));
+    const size_t write_size = static_cast<size_t>(options.size("write-size", uint64_t{64} * 1024));
     const uint64_t bytes = options.size("bytes", 256ull << 20);
     const int streams = options.integer("streams", 1);
     if (write_size == 0 || write_size > (1u << 20) || streams < 1 || streams > 64) fail("option out of range");
@@ -327,6 +328,7 @@ struct Bench {
                                             "--io-size", std::to_string(write_size)};
     std::vector<Stream> socks;
     std::vector<std::unique_ptr<Pattern>> patterns;
+    patterns.reserve(static_cast<size_t>(streams));
     for (int i = 0; i < streams; ++i) patterns.push_back(std::make_unique<Pattern>(1 + i, write_size));
     double elapsed = 0;
     std::string peer_json;

@@ -179,7 +179,7 @@ int run_host_peer(const Options& options) {
   const std::string uds = options.text("uds", "");
   const int streams = options.integer("streams", 1);
   const uint64_t bytes = options.size("bytes", 0);
-  const size_t io_size = static_cast<size_t>(options.size("io-size", 64 * 1024));
+  const size_t io_size = static_cast<size_t>(options.size("io-size", uint64_t{64} * 1024));
   const int count = options.integer("count", 0);
   if (control < 0 || uds.empty() || streams < 1 || streams > 1024 || io_size == 0 || io_size > (16u << 20))
     fail("host-peer: bad options");
@@ -188,6 +188,7 @@ int run_host_peer(const Options& options) {
 
   if (role == "recv") {
     std::vector<int> listeners;
+    listeners.reserve(static_cast<size_t>(streams));
     for (int i = 0; i < streams; ++i) listeners.push_back(unix_listen(uds + "_" + std::to_string(kBasePort + i)));
     send_line(control, "ready");
     for (int l : listeners) {
@@ -218,11 +219,12 @@ int run_host_peer(const Options& options) {
     std::vector<double> samples;
     char reply = 0;
     for (int i = -100; i < count; ++i) {
+      const int offset = i + 100;  // 0 in the first warm-up round
       const double t0 = now_seconds();
-      if (!write_all(fd, pattern.at(static_cast<uint64_t>(i + 100)), 1) || !read_exact(fd, &reply, 1))
+      if (!write_all(fd, pattern.at(static_cast<uint64_t>(offset)), 1) || !read_exact(fd, &reply, 1))
         peer_fail(control, "round trip " + std::to_string(i) + " failed");
       const double t1 = now_seconds();
-      if (!pattern.matches(static_cast<uint64_t>(i + 100), reinterpret_cast<uint8_t*>(&reply), 1))
+      if (!pattern.matches(static_cast<uint64_t>(offset), reinterpret_cast<uint8_t*>(&reply), 1))
         peer_fail(control, "echoed byte differs");
       if (i >= 0) samples.push_back(t1 - t0);
     }

@@ -35,6 +35,7 @@ void set_nonblocking(int fd) {
 [[noreturn]] void run_writer(const StreamConfig& config, const std::vector<int>& fds, int go_fd) {
   pin_to_cpu(config.writer_cpu);
   std::vector<std::unique_ptr<Pattern>> patterns;
+  patterns.reserve(static_cast<size_t>(config.streams));
   for (int i = 0; i < config.streams; ++i)
     patterns.push_back(std::make_unique<Pattern>(1 + static_cast<uint64_t>(i), config.write_size));
   char go = 0;
@@ -76,7 +77,7 @@ void set_nonblocking(int fd) {
 
 int run_stream(const Options& options) {
   StreamConfig config{};
-  config.write_size = options.size("write-size", 64 * 1024);
+  config.write_size = options.size("write-size", uint64_t{64} * 1024);
   config.bytes_per_stream = options.size("bytes", 1ull << 30);
   config.streams = options.integer("streams", 1);
   config.read_size = options.size("read-size", config.write_size);
@@ -111,6 +112,7 @@ int run_stream(const Options& options) {
   pin_to_cpu(config.reader_cpu);
 
   std::vector<std::unique_ptr<Pattern>> patterns;
+  patterns.reserve(static_cast<size_t>(config.streams));
   for (int i = 0; i < config.streams; ++i)
     patterns.push_back(std::make_unique<Pattern>(1 + static_cast<uint64_t>(i), config.read_size));
   std::vector<uint8_t> buffer(config.read_size);

@@ -22,10 +22,12 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/unix_socket_address.h"
 #include "daemon/cli.h"
 #include "testing/temp_dir.h"
 
@@ -61,7 +63,11 @@ int run_in_child(const std::function<bool()>& body) {
 
 std::string describe(int status) {
   if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("signal ") + ::strsignal(WTERMSIG(status));
+  if (WIFSIGNALED(status)) {
+    // sigdescr_np, unlike strsignal, is thread-safe (no static buffer).
+    const char* name = ::sigdescr_np(WTERMSIG(status));
+    return "signal " + (name != nullptr ? std::string(name) : std::to_string(WTERMSIG(status)));
+  }
   return "status " + std::to_string(status);
 }
 
@@ -74,6 +80,22 @@ bool killed_by_sigsys(int status) {
 
 // ---------------------------------------------------------------------------
 // --user parsing
+
+// getpwuid/getpwnam are not thread-safe: the IDs of a passwd entry, if any, via
+// the _r forms.
+struct PasswdIds {
+  uid_t uid;
+  gid_t gid;
+};
+std::optional<PasswdIds> passwd_ids(const char* name, uid_t uid) {
+  passwd entry{};
+  passwd* found = nullptr;
+  std::vector<char> buffer(16384);
+  const int error = name != nullptr ? ::getpwnam_r(name, &entry, buffer.data(), buffer.size(), &found)
+                                    : ::getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found);
+  if (error != 0 || found == nullptr) return std::nullopt;
+  return PasswdIds{found->pw_uid, found->pw_gid};
+}
 
 // parse_user_spec accepts `spec` and yields these IDs.
 void expect_user_spec(const char* spec, uid_t want_uid, gid_t want_gid) {
@@ -90,15 +112,14 @@ TEST(UserSpec, NamesAndNumbers) {
   expect_user_spec("0:0", 0, 0);
 
   // A UID with no passwd entry: the group defaults to the same number.
-  ASSERT_EQ(::getpwuid(54321), nullptr) << "test assumes uid 54321 does not exist";
+  ASSERT_FALSE(passwd_ids(nullptr, 54321).has_value()) << "test assumes uid 54321 does not exist";
   expect_user_spec("54321", 54321, 54321);
   expect_user_spec("54321:100", 54321, 100);
 
   // A name takes the passwd entry's primary group unless a group is given.
-  const passwd* nobody = ::getpwnam("nobody");
-  if (nobody != nullptr) {
-    const uid_t nobody_uid = nobody->pw_uid;
-    const gid_t nobody_gid = nobody->pw_gid;
+  if (const auto nobody = passwd_ids("nobody", 0)) {
+    const uid_t nobody_uid = nobody->uid;
+    const gid_t nobody_gid = nobody->gid;
     expect_user_spec("nobody", nobody_uid, nobody_gid);
     expect_user_spec("nobody:root", nobody_uid, 0);
   }
@@ -191,9 +212,7 @@ TEST(Seccomp, SteadyStateOperationsStillWork) {
     // Unix sockets: listener, connect, accept, data both ways, shutdown.
     const std::string path = "/tmp/vuv-sbx-" + std::to_string(::getpid());
     const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    const sockaddr_un addr = base::unix_socket_address(path);
     // bind/listen are not on the list: the daemon binds before the filter.
     if (listener < 0) return false;
     epoll_event ev{};
@@ -206,7 +225,7 @@ TEST(Seccomp, SteadyStateOperationsStillWork) {
     if (::read(pipe_fds[0], &byte, 1) != 1 || byte != 'x') return false;
     const int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     // Nobody listens there: ENOENT, but the syscall is allowed.
-    if (::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 || errno != ENOENT) return false;
+    if (::connect(client, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 || errno != ENOENT) return false;
     ::close(client);
     ::close(listener);
 
@@ -266,7 +285,9 @@ const Forbidden kForbidden[] = {
      }},
     {"socket_inet", false, [] { ::socket(AF_INET, SOCK_STREAM, 0); }},
     {"socket_netlink", false, [] { ::socket(AF_NETLINK, SOCK_RAW, 0); }},
-    {"mmap_exec", false, [] { ::mmap(nullptr, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); }},
+    // Results are discarded: the filter kills the process before the call returns.
+    {"mmap_exec", false,
+     [] { static_cast<void>(::mmap(nullptr, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)); }},
     {"mprotect_exec", false,
      [] {
        void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -279,7 +300,7 @@ const Forbidden kForbidden[] = {
        // Rebinding (a new listener) is setup work, not steady state.
        sockaddr_un addr{};
        addr.sun_family = AF_UNIX;
-       ::bind(-1, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+       static_cast<void>(::bind(-1, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)));
      }},
     {"setuid", false, [] { ::syscall(SYS_setuid, 0); }},
     {"prctl_dumpable", true, [] { ::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0); }},
