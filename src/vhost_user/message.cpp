@@ -16,8 +16,9 @@ T load(std::span<const uint8_t> bytes, size_t offset) {
 
 template <typename T>
 void store(std::vector<uint8_t>& out, T value) {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(&value);
-  out.insert(out.end(), bytes, bytes + sizeof(T));
+  const size_t offset = out.size();
+  out.resize(offset + sizeof(T));
+  std::memcpy(out.data() + offset, &value, sizeof(T));
 }
 
 void append_header(std::vector<uint8_t>& out, uint32_t request, uint32_t flags, uint32_t size) {
