@@ -42,6 +42,7 @@ ChildProcess::ChildProcess(std::vector<std::string> args, std::string log_path,
   for (char** entry = environ; *entry != nullptr; ++entry) env_storage.emplace_back(*entry);
   env_storage.insert(env_storage.end(), extra_env.begin(), extra_env.end());
   std::vector<char*> envp;
+  envp.reserve(env_storage.size() + 1);
   for (auto& entry : env_storage) envp.push_back(entry.data());
   envp.push_back(nullptr);
 

@@ -24,6 +24,7 @@ using Clock = std::chrono::steady_clock;
 }  // namespace
 
 std::string daemon_log_level(const std::string& fallback) {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): test-process code; nothing in the tests calls setenv
   const char* env = std::getenv("VUV_DAEMON_LOG_LEVEL");
   return env != nullptr && *env != '\0' ? env : fallback;
 }
@@ -34,6 +35,7 @@ bool is_socket(const std::string& path) {
 }
 
 std::string DaemonProcess::binary_path() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): test-process code; nothing in the tests calls setenv
   const char* env = std::getenv("VUV_DAEMON");
   return env != nullptr && *env != '\0' ? env : VUV_DEFAULT_DAEMON_PATH;
 }
@@ -67,6 +69,7 @@ DaemonProcess::DaemonProcess(DaemonOptions options) {
 
 DaemonProcess::~DaemonProcess() {
   if (process_) stop();
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): test-process code; nothing in the tests calls setenv
   if (std::getenv("VUV_KEEP_TEMP") == nullptr && !dir_.empty()) {
     std::error_code ignored;
     std::filesystem::remove_all(dir_, ignored);

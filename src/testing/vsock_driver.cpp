@@ -166,7 +166,7 @@ bool GuestVsockDriver::connected() const {
 // ---------------------------------------------------------------------------
 // I/O thread
 
-void GuestVsockDriver::Impl::wake_io_thread() {
+void GuestVsockDriver::Impl::wake_io_thread() const {
   const uint64_t one = 1;
   [[maybe_unused]] const ssize_t n = ::write(wake_fd.get(), &one, sizeof(one));
 }

@@ -124,7 +124,7 @@ struct GuestVsockDriver::Impl {
   [[nodiscard]] bool tx_buffer_available() const;
   void flush_tx_kick();
   void flush_pending();
-  void wake_io_thread();
+  void wake_io_thread() const;
   void violation(std::string message);
   void stop_io_thread(std::unique_lock<std::mutex>& lock);
 
@@ -137,7 +137,8 @@ struct GuestVsockDriver::Impl {
   void receive_data(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload);
   void receive_shutdown(Connection& conn, const vsock::PacketHeader& header);
   void reset_unexpected(Connection& conn, const vsock::PacketHeader& header, const char* where);
-  [[nodiscard]] vsock::PacketHeader header_for(Connection& conn, vsock::Op op, uint32_t len = 0, uint32_t flags = 0);
+  [[nodiscard]] vsock::PacketHeader header_for(Connection& conn, vsock::Op op, uint32_t len = 0,
+                                               uint32_t flags = 0) const;
   // Control packets never block: they queue when TX is full.
   void send_control(Connection& conn, vsock::Op op, uint32_t flags = 0);
   void send_orphan_reset(const vsock::PacketHeader& to);

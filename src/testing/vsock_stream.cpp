@@ -28,7 +28,7 @@ uint32_t GuestVsockDriver::Impl::peer_free_credit(const Connection& conn) {
   return in_flight >= conn.peer_buf_alloc ? 0 : conn.peer_buf_alloc - in_flight;
 }
 
-PacketHeader GuestVsockDriver::Impl::header_for(Connection& conn, Op op, uint32_t len, uint32_t flags) {
+PacketHeader GuestVsockDriver::Impl::header_for(Connection& conn, Op op, uint32_t len, uint32_t flags) const {
   PacketHeader h = owner.make_header(op, conn.local_port, conn.peer_port, len, flags);
   h.fwd_cnt = conn.fwd_cnt;
   conn.last_fwd_cnt_sent = conn.fwd_cnt;
@@ -445,7 +445,7 @@ void Stream::reset() {
 
 #define VUV_STREAM_GETTER(type, name, expr)   \
   type Stream::name() const {                 \
-    if (!conn_) return type{};                \
+    if (!conn_) return {};                    \
     std::lock_guard lock(driver_->impl_->mu); \
     const Connection& c = *conn_;             \
     return expr;                              \

@@ -31,7 +31,7 @@ HostEvents host_events_from_epoll(uint32_t epoll_events) {
 UnixStreamEndpoint::UnixStreamEndpoint(base::EventLoop& loop, base::UniqueFd fd) : loop_(loop), fd_(std::move(fd)) {}
 
 UnixStreamEndpoint::~UnixStreamEndpoint() {
-  close();
+  release();
 }
 
 void UnixStreamEndpoint::watch(EventCallback callback) {
@@ -42,6 +42,10 @@ void UnixStreamEndpoint::watch(EventCallback callback) {
 }
 
 void UnixStreamEndpoint::close() {
+  release();
+}
+
+void UnixStreamEndpoint::release() {
   if (!fd_) return;
   loop_.remove(fd_.get());
   fd_.reset();

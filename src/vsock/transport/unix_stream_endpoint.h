@@ -31,6 +31,9 @@ class UnixStreamEndpoint : public HostEndpoint {
   [[nodiscard]] SocketType socket_type() const override { return SocketType::kStream; }
 
  private:
+  // close()'s work, non-virtual so that the destructor can call it too.
+  void release();
+
   base::EventLoop& loop_;
   base::UniqueFd fd_;
 };
