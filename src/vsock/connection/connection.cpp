@@ -78,6 +78,13 @@ void Connection::update_peer_credit(uint32_t peer_buf_alloc, uint32_t peer_fwd_c
   if (peer_credit() > 0) credit_request_sent_ = false;
 }
 
+uint32_t Connection::sendable_to_guest() {
+  if (!wants_to_send_data()) return 0;
+  const uint32_t credit = peer_credit();
+  if (credit == 0) note_credit_starved();
+  return credit;
+}
+
 void Connection::note_credit_starved() {
   if (credit_request_sent_ || state_ != ConnectionState::kEstablished) return;
   credit_request_sent_ = true;

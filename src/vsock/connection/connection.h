@@ -123,9 +123,17 @@ class Connection {
   // before anything received from the endpoint afterwards.
   void set_early_host_bytes(std::span<const uint8_t> bytes);
 
-  // Whether host->guest data may flow now (state, half-close, readability).
-  // Peer credit and RX buffers are the muxer's to check.
+  // Whether host->guest data may flow now (state, half-close, readability),
+  // credit aside.
   [[nodiscard]] bool wants_to_send_data() const;
+  // The RX credit contract, in one place: how many host bytes may go to the
+  // guest now. Zero when there is nothing to send, or when the guest left us
+  // no credit; then a CREDIT_REQUEST is owed (once, see note_credit_starved)
+  // and the connection must not be scheduled again until the guest's next
+  // credit update, or the RX pass would spin. RX buffers are the pump's to check.
+  uint32_t sendable_to_guest();
+  // Whether a data packet could go out now (no side effect).
+  [[nodiscard]] bool can_send_to_guest() const { return wants_to_send_data() && peer_credit() > 0; }
   [[nodiscard]] bool host_readable() const { return host_readable_ || !early_host_bytes_.empty(); }
 
   enum class ReadStatus { kData, kWouldBlock, kEof, kError };

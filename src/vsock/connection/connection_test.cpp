@@ -255,6 +255,25 @@ TEST_F(Fixture, HostBytesAreReadStraightIntoGuestBuffers) {
   EXPECT_FALSE(conn->wants_to_send_data());  // edge-triggered: cleared only by EAGAIN
 }
 
+TEST_F(Fixture, SendableToGuestIsTheCreditOrZeroWithOneCreditRequest) {
+  auto conn = make(ConnectionState::kEstablished);
+  EXPECT_EQ(conn->sendable_to_guest(), 0u);  // nothing to send: no request either
+  EXPECT_EQ(conn->pending_control(), 0);
+  auto data = pattern(10);
+  ASSERT_EQ(::write(host_peer.get(), data.data(), data.size()), 10);
+  conn->on_host_events(epoll(EPOLLIN));
+  conn->update_peer_credit(0, 0);
+  EXPECT_FALSE(conn->can_send_to_guest());
+  EXPECT_EQ(conn->sendable_to_guest(), 0u);
+  ASSERT_EQ(conn->take_control_packet()->operation(), Op::kCreditRequest);
+  EXPECT_EQ(conn->sendable_to_guest(), 0u);
+  EXPECT_EQ(conn->pending_control(), 0);  // asked once, not again
+  conn->update_peer_credit(4096, conn->tx_cnt());
+  EXPECT_TRUE(conn->can_send_to_guest());
+  EXPECT_EQ(conn->sendable_to_guest(), 4096u);
+  EXPECT_EQ(conn->pending_control(), 0);
+}
+
 TEST_F(Fixture, HostHalfCloseSendsShutdownSendAndKeepsGuestToHost) {
   auto conn = make(ConnectionState::kEstablished);
   ::shutdown(host_peer.get(), SHUT_WR);

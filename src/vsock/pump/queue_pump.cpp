@@ -181,12 +181,8 @@ void QueuePump::put_control(virtio::Queue& queue, const PacketHeader& header) {
 }
 
 QueuePump::DataTurn QueuePump::serve_data(virtio::Queue& queue, Connection& conn) {
-  const uint32_t credit = conn.peer_credit();
-  if (credit == 0) {
-    // Not re-queued (the router's rule): the guest's next credit update puts it back.
-    conn.note_credit_starved();
-    return DataTurn::kDone;
-  }
+  const uint32_t credit = conn.sendable_to_guest();
+  if (credit == 0) return DataTurn::kDone;  // not re-queued: see Connection::sendable_to_guest()
   const RxBatch batch = reserve_rx_chains(queue, std::min<size_t>(credit, kDataQuantum));
   if (batch.popped == 0) return DataTurn::kRxEmpty;
   size_t got = 0;

@@ -177,7 +177,7 @@ bool Router::has_control_packet() {
       control_list_.pop_front();
       continue;
     }
-    if (conn.pending_control() == control::kCreditUpdate && conn.wants_to_send_data() && conn.peer_credit() > 0) {
+    if (conn.pending_control() == control::kCreditUpdate && conn.can_send_to_guest()) {
       // A data packet is about to carry the same credit: let it. If no data
       // comes out after all, settle() puts the update back here.
       control_list_.pop_front();
@@ -245,15 +245,11 @@ bool Router::settle(RoutedConnection& connection, ConnectionState before) {
     }
     timers_.arm_for_state(connection);
   }
-  if (conn.wants_to_send_data()) {
-    if (conn.peer_credit() > 0) {
-      data_list_.push_back(connection.data_hook);
-      wakeups_.rx();
-    } else {
-      // Not queued: a connection without guest credit would spin the RX pass
-      // until the guest's next CREDIT_UPDATE, which settles it again.
-      conn.note_credit_starved();
-    }
+  // Without credit it is not queued (sendable_to_guest() owes the CREDIT_REQUEST):
+  // the guest's next credit update settles it again.
+  if (conn.sendable_to_guest() > 0) {
+    data_list_.push_back(connection.data_hook);
+    wakeups_.rx();
   }
   if (conn.pending_control() != 0) {
     control_list_.push_back(connection.control_hook);
