@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test stage: build, unit, integration, end-to-end (real VM under
-# QEMU), sanitizers, fuzz smoke and benchmark smoke; lint on request. This is the README's test
+# QEMU), sanitizers, fuzz smoke, benchmark smoke and lint. This is the README's test
 # command and what CI runs. Select stages with VUV_STAGES (space or comma separated):
 #   VUV_STAGES="build unit integration" scripts/test.sh
 set -uo pipefail
@@ -8,9 +8,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
 all_stages="deps build lint unit integration e2e asan tsan fuzz bench"
-# lint (scripts/lint.sh) is opt-in (VUV_STAGES=...,lint) until the tree is
-# clean; then it joins this default list.
-default_stages="deps build unit integration e2e asan tsan fuzz bench"
+default_stages="$all_stages"
 stages=${VUV_STAGES:-$default_stages}
 stages=${stages//,/ }
 for stage in $stages; do
