@@ -7,7 +7,7 @@ namespace {
 
 constexpr int kMaxTxRounds = 4;
 // Fairness: bytes one connection may move per turn before the next one's turn.
-constexpr size_t kDataQuantum = 64 * 1024;
+constexpr size_t kDataQuantum = size_t{64} * 1024;
 // Turns per pass before yielding to the event loop (a guest that refills its
 // RX ring as fast as we fill it must not starve TX and other events).
 constexpr size_t kMaxTurnsPerPass = 256;
