@@ -10,7 +10,8 @@ Used as a library by tests/e2e and scripts/demo.sh, and from the command line:
 Environment: VUV_DAEMON (daemon binary, default build/vhost-user-vsock),
 VUV_GUEST_IMAGE (image directory; default: what scripts/guest-image.sh
 prints), VUV_ACCEL=tcg|kvm, VUV_KEEP=1 (keep the temporary directory),
-VUV_DAEMON_EXTRA_ARGS (more daemon arguments, shell-quoted, e.g. "--seccomp").
+VUV_DAEMON_EXTRA_ARGS (more daemon arguments, shell-quoted, e.g. "--seccomp"),
+VUV_PACKED=1 (the guest's device gets packed=on: VIRTIO_F_RING_PACKED).
 
 Only the standard library is used. Every process started here is recorded
 and killed by its PID, never by name.
@@ -104,6 +105,11 @@ def guest_image_dir():
     if proc.returncode != 0 or not lines:
         raise VmError("scripts/guest-image.sh failed")
     return lines[-1]
+
+
+def packed_ring():
+    """VUV_PACKED=1: QEMU offers the guest packed virtqueues (packed=on)."""
+    return os.environ.get("VUV_PACKED") == "1"
 
 
 def default_daemon():
@@ -356,7 +362,7 @@ class Qemu:
         return ["qemu-system-x86_64", "-machine", "q35", *accel, "-smp", "1", "-m", mem,
                 "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-numa", "node,memdev=mem",
                 "-chardev", f"socket,id=vsock0,path={self.vhost_socket}",
-                "-device", "vhost-user-vsock-pci,chardev=vsock0",
+                "-device", "vhost-user-vsock-pci,chardev=vsock0" + (",packed=on" if packed_ring() else ""),
                 "-kernel", os.path.join(self.image_dir, "vmlinux"),
                 "-initrd", os.path.join(self.image_dir, "initramfs.cpio.gz"),
                 "-append", "console=ttyS0 loglevel=4",

@@ -198,10 +198,10 @@ Session::Result Session::handle_set_features(const Message& message) {
     return Result::kFailed;
   }
   if ((*features & ~offered_features_) != 0) {
-    protocol_warning("vhost-user {}: SET_FEATURES {:#x} acks bits {:#x} that were not offered ({:#x})", name_,
-                     *features, *features & ~offered_features_, offered_features_);
+    refuse_features(*features);
     return Result::kFailed;
   }
+  features_refused_ = false;
   acked_features_ = *features;
   spdlog::info("vhost-user {}: features negotiated {:#x} (offered {:#x})", name_, acked_features_, offered_features_);
   for (auto& ring : vrings_) ring.queue.set_features(acked_features_);
@@ -209,6 +209,26 @@ Session::Result Session::handle_set_features(const Message& message) {
   // Acking VHOST_USER_F_PROTOCOL_FEATURES changes whether rings start enabled.
   for (uint16_t i = 0; i < ring_count(); ++i) reconcile(i);
   return Result::kOk;
+}
+
+void Session::refuse_features(uint64_t features) {
+  // The front-end will drive the rings with features we do not implement:
+  // running them anyway would corrupt them, so they stay stopped until a
+  // SET_FEATURES we can honour.
+  features_refused_ = true;
+  for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
+  const uint64_t unoffered = features & ~offered_features_;
+  if ((unoffered & virtio::kFeatureRingPacked) != 0) {
+    protocol_warning(
+        "vhost-user {}: SET_FEATURES {:#x} acks VIRTIO_F_RING_PACKED (bit 34), which this daemon does not offer "
+        "(QEMU forwards packed=on regardless); refusing to run the rings rather than corrupt them: drop packed=on",
+        name_, features);
+  } else {
+    protocol_warning(
+        "vhost-user {}: SET_FEATURES {:#x} acks bits {:#x} that were not offered ({:#x}); the rings "
+        "stay stopped",
+        name_, features, unoffered, offered_features_);
+  }
 }
 
 Session::Result Session::handle_set_protocol_features(const Message& message) {
@@ -339,8 +359,12 @@ Session::Result Session::handle_set_vring_base(const Message& message) {
   auto state = ring_state(message);
   if (!state) return Result::kFailed;
   if (state->num > 0xffff) {
-    protocol_warning("vhost-user {}: SET_VRING_BASE {} for ring {} does not fit a split ring index", name_, state->num,
-                     state->index);
+    // QEMU sends a packed ring's avail and used positions, each with its
+    // wrap counter in bit 15, as one 32-bit value.
+    protocol_warning(
+        "vhost-user {}: SET_VRING_BASE {:#x} for ring {} does not fit a split ring index (a packed ring's "
+        "state?)",
+        name_, state->num, state->index);
     return Result::kFailed;
   }
   Vring& ring = vrings_[state->index];
@@ -457,6 +481,7 @@ void Session::reset_owner() {
   memory_.reset();
   acked_features_ = 0;
   acked_protocol_features_ = 0;
+  features_refused_ = false;
   owner_set_ = false;
 }
 
@@ -498,7 +523,8 @@ void Session::forget_ring(Vring& ring) {
 bool Session::should_run(const Vring& ring) const {
   // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as soon as it exists.
   bool enabled = ring.enabled || !protocol_features_negotiated();
-  return !shut_down_ && enabled && memory_ && ring.size != 0 && ring.has_address && ring.kick.valid();
+  return !shut_down_ && !features_refused_ && enabled && memory_ && ring.size != 0 && ring.has_address &&
+         ring.kick.valid();
 }
 
 void Session::reconcile(uint16_t index) {

@@ -75,6 +75,8 @@ class Session final {
   // Requests we never accept: logs why.
   Result refuse(const Message& message);
   Result handle_set_features(const Message& message);
+  // SET_FEATURES acked bits we never offered: stop every ring, say why.
+  void refuse_features(uint64_t features);
   Result handle_set_protocol_features(const Message& message);
   Result handle_set_mem_table(Message& message);
   Result handle_set_vring_num(const Message& message);
@@ -132,6 +134,7 @@ class Session final {
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
   bool owner_set_ = false;
+  bool features_refused_ = false;  // the last SET_FEATURES acked unoffered bits: no ring runs
   bool shut_down_ = false;
   int protocol_warnings_ = 0;
   std::shared_ptr<const memory::GuestMemory> memory_;

@@ -175,6 +175,27 @@ TEST_F(SessionTest, SetFeaturesNotifiesDeviceAndRejectsUnofferedBits) {
   EXPECT_NE(send_acked(Request::kSetProtocolFeatures, encode_u64(1ULL << 5)), 0u);  // SLAVE_REQ not offered
 }
 
+TEST_F(SessionTest, SetFeaturesWithUnofferedRingPackedStopsTheRingsAndSaysWhy) {
+  testing::CapturedLog capture;
+  auto kick = start_ring(0);
+  ASSERT_TRUE(session.ring_started(0));
+  // QEMU 7.2 with packed=on forwards bit 34 although we did not offer it.
+  const uint64_t packed = session.offered_features() | virtio::kFeatureRingPacked;
+  EXPECT_NE(send_acked(Request::kSetFeatures, encode_u64(packed)), 0u);
+  EXPECT_FALSE(session.ring_started(0));
+  EXPECT_EQ(capture.lines_containing("acks VIRTIO_F_RING_PACKED (bit 34)"), 1u) << capture.text();
+  // Nothing the front-end sets up afterwards starts a ring...
+  send(Request::kSetVringEnable, encode_vring_state({0, 1}));
+  base::UniqueFd new_kick = send_eventfd(Request::kSetVringKick, 0);
+  EXPECT_FALSE(session.ring_started(0));
+  // ...until it acks features we implement.
+  EXPECT_EQ(send_acked(Request::kSetFeatures, encode_u64(session.offered_features())), 0u);
+  EXPECT_TRUE(session.ring_started(0));
+  EXPECT_NE(send_acked(Request::kSetFeatures, encode_u64(session.offered_features() | (1ULL << 40))), 0u);
+  EXPECT_FALSE(session.ring_started(0));
+  EXPECT_EQ(capture.lines_containing("that were not offered"), 1u) << capture.text();
+}
+
 TEST_F(SessionTest, ReplyAckOnlyWhenNegotiatedAndRequested) {
   // NEED_REPLY before REPLY_ACK is negotiated: no reply.
   EXPECT_TRUE(send(Request::kSetOwner, {}, {}, kFlagVersion | kFlagNeedReply).empty());
