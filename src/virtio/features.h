@@ -13,7 +13,7 @@ inline constexpr uint64_t kFeatureIndirectDesc = 1ULL << 28;
 inline constexpr uint64_t kFeatureEventIdx = 1ULL << 29;
 inline constexpr uint64_t kFeatureVersion1 = 1ULL << 32;
 inline constexpr uint64_t kFeatureAccessPlatform = 1ULL << 33;
-inline constexpr uint64_t kFeatureRingPacked = 1ULL << 34;  // not offered yet: needs a PackedQueue
+inline constexpr uint64_t kFeatureRingPacked = 1ULL << 34;
 inline constexpr uint64_t kFeatureInOrder = 1ULL << 35;
 inline constexpr uint64_t kFeatureOrderPlatform = 1ULL << 36;
 

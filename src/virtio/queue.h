@@ -1,8 +1,8 @@
 // What a device needs from a virtqueue, whatever the ring layout: take chains
 // the driver made available, hand them back as used, and interrupt the driver
-// when it wants to hear about it. SplitQueue implements it today; a packed
-// ring (VIRTIO_F_RING_PACKED) is meant to plug in behind the same interface,
-// so devices (the vsock muxer) never see the layout.
+// when it wants to hear about it. SplitQueue and PackedQueue
+// (VIRTIO_F_RING_PACKED) implement it, so devices (the vsock muxer) never see
+// the layout.
 //
 // Chains are named by their buffer id: on a split ring that is the index of
 // the head descriptor, on a packed ring the id the driver wrote. Anything else
@@ -112,6 +112,8 @@ class Queue {
     clear_chain(chain);
     chain.id_ = id;
   }
+  // A packed ring learns a chain's id from its last descriptor, after the buffers.
+  static void set_chain_id(DescriptorChain& chain, uint16_t id) { chain.id_ = id; }
   static base::IovecList& chain_buffers(DescriptorChain& chain, bool writable) {
     return writable ? chain.writable_ : chain.readable_;
   }
