@@ -13,6 +13,8 @@ packages=(
   clang clang-tools libclang-rt-dev clang-format clang-tidy
   # VM tests and the demo
   qemu-system-x86 busybox-static socat cpio kmod gzip xz-utils zstd python3
+  # packaging: man page, unit checks, the .deb and its clean-chroot install
+  scdoc groff-base systemd dpkg-dev mmdebstrap
   # benchmarks and profiles
   valgrind python3-matplotlib
 )

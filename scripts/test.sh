@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test stage: build, unit, integration, end-to-end (real VM under
+# Runs every test stage: build, unit, integration, package, end-to-end (real VM under
 # QEMU), sanitizers, fuzz smoke, benchmark smoke and lint. This is the README's test
 # command and what CI runs. Select stages with VUV_STAGES (space or comma separated):
 #   VUV_STAGES="build unit integration" scripts/test.sh
@@ -7,7 +7,7 @@ set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
-all_stages="deps build lint unit integration e2e asan tsan fuzz bench"
+all_stages="deps build lint unit integration package e2e asan tsan fuzz bench"
 default_stages="$all_stages"
 stages=${VUV_STAGES:-$default_stages}
 stages=${stages//,/ }
@@ -87,7 +87,7 @@ stage_build() {
   local rc=0
   echo "--- layers: scripts/check_layers.py"
   python3 scripts/check_layers.py || rc=1
-  configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVUV_WERROR=ON && ninja -C build -j "$jobs" || rc=1
+  configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVUV_WERROR=ON -DCMAKE_INSTALL_PREFIX=/usr && ninja -C build -j "$jobs" || rc=1
   return "$rc"
 }
 
@@ -97,6 +97,9 @@ stage_lint() { VUV_LINT_BUILD=build VUV_JOBS=$jobs bash scripts/lint.sh; }
 
 stage_unit() { ctest_label build unit -j "$jobs"; }
 stage_integration() { ctest_label build integration; }
+# cmake --install, the man page, the systemd units and the .deb, installed in
+# a clean Debian 12 chroot (scripts/check-package.sh).
+stage_package() { bash scripts/check-package.sh build; }
 stage_e2e() { ctest_label build e2e -V; }
 
 # One clang ASan+UBSan tree serves both the sanitizer suites and the fuzzers

@@ -1,5 +1,6 @@
 #include "daemon/daemon.h"
 
+#include <fmt/format.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -23,6 +24,7 @@
 #include "base/unique_fd.h"
 #include "daemon/cli.h"
 #include "daemon/sandbox.h"
+#include "daemon/systemd_notify.h"
 #include "daemon/vm_worker.h"
 
 namespace vhost_vsock::daemon {
@@ -184,6 +186,19 @@ int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
   }
 }
 
+// Every socket is bound and the sandbox is in: the workers start serving, and
+// scripts (the "ready" lines) and systemd (READY=1) learn so.
+void start_serving(std::vector<std::unique_ptr<VmWorker>>& workers, SystemdNotifier& systemd) {
+  for (auto& worker : workers) worker->start();
+  for (const auto& worker : workers) {
+    const VmConfig& vm = worker->config();
+    spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
+  }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in the daemon calls setenv.
+  if (std::getenv(kSandboxSelfTestEnv) != nullptr) run_sandbox_self_test();
+  systemd.notify(fmt::format("READY=1\nSTATUS=serving {} VM(s)", workers.size()));
+}
+
 }  // namespace
 
 uint32_t connection_cap_for_open_files(uint64_t open_file_limit, size_t vm_count, uint32_t requested) {
@@ -206,6 +221,7 @@ int run_daemon(const DaemonConfig& config) {
     return kExitRuntimeError;
   }
   const RuntimeOptions runtime = fit_open_file_limit(config);
+  SystemdNotifier systemd;  // connects before the sandbox; sends after
 
   // Bind everything before serving anything: a VM that cannot start stops
   // the whole daemon, and its siblings' sockets are removed again.
@@ -232,15 +248,10 @@ int run_daemon(const DaemonConfig& config) {
     return kExitRuntimeError;
   }
 
-  for (auto& worker : workers) worker->start();
-  for (const auto& worker : workers) {
-    const VmConfig& vm = worker->config();
-    spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
-  }
-  // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in the daemon calls setenv.
-  if (std::getenv(kSandboxSelfTestEnv) != nullptr) run_sandbox_self_test();
+  start_serving(workers, systemd);
 
   const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get(), watch);
+  systemd.notify("STOPPING=1");
   spdlog::info("shutting down");
   for (auto& worker : workers) worker->stop();
   for (auto& worker : workers) worker->join();
