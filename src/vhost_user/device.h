@@ -19,7 +19,7 @@ class Device {
 
   // Virtio feature bits offered (the server adds VHOST_USER_F_PROTOCOL_FEATURES
   // and the virtio ring features it implements: VERSION_1, EVENT_IDX,
-  // INDIRECT_DESC, NOTIFY_ON_EMPTY).
+  // INDIRECT_DESC, NOTIFY_ON_EMPTY, RING_PACKED).
   [[nodiscard]] virtual uint64_t device_features() const = 0;
   // Queues the backend serves (vsock: 2, rx=0 and tx=1; QEMU keeps the event queue).
   [[nodiscard]] virtual uint16_t queue_count() const = 0;

@@ -19,8 +19,8 @@
 namespace vhost_vsock::vhost_user {
 namespace {
 
-constexpr uint64_t kRingFeatures =
-    virtio::kFeatureVersion1 | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc | virtio::kFeatureNotifyOnEmpty;
+constexpr uint64_t kRingFeatures = virtio::kFeatureVersion1 | virtio::kFeatureEventIdx | virtio::kFeatureIndirectDesc |
+                                   virtio::kFeatureNotifyOnEmpty | virtio::kFeatureRingPacked;
 
 // Eventfds come from the front-end; make sure neither a read nor a write can
 // block the loop even if it handed us a pipe.
@@ -67,18 +67,6 @@ FdRule fd_rule(Request request) {
     default:
       return FdRule::kAny;
   }
-}
-
-// Bytes each part of a split ring occupies (virtio 1.2 §2.7), so the whole
-// part can be required to sit inside one memory region.
-struct RingSpans {
-  uint64_t desc;
-  uint64_t avail;
-  uint64_t used;
-};
-RingSpans ring_spans(uint16_t size, bool event_idx) {
-  uint64_t event_field = event_idx ? 2 : 0;
-  return RingSpans{16ULL * size, 4 + 2ULL * size + event_field, 4 + 8ULL * size + event_field};
 }
 
 }  // namespace
@@ -202,9 +190,19 @@ Session::Result Session::handle_set_features(const Message& message) {
     return Result::kFailed;
   }
   features_refused_ = false;
+  if (((acked_features_ ^ *features) & virtio::kFeatureRingPacked) != 0) {
+    // The ring layout changes: the device must let go of the old queues, and
+    // a base saved in the old layout means nothing in the new one.
+    for (uint16_t i = 0; i < ring_count(); ++i) {
+      stop(i);
+      vrings_[i].base.reset();
+      vrings_[i].fresh = true;
+    }
+  }
   acked_features_ = *features;
-  spdlog::info("vhost-user {}: features negotiated {:#x} (offered {:#x})", name_, acked_features_, offered_features_);
-  for (auto& ring : vrings_) ring.queue.set_features(acked_features_);
+  spdlog::info("vhost-user {}: features negotiated {:#x} (offered {:#x}), {} rings", name_, acked_features_,
+               offered_features_, (acked_features_ & virtio::kFeatureRingPacked) != 0 ? "packed" : "split");
+  for (auto& ring : vrings_) ring.queues.set_features(acked_features_);
   device_.on_features_negotiated(acked_features_);
   // Acking VHOST_USER_F_PROTOCOL_FEATURES changes whether rings start enabled.
   for (uint16_t i = 0; i < ring_count(); ++i) reconcile(i);
@@ -217,18 +215,9 @@ void Session::refuse_features(uint64_t features) {
   // SET_FEATURES we can honour.
   features_refused_ = true;
   for (uint16_t i = 0; i < ring_count(); ++i) stop(i);
-  const uint64_t unoffered = features & ~offered_features_;
-  if ((unoffered & virtio::kFeatureRingPacked) != 0) {
-    protocol_warning(
-        "vhost-user {}: SET_FEATURES {:#x} acks VIRTIO_F_RING_PACKED (bit 34), which this daemon does not offer "
-        "(QEMU forwards packed=on regardless); refusing to run the rings rather than corrupt them: drop packed=on",
-        name_, features);
-  } else {
-    protocol_warning(
-        "vhost-user {}: SET_FEATURES {:#x} acks bits {:#x} that were not offered ({:#x}); the rings "
-        "stay stopped",
-        name_, features, unoffered, offered_features_);
-  }
+  protocol_warning(
+      "vhost-user {}: SET_FEATURES {:#x} acks bits {:#x} that were not offered ({:#x}); the rings stay stopped", name_,
+      features, features & ~offered_features_, offered_features_);
 }
 
 Session::Result Session::handle_set_protocol_features(const Message& message) {
@@ -337,7 +326,7 @@ Session::Result Session::handle_set_vring_addr(const Message& message) {
   // Check now when we can, so the front-end learns of a bad address from the
   // ack; otherwise (no table or size yet) the check happens at start.
   if (memory_ && ring.size != 0) {
-    RingSpans spans = ring_spans(ring.size, (acked_features_ & virtio::kFeatureEventIdx) != 0);
+    const RingQueues::Spans spans = RingQueues::spans(ring.size, acked_features_);
     if (!memory_->user_to_guest(address->desc_user_addr, spans.desc) ||
         !memory_->user_to_guest(address->avail_user_addr, spans.avail) ||
         !memory_->user_to_guest(address->used_user_addr, spans.used)) {
@@ -358,18 +347,13 @@ Session::Result Session::handle_set_vring_addr(const Message& message) {
 Session::Result Session::handle_set_vring_base(const Message& message) {
   auto state = ring_state(message);
   if (!state) return Result::kFailed;
-  if (state->num > 0xffff) {
-    // QEMU sends a packed ring's avail and used positions, each with its
-    // wrap counter in bit 15, as one 32-bit value.
-    protocol_warning(
-        "vhost-user {}: SET_VRING_BASE {:#x} for ring {} does not fit a split ring index (a packed ring's "
-        "state?)",
-        name_, state->num, state->index);
+  if (const char* why = RingQueues::check_base(state->num, vrings_[state->index].size, acked_features_)) {
+    protocol_warning("vhost-user {}: SET_VRING_BASE {:#x} for ring {} {}", name_, state->num, state->index, why);
     return Result::kFailed;
   }
   Vring& ring = vrings_[state->index];
   stop(state->index);
-  ring.base = static_cast<uint16_t>(state->num);
+  ring.base = state->num;
   ring.fresh = true;
   reconcile(state->index);
   return Result::kOk;
@@ -384,7 +368,8 @@ Session::Result Session::handle_get_vring_base(const Message& message, std::vect
   // The ring stays stopped until the front-end sets a kick fd again.
   ring.kick.reset();
   ring.fresh = true;
-  append_reply_vring_state(reply, message.header.request, VringState{state->index, ring.base});
+  append_reply_vring_state(reply, message.header.request,
+                           VringState{state->index, ring.base.value_or(RingQueues::initial_base(acked_features_))});
   return Result::kOk;
 }
 
@@ -432,7 +417,7 @@ Session::Result Session::handle_vring_fd(Message& message) {
     case Request::kSetVringCall:
       // Kept by the queue whether or not the ring runs; a running device
       // notifies through the new fd from its next pass on.
-      ring.queue.set_call_fd(std::move(fd));
+      ring.queues.set_call_fd(std::move(fd));
       return Result::kOk;
     default:
       ring.err = std::move(fd);
@@ -498,7 +483,7 @@ void Session::shutdown() {
 void Session::log_queue_stats() const {
   for (uint16_t i = 0; i < ring_count(); ++i) {
     if (vrings_[i].size == 0) continue;  // never set up by this front-end
-    const virtio::QueueStats& s = vrings_[i].queue.stats();
+    const virtio::QueueStats& s = vrings_[i].queues.queue().stats();
     spdlog::info(
         "vhost-user {}: ring {} queue stats: chains_popped={} descriptors_walked={} invalid_chains={} "
         "notifications sent={} suppressed={} without_fd={} call_fd_errors={}",
@@ -508,14 +493,14 @@ void Session::log_queue_stats() const {
 }
 
 void Session::forget_ring(Vring& ring) {
-  ring.queue.reset();
-  ring.queue.set_call_fd(base::UniqueFd());
+  ring.queues.reset();
+  ring.queues.set_call_fd(base::UniqueFd());
   ring.kick.reset();
   ring.err.reset();
   ring.size = 0;
   ring.has_address = false;
   ring.address = VringAddress{};
-  ring.base = 0;
+  ring.base.reset();
   ring.fresh = true;
   ring.enabled = false;
 }
@@ -538,7 +523,7 @@ void Session::reconcile(uint16_t index) {
 void Session::start(uint16_t index) {
   Vring& ring = vrings_[index];
   if (ring.started) return;
-  RingSpans spans = ring_spans(ring.size, (acked_features_ & virtio::kFeatureEventIdx) != 0);
+  const RingQueues::Spans spans = RingQueues::spans(ring.size, acked_features_);
   auto desc = memory_->user_to_guest(ring.address.desc_user_addr, spans.desc);
   auto avail = memory_->user_to_guest(ring.address.avail_user_addr, spans.avail);
   auto used = memory_->user_to_guest(ring.address.used_user_addr, spans.used);
@@ -552,18 +537,18 @@ void Session::start(uint16_t index) {
     signal_error(index);
     return;
   }
-  if (ring.fresh) ring.queue.reset();
-  ring.queue.set_log_name(fmt::format("{} ring {}", name_, index));  // the device may rename it
-  ring.queue.set_features(acked_features_);
+  if (ring.fresh) ring.queues.reset();
+  ring.queues.set_log_name(fmt::format("{} ring {}", name_, index));  // the device may rename it
+  ring.queues.set_features(acked_features_);
   std::string error;
-  if (!ring.queue.configure(memory_, ring.size, *desc, *avail, *used, &error)) {
+  if (!ring.queues.configure(memory_, ring.size, *desc, *avail, *used, &error)) {
     ++stats_.protocol_errors;
     protocol_warning("vhost-user {}: ring {} not started: {}", name_, index, error);
     signal_error(index);
     return;
   }
   if (ring.fresh) {
-    ring.queue.set_next_avail(ring.base);
+    ring.queues.set_base(ring.base.value_or(RingQueues::initial_base(acked_features_)));
     ring.fresh = false;
   }
   try {
@@ -576,9 +561,9 @@ void Session::start(uint16_t index) {
     return;
   }
   ring.started = true;
-  spdlog::info("vhost-user {}: ring {} started (size {}, next avail {})", name_, index, ring.size,
-               ring.queue.next_avail());
-  device_.on_queue_started(index, ring.queue);
+  spdlog::info("vhost-user {}: ring {} started ({}, size {}, base {:#x})", name_, index,
+               ring.queues.packed() ? "packed" : "split", ring.size, ring.queues.base());
+  device_.on_queue_started(index, ring.queues.queue());
   // Buffers made available before the kick fd was watched would otherwise wait for the next kick.
   device_.on_queue_kicked(index);
 }
@@ -589,8 +574,8 @@ void Session::stop(uint16_t index) {
   device_.on_queue_stopped(index);
   loop_.remove(ring.kick.get());
   ring.started = false;
-  ring.base = ring.queue.next_avail();
-  spdlog::info("vhost-user {}: ring {} stopped (next avail {})", name_, index, ring.base);
+  ring.base = ring.queues.base();
+  spdlog::info("vhost-user {}: ring {} stopped (base {:#x})", name_, index, *ring.base);
 }
 
 void Session::on_kick(uint16_t index, uint32_t events) {

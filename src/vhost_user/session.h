@@ -18,8 +18,8 @@
 #include "memory/guest_memory.h"
 #include "vhost_user/device.h"
 #include "vhost_user/message.h"
+#include "vhost_user/ring_queues.h"
 #include "vhost_user/stats.h"
-#include "virtio/split_queue.h"
 
 namespace vhost_vsock::vhost_user {
 
@@ -62,13 +62,14 @@ class Session final {
     uint16_t size = 0;
     bool has_address = false;
     VringAddress address;
-    uint16_t base = 0;  // next avail index to resume from
-    bool fresh = true;  // next start resets the queue's indices (new base or size)
+    // Where to resume (RingQueues::set_base); none: the layout's initial base.
+    std::optional<uint32_t> base;
+    bool fresh = true;  // next start resets the queue's indices (new base, size or layout)
     bool enabled = false;
     bool started = false;
     base::UniqueFd kick;
     base::UniqueFd err;
-    virtio::SplitQueue queue;  // also owns the call fd
+    RingQueues queues;  // split or packed per the features; the queue owns the call fd
   };
 
   Result dispatch(Message& message, std::vector<uint8_t>& reply);

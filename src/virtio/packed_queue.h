@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/unique_fd.h"
@@ -40,6 +41,8 @@ class PackedQueue final : public Queue {
   // The eventfd notify() writes; an invalid fd means none (only counted).
   void set_call_fd(base::UniqueFd call_fd) { call_fd_ = std::move(call_fd); }
   [[nodiscard]] bool has_call_fd() const { return call_fd_.valid(); }
+  // Hands the call fd over (to the other ring layout's queue); none is left here.
+  base::UniqueFd take_call_fd() { return std::move(call_fd_); }
 
   [[nodiscard]] bool configured() const override { return memory_ != nullptr; }
   [[nodiscard]] bool broken() const override { return broken_; }

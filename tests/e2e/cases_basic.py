@@ -6,7 +6,7 @@ import socket
 import subprocess
 import time
 
-from e2e_lib import HostProcess, TestFailure, UnixListener, e2e_test, expect, parse_fields, read_line
+from e2e_lib import HostProcess, TestFailure, UnixListener, e2e_test, expect, parse_fields, read_line, vmlib
 
 
 def read_pipe_until(proc, predicate, timeout):
@@ -87,6 +87,21 @@ def seed_exchange_host_to_guest(t, port=1234):
     finally:
         socat.kill()
     return f"host got '{ok_line.decode()}' and 'Hello from guest!'; guest got 'Hello from host!'"
+
+
+@e2e_test("basic")
+def ring_layout_negotiated(t):
+    """The guest's vsock device (virtio id 19) has VERSION_1 (bit 32) and, with
+    VUV_PACKED=1 (QEMU packed=on), VIRTIO_F_RING_PACKED (bit 34), else not."""
+    script = ('for d in /sys/bus/virtio/devices/*; do '
+              '[ "$(cat $d/device)" = 0x0013 ] && cat $d/features; done')
+    result = t.guest(script, timeout=30)
+    bits = result.output.strip()
+    expect(len(bits) == 64 and set(bits) <= {"0", "1"}, f"no vsock feature bits in the guest: {result.output!r}")
+    packed = vmlib.packed_ring()
+    expect(bits[32] == "1", f"VERSION_1 missing: {bits}")
+    expect(bits[34] == ("1" if packed else "0"), f"bit 34 is {bits[34]} with packed={packed}: {bits}")
+    return f"features {bits}: {'packed' if packed else 'split'} rings"
 
 
 @e2e_test("basic")
