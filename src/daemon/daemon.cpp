@@ -91,8 +91,9 @@ void notify_failure(int fd) {
 // working but nobody new can reach that VM: say so, once, naming the file.
 class SocketFileWatch {
  public:
-  explicit SocketFileWatch(const DaemonConfig& config) {
-    for (const VmConfig& vm : config.vms) {
+  explicit SocketFileWatch(const std::vector<std::unique_ptr<VmWorker>>& workers) {
+    for (const auto& worker : workers) {
+      const VmConfig& vm = worker->config();
       add(vm.guest_cid, "vhost-user socket", "front-ends (QEMU)", vm.socket_path);
       add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);
     }
@@ -186,6 +187,25 @@ int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
   }
 }
 
+// Binds every VM's sockets before any VM is served. A VM that cannot start
+// (say its socket directory vanished after validation) is logged and left
+// out: one bad VM must not take its siblings down.
+std::vector<std::unique_ptr<VmWorker>> bind_vms(const DaemonConfig& config, const RuntimeOptions& runtime,
+                                                int failure_fd) {
+  std::vector<std::unique_ptr<VmWorker>> workers;
+  for (const VmConfig& vm : config.vms) {
+    try {
+      workers.push_back(std::make_unique<VmWorker>(vm, runtime, [failure_fd] { notify_failure(failure_fd); }));
+    } catch (const std::exception& e) {
+      spdlog::error("{}; vm cid={} is not served, the other VMs are", e.what(), vm.guest_cid);
+    }
+  }
+  if (!workers.empty() && workers.size() < config.vms.size()) {
+    spdlog::warn("serving {} of {} VMs", workers.size(), config.vms.size());
+  }
+  return workers;
+}
+
 // Every socket is bound and the sandbox is in: the workers start serving, and
 // scripts (the "ready" lines) and systemd (READY=1) learn so.
 void start_serving(std::vector<std::unique_ptr<VmWorker>>& workers, SystemdNotifier& systemd) {
@@ -223,21 +243,13 @@ int run_daemon(const DaemonConfig& config) {
   const RuntimeOptions runtime = fit_open_file_limit(config);
   SystemdNotifier systemd;  // connects before the sandbox; sends after
 
-  // Bind everything before serving anything: a VM that cannot start stops
-  // the whole daemon, and its siblings' sockets are removed again.
-  std::vector<std::unique_ptr<VmWorker>> workers;
-  try {
-    for (const VmConfig& vm : config.vms) {
-      workers.push_back(std::make_unique<VmWorker>(vm, runtime, [fd = failure_fd.get()] { notify_failure(fd); }));
-    }
-  } catch (const std::exception& e) {
-    spdlog::error("{}", e.what());
-    workers.clear();
-    spdlog::error("startup failed, exiting");
+  std::vector<std::unique_ptr<VmWorker>> workers = bind_vms(config, runtime, failure_fd.get());
+  if (workers.empty()) {
+    spdlog::error("no VM could start, exiting");
     return kExitRuntimeError;
   }
 
-  SocketFileWatch watch(config);
+  SocketFileWatch watch(workers);
   // The sandbox goes in after every socket is bound and before any worker
   // thread starts, so no thread ever serves a guest unconfined.
   try {

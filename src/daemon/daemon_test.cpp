@@ -122,18 +122,44 @@ TEST(Daemon, ServesEveryVmUntilSigtermThenRemovesItsSockets) {
   }
 }
 
-TEST(Daemon, AVmThatCannotBindStopsTheOthers) {
+TEST(Daemon, AVmThatCannotBindIsLeftOutAndTheOthersServe) {
+  block_sigterm();
+  TempDir dir;
+  DaemonConfig config;
+  config.vms = {vm_in(dir, 3), vm_in(dir, 4), vm_in(dir, 5)};
+  // Validation would catch this; the directory may still disappear between
+  // validation and bind.
+  config.vms[1].socket_path = dir.file("gone/vhost4.sock");
+  auto result = std::async(std::launch::async, [&] { return run_daemon(config); });
+
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  auto served = [&](const VmConfig& vm) { return is_socket(vm.socket_path) && is_socket(vm.uds_path); };
+  while (!(served(config.vms[0]) && served(config.vms[2])) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(can_connect(config.vms[0].uds_path));
+  EXPECT_TRUE(can_connect(config.vms[2].socket_path));
+  EXPECT_FALSE(exists(config.vms[1].uds_path)) << "the failed VM's uds-path is left bound";
+
+  ASSERT_EQ(::kill(::getpid(), SIGTERM), 0);
+  ASSERT_EQ(result.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(result.get(), kExitOk);
+  for (const auto& vm : config.vms) {
+    EXPECT_FALSE(exists(vm.socket_path)) << vm.socket_path;
+    EXPECT_FALSE(exists(vm.uds_path)) << vm.uds_path;
+  }
+}
+
+TEST(Daemon, NoVmThatCanBindExits) {
   block_sigterm();
   TempDir dir;
   DaemonConfig config;
   config.vms = {vm_in(dir, 3), vm_in(dir, 4)};
-  // Validation would catch this; run_daemon must still fail cleanly if the
-  // directory disappears between validation and bind.
-  config.vms[1].socket_path = dir.file("gone/vhost4.sock");
+  config.vms[0].socket_path = dir.file("gone/vhost3.sock");
+  config.vms[1].uds_path = dir.file("gone/vm4.vsock");
   EXPECT_EQ(run_daemon(config), kExitRuntimeError);
-  EXPECT_FALSE(exists(config.vms[0].socket_path));
   EXPECT_FALSE(exists(config.vms[0].uds_path));
-  EXPECT_FALSE(exists(config.vms[1].uds_path));
+  EXPECT_FALSE(exists(config.vms[1].socket_path));
 }
 
 TEST(VmWorker, BindFailureNamesTheVmAndPath) {
