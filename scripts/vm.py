@@ -20,6 +20,7 @@ import argparse
 import atexit
 import base64
 import ctypes
+import json
 import os
 import selectors
 import shlex
@@ -355,6 +356,37 @@ class Qemu:
         return (os.path.join(w, f"qemu{g}.log"), os.path.join(w, f"console{g}.log"), os.path.join(w, f"cmd{g}.sock"),
                 os.path.join(w, f"transcript{g}.log"))
 
+    def qmp_path(self):
+        return os.path.join(self.workdir, f"qmp{self.generation}.sock")
+
+    def qmp(self, command, timeout=10.0):
+        """Runs one QMP command (e.g. "stop", "cont") and returns its "return"
+        value; raises VmError on an error reply or no reply."""
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(self.qmp_path())
+            stream = sock.makefile("rwb")
+
+            def reply():
+                while time.monotonic() < deadline:
+                    line = stream.readline()
+                    if not line:
+                        break
+                    message = json.loads(line)
+                    if "return" in message:
+                        return message["return"]
+                    if "error" in message:
+                        raise VmError(f"QMP {command}: {message['error']}")
+                raise VmError(f"QMP {command}: no reply within {timeout:.0f}s")
+
+            stream.readline()  # the greeting
+            for execute in ("qmp_capabilities", command):
+                stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+                stream.flush()
+                result = reply()
+            return result
+
     def command_line(self):
         log, console, cmd_sock, _ = self.paths()
         mem = f"{self.memory_mib}M"
@@ -368,13 +400,15 @@ class Qemu:
                 "-append", "console=ttyS0 loglevel=4",
                 "-nodefaults", "-no-user-config", "-display", "none",
                 "-serial", "mon:stdio" if self.console_on_stdio else f"file:{console}",
-                "-chardev", f"socket,id=cmd,path={cmd_sock},server=on,wait=off", "-serial", "chardev:cmd"]
+                "-chardev", f"socket,id=cmd,path={cmd_sock},server=on,wait=off", "-serial", "chardev:cmd",
+                "-qmp", f"unix:{self.qmp_path()},server=on,wait=off"]
 
     def start(self, ready_timeout=120.0):
         self.generation += 1
         log, _, cmd_sock, transcript = self.paths()
-        if os.path.exists(cmd_sock):
-            os.unlink(cmd_sock)
+        for stale in (cmd_sock, self.qmp_path()):
+            if os.path.exists(stale):
+                os.unlink(stale)
         args = self.command_line()
         with open(log, "wb") as f:
             f.write(("$ " + " ".join(args) + "\n").encode())

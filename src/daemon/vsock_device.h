@@ -2,13 +2,15 @@
 // that knows both. The server tells the device about queues and the
 // front-end; the device hands the queues to the muxer.
 //
-// Queue lifecycle choice: when the RX or TX ring stops (GET_VRING_BASE or
-// SET_VRING_ENABLE 0: device reset, guest reboot, driver unload, but also a
-// VMM "stop"/pause) every connection of the VM is reset. The guest's socket
-// state cannot be trusted to survive a ring stop, and a host peer left waiting
-// on a connection the guest forgot would hang forever; resetting makes host
-// programs see EOF/ECONNRESET at once and reconnect. Pausing a VM therefore
-// drops its vsock connections.
+// Queue lifecycle: a ring stop (GET_VRING_BASE, SET_VRING_ENABLE 0, a new
+// memory table) alone says nothing about the guest: QEMU sends the same
+// messages for a pause ("stop"), a memory-table update and a device reset. So
+// connections are kept while the rings are stopped (host data waits in the
+// per-connection buffers, within credit) and the choice is made when a ring
+// starts again: one that resumes where it stopped (stop/cont) keeps every
+// connection; a fresh start (device reset, guest reboot: base 0) resets them
+// all first, since the guest forgot them. A front-end that goes away resets
+// them at once.
 #pragma once
 
 #include <spdlog/spdlog.h>
@@ -57,24 +59,33 @@ class BasicVsockDevice final : public vhost_user::Device {
     spdlog::debug("vm cid={} features negotiated: {:#x}", guest_cid_, features);
   }
 
-  void on_queue_started(uint16_t index, virtio::Queue& queue) override {
+  void on_queue_started(uint16_t index, virtio::Queue& queue, vhost_user::RingStart how) override {
     if (index >= kQueueCount) {
       spdlog::warn("vm cid={} ignoring start of unknown queue {}", guest_cid_, index);
       return;
     }
     if (attached_[index]) muxer_.detach_queue(index);
+    // See the lifecycle note at the top of this file.
+    if (stopped_since_running_ && how == vhost_user::RingStart::kFresh) {
+      spdlog::info("vm cid={} queue {} starts afresh (device reset or a new driver): resetting {} connection(s)",
+                   guest_cid_, index, muxer_.stats().connections_active);
+      muxer_.reset_all_connections();
+      stopped_since_running_ = false;
+    }
     muxer_.attach_queue(index, queue);
     attached_[index] = true;
-    spdlog::debug("vm cid={} queue {} started (size {})", guest_cid_, index, queue.size());
+    if (attached_[kRxQueue] && attached_[kTxQueue]) stopped_since_running_ = false;
+    spdlog::debug("vm cid={} queue {} {} (size {})", guest_cid_, index,
+                  how == vhost_user::RingStart::kResumed ? "resumed" : "started", queue.size());
   }
 
   void on_queue_stopped(uint16_t index) override {
     if (index >= kQueueCount || !attached_[index]) return;
     muxer_.detach_queue(index);
     attached_[index] = false;
-    // See the lifecycle note at the top of this file.
-    muxer_.reset_all_connections();
-    spdlog::debug("vm cid={} queue {} stopped; connections reset", guest_cid_, index);
+    stopped_since_running_ = true;
+    spdlog::debug("vm cid={} queue {} stopped; {} connection(s) kept until it starts again", guest_cid_, index,
+                  muxer_.stats().connections_active);
   }
 
   void on_queue_kicked(uint16_t index) override {
@@ -85,6 +96,7 @@ class BasicVsockDevice final : public vhost_user::Device {
   void on_frontend_disconnected() override {
     detach_all_queues();
     muxer_.reset_all_connections();
+    stopped_since_running_ = false;
     muxer_.set_negotiated_features(0);
   }
 
@@ -104,6 +116,9 @@ class BasicVsockDevice final : public vhost_user::Device {
   const uint64_t guest_cid_;
   const uint16_t max_queue_size_;
   std::array<bool, kQueueCount> attached_{};
+  // A ring stopped since both last ran: connections are kept until a ring
+  // starts again, and reset then unless it resumes (see the note at the top).
+  bool stopped_since_running_ = false;
 };
 
 extern template class BasicVsockDevice<vsock::Muxer>;

@@ -45,20 +45,24 @@ class FakeMuxer {
   void on_queue_kicked(uint16_t index) { calls.push_back("kick " + std::to_string(index)); }
   void reset_all_connections() { calls.push_back("reset"); }
   void set_negotiated_features(uint64_t value) { features = value; }
+  [[nodiscard]] const vsock::MuxerStats& stats() const { return muxer_stats; }
 
   std::vector<std::string> calls;
   virtio::Queue* queues[2] = {nullptr, nullptr};
   uint64_t features = 0;
+  vsock::MuxerStats muxer_stats;
 };
 
 using Calls = std::vector<std::string>;
+constexpr auto kFresh = vhost_user::RingStart::kFresh;
+constexpr auto kResumed = vhost_user::RingStart::kResumed;
 
 // A device (CID 3, queues of 1024) on a FakeMuxer, and two queues to start.
 class VsockDeviceTest : public ::testing::Test {
  protected:
   void start_rx_and_tx() {
-    device.on_queue_started(0, rx);
-    device.on_queue_started(1, tx);
+    device.on_queue_started(0, rx, kFresh);
+    device.on_queue_started(1, tx, kFresh);
   }
 
   FakeMuxer muxer;
@@ -91,24 +95,58 @@ TEST_F(VsockDeviceTest, StartedQueuesGoToTheMuxer) {
   EXPECT_EQ(muxer.calls.back(), "kick 1");
 }
 
-TEST_F(VsockDeviceTest, StoppingRxOrTxResetsEveryConnection) {
+// A stop alone (QEMU sends the same for stop/cont and a device reset) keeps
+// every connection; a kick on a stopped queue does not reach the muxer.
+TEST_F(VsockDeviceTest, StoppingRingsKeepsConnections) {
   start_rx_and_tx();
   muxer.calls.clear();
   device.on_queue_stopped(1);
-  EXPECT_EQ(muxer.calls, (Calls{"detach 1", "reset"}));
+  EXPECT_EQ(muxer.calls, (Calls{"detach 1"}));
   EXPECT_FALSE(device.queue_attached(1));
   EXPECT_TRUE(device.queue_attached(0));
-  // A kick on a stopped queue must not reach the muxer.
   device.on_queue_kicked(1);
   device.on_queue_stopped(1);
-  EXPECT_EQ(muxer.calls, (Calls{"detach 1", "reset"}));
   device.on_queue_stopped(0);
-  EXPECT_EQ(muxer.calls, (Calls{"detach 1", "reset", "detach 0", "reset"}));
+  EXPECT_EQ(muxer.calls, (Calls{"detach 1", "detach 0"}));
+}
+
+TEST_F(VsockDeviceTest, RingsThatResumeKeepConnections) {
+  start_rx_and_tx();
+  device.on_queue_stopped(0);
+  device.on_queue_stopped(1);
+  muxer.calls.clear();
+  device.on_queue_started(0, rx, kResumed);
+  device.on_queue_started(1, tx, kResumed);
+  EXPECT_EQ(muxer.calls, (Calls{"attach 0", "attach 1"}));
+  // Running again: a later fresh start after a new stop resets.
+  device.on_queue_stopped(1);
+  device.on_queue_started(1, tx, kFresh);
+  EXPECT_EQ(muxer.calls, (Calls{"attach 0", "attach 1", "detach 1", "reset", "attach 1"}));
+}
+
+// A device reset restarts the rings from base 0: the guest forgot its
+// connections, so they are reset once, before the first queue is attached,
+// and host connects made after that are not reset by the second queue.
+TEST_F(VsockDeviceTest, AFreshStartAfterAStopResetsOnce) {
+  start_rx_and_tx();
+  device.on_queue_stopped(0);
+  device.on_queue_stopped(1);
+  muxer.calls.clear();
+  device.on_queue_started(0, rx, kFresh);
+  device.on_queue_started(1, tx, kFresh);
+  EXPECT_EQ(muxer.calls, (Calls{"reset", "attach 0", "attach 1"}));
+}
+
+// Host connects that arrive before the driver first starts the rings wait for
+// it; they are not reset by the first start.
+TEST_F(VsockDeviceTest, TheFirstStartResetsNothing) {
+  start_rx_and_tx();
+  EXPECT_EQ(muxer.calls, (Calls{"attach 0", "attach 1"}));
 }
 
 TEST_F(VsockDeviceTest, UnknownQueueIndicesAreIgnored) {
   FakeQueue event;
-  device.on_queue_started(2, event);
+  device.on_queue_started(2, event, kFresh);
   device.on_queue_kicked(2);
   device.on_queue_stopped(2);
   device.on_queue_kicked(65535);
@@ -118,8 +156,8 @@ TEST_F(VsockDeviceTest, UnknownQueueIndicesAreIgnored) {
 TEST_F(VsockDeviceTest, RestartingAQueueDetachesTheOldOneFirst) {
   FakeQueue first;
   FakeQueue second;
-  device.on_queue_started(0, first);
-  device.on_queue_started(0, second);
+  device.on_queue_started(0, first, kFresh);
+  device.on_queue_started(0, second, kFresh);
   EXPECT_EQ(muxer.calls, (Calls{"attach 0", "detach 0", "attach 0"}));
   EXPECT_EQ(muxer.queues[0], &second);
 }
@@ -127,7 +165,7 @@ TEST_F(VsockDeviceTest, RestartingAQueueDetachesTheOldOneFirst) {
 TEST_F(VsockDeviceTest, FrontendDisconnectDetachesAndResets) {
   device.on_features_negotiated(virtio::kFeatureVersion1 | vsock::kFeatureStream);
   EXPECT_EQ(muxer.features, virtio::kFeatureVersion1 | vsock::kFeatureStream) << "negotiated features reach the muxer";
-  device.on_queue_started(0, rx);
+  device.on_queue_started(0, rx, kFresh);
   muxer.calls.clear();
   device.on_frontend_disconnected();
   EXPECT_EQ(muxer.calls, (Calls{"detach 0", "reset"}));
@@ -142,7 +180,7 @@ TEST(VsockDevice, DestructionDetachesQueuesStillAttached) {
   FakeQueue tx;
   {
     BasicVsockDevice<FakeMuxer> device(muxer, 3, 1024);
-    device.on_queue_started(1, tx);
+    device.on_queue_started(1, tx, kFresh);
   }
   EXPECT_EQ(muxer.calls, (Calls{"attach 1", "detach 1"}));
   EXPECT_EQ(muxer.queues[1], nullptr);

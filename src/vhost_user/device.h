@@ -13,6 +13,12 @@
 
 namespace vhost_vsock::vhost_user {
 
+// How a ring starts. kResumed: it continues exactly where it stopped, at the
+// same addresses and size and with the base it stopped at, as after a VMM
+// stop/cont or a memory-table update; the guest's driver never went away.
+// kFresh: a first start, or anything else (a device reset starts from base 0).
+enum class RingStart { kFresh, kResumed };
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -32,9 +38,11 @@ class Device {
   // Queue `index` is configured, enabled and has a kick fd: the device may use
   // it until on_queue_stopped(index). The reference stays valid until then;
   // its call fd may change meanwhile (SET_VRING_CALL), which notify() follows.
-  virtual void on_queue_started(uint16_t index, virtio::Queue& queue) = 0;
+  virtual void on_queue_started(uint16_t index, virtio::Queue& queue, RingStart how) = 0;
   // The ring stopped (GET_VRING_BASE, disable, reset or disconnect). The device
-  // must not touch the queue after this returns.
+  // must not touch the queue after this returns. Whether the guest's state
+  // survived is known only at the next start (`how`), or never when the
+  // front-end goes away (on_frontend_disconnected).
   virtual void on_queue_stopped(uint16_t index) = 0;
   // The driver kicked queue `index` (already drained from the kick eventfd).
   virtual void on_queue_kicked(uint16_t index) = 0;

@@ -501,6 +501,7 @@ void Session::forget_ring(Vring& ring) {
   ring.has_address = false;
   ring.address = VringAddress{};
   ring.base.reset();
+  ring.stopped_at.reset();
   ring.fresh = true;
   ring.enabled = false;
 }
@@ -561,11 +562,23 @@ void Session::start(uint16_t index) {
     return;
   }
   ring.started = true;
-  spdlog::info("vhost-user {}: ring {} started ({}, size {}, base {:#x})", name_, index,
-               ring.queues.packed() ? "packed" : "split", ring.size, ring.queues.base());
-  device_.on_queue_started(index, ring.queues.queue());
+  const RingStart how = resumes_where_it_stopped(ring) ? RingStart::kResumed : RingStart::kFresh;
+  ring.stopped_at.reset();
+  spdlog::info("vhost-user {}: ring {} {} ({}, size {}, base {:#x})", name_, index,
+               how == RingStart::kResumed ? "resumed" : "started", ring.queues.packed() ? "packed" : "split", ring.size,
+               ring.queues.base());
+  device_.on_queue_started(index, ring.queues.queue(), how);
   // Buffers made available before the kick fd was watched would otherwise wait for the next kick.
   device_.on_queue_kicked(index);
+}
+
+bool Session::resumes_where_it_stopped(const Vring& ring) const {
+  if (!ring.stopped_at) return false;
+  const Vring::StopPoint& at = *ring.stopped_at;
+  const VringAddress& now = ring.address;
+  return at.size == ring.size && at.features == acked_features_ && ring.base == at.base &&
+         at.address.desc_user_addr == now.desc_user_addr && at.address.avail_user_addr == now.avail_user_addr &&
+         at.address.used_user_addr == now.used_user_addr && at.address.flags == now.flags;
 }
 
 void Session::stop(uint16_t index) {
@@ -575,6 +588,7 @@ void Session::stop(uint16_t index) {
   loop_.remove(ring.kick.get());
   ring.started = false;
   ring.base = ring.queues.base();
+  ring.stopped_at = Vring::StopPoint{ring.address, ring.size, *ring.base, acked_features_};
   spdlog::info("vhost-user {}: ring {} stopped (base {:#x})", name_, index, *ring.base);
 }
 

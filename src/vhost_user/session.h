@@ -67,12 +67,21 @@ class Session final {
     bool fresh = true;  // next start resets the queue's indices (new base, size or layout)
     bool enabled = false;
     bool started = false;
+    // Where the ring stopped, to tell a resume (stop/cont) from a fresh start.
+    struct StopPoint {
+      VringAddress address;
+      uint16_t size = 0;
+      uint32_t base = 0;
+      uint64_t features = 0;
+    };
+    std::optional<StopPoint> stopped_at;
     base::UniqueFd kick;
     base::UniqueFd err;
     RingQueues queues;  // split or packed per the features; the queue owns the call fd
   };
 
   Result dispatch(Message& message, std::vector<uint8_t>& reply);
+  [[nodiscard]] bool resumes_where_it_stopped(const Vring& ring) const;
   // Requests we never accept: logs why.
   Result refuse(const Message& message);
   Result handle_set_features(const Message& message);

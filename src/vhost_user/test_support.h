@@ -34,8 +34,9 @@ class FakeDevice : public Device {
     negotiated = features;
     events.push_back("features");
   }
-  void on_queue_started(uint16_t index, virtio::Queue& queue) override {
+  void on_queue_started(uint16_t index, virtio::Queue& queue, RingStart how) override {
     queues.at(index) = &queue;
+    starts.at(index) = how;
     events.push_back("started " + std::to_string(index));
   }
   void on_queue_stopped(uint16_t index) override {
@@ -58,6 +59,7 @@ class FakeDevice : public Device {
   std::vector<std::string> events;
   std::array<virtio::Queue*, 2> queues{};
   std::array<int, 2> kicks{};
+  std::array<RingStart, 2> starts{};
   uint64_t negotiated = 0;
   uint16_t max_size = virtio::kMaxQueueSize;
 };
