@@ -55,7 +55,7 @@ void UnixListener::remove_stale_file() {
   }
   if (!S_ISSOCK(info.st_mode)) fail("the path exists and is not a socket; refusing to replace it");
   const sockaddr_un address = unix_socket_address(path_);
-  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  UniqueFd probe(::socket(AF_UNIX, options_.socket_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!probe) fail_errno("cannot create a probe socket", errno);
   if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0) {
     fail("another process is listening on it");
@@ -68,7 +68,7 @@ void UnixListener::remove_stale_file() {
 
 void UnixListener::open_socket() {
   const sockaddr_un address = unix_socket_address(path_);
-  UniqueFd socket(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  UniqueFd socket(::socket(AF_UNIX, options_.socket_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!socket) fail_errno("cannot create the socket", errno);
   if (::bind(socket.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     fail_errno("cannot bind", errno);

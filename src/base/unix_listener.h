@@ -1,4 +1,4 @@
-// A listening AF_UNIX stream socket on a filesystem path, served on an
+// A listening AF_UNIX stream (or seqpacket) socket on a filesystem path, served on an
 // EventLoop: the one implementation behind the vhost-user socket and the
 // hybrid vsock uds-path.
 //
@@ -22,6 +22,8 @@
 // Everything runs on the loop's thread. The callback may destroy the listener.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -40,6 +42,7 @@ class UnixListener {
   struct Options {
     // Names the socket in errors and logs, e.g. "vhost-user socket" or "uds-path".
     std::string name = "unix socket";
+    int socket_type = SOCK_STREAM;  // or SOCK_SEQPACKET
     int backlog = 1024;
     // Bounds one readiness event, so a connection storm cannot starve the loop.
     int accepts_per_event = 64;

@@ -96,6 +96,9 @@ class SocketFileWatch {
       const VmConfig& vm = worker->config();
       add(vm.guest_cid, "vhost-user socket", "front-ends (QEMU)", vm.socket_path);
       add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);
+      // Only when our listener is open: the path may hold someone else's file.
+      const std::string seqpacket = worker->seqpacket_uds_path();
+      if (!seqpacket.empty()) add(vm.guest_cid, "seqpacket uds-path", "SOCK_SEQPACKET host programs", seqpacket);
     }
   }
 

@@ -83,17 +83,21 @@ void VmWorker::run() {
   }
 }
 
+std::string VmWorker::seqpacket_uds_path() const {
+  return muxer_ ? muxer_->seqpacket_uds_path() : std::string();
+}
+
 void VmWorker::log_stats() const {
   const vsock::MuxerStats& m = muxer_->stats();
   spdlog::info(
       "vm cid={} muxer stats: connections opened={} active={} host_connects_refused={} handshake_failures={} "
       "packets from_guest={} to_guest={} bytes from_guest={} to_guest={} dropped bad_address={} malformed={} "
       "resets_sent={} credit_violations={} protocol_violations={} rx_chains_too_small={} orphan_rsts_dropped={} "
-      "rx_passes={}",
+      "rx_passes={} seqpacket_messages_refused={}",
       vm_.guest_cid, m.connections_opened, m.connections_active, m.host_connects_refused, m.handshake_failures,
       m.packets_from_guest, m.packets_to_guest, m.bytes_from_guest, m.bytes_to_guest, m.dropped_bad_address,
       m.dropped_malformed, m.resets_sent, m.credit_violations, m.protocol_violations, m.rx_chains_too_small,
-      m.orphan_rsts_dropped, m.rx_passes);
+      m.orphan_rsts_dropped, m.rx_passes, m.messages_refused);
   const vhost_user::ServerStats& s = server_->stats();
   spdlog::info(
       "vm cid={} vhost-user stats: frontends_accepted={} frontend_disconnects={} protocol_errors={} "

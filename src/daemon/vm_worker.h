@@ -43,6 +43,8 @@ class VmWorker {
   void log_stats() const;
 
   [[nodiscard]] const VmConfig& config() const { return vm_; }
+  // The SOCK_SEQPACKET host listener's path, empty if it is not open.
+  [[nodiscard]] std::string seqpacket_uds_path() const;
 
  private:
   void run();

@@ -41,8 +41,8 @@ class BasicVsockDevice final : public vhost_user::Device {
   BasicVsockDevice(const BasicVsockDevice&) = delete;
   BasicVsockDevice& operator=(const BasicVsockDevice&) = delete;
 
-  // virtio 1.2 §5.10.3: stream sockets. SEQPACKET is not offered yet.
-  [[nodiscard]] uint64_t device_features() const override { return vsock::kFeatureStream; }
+  // virtio 1.2 §5.10.3: stream and seqpacket sockets.
+  [[nodiscard]] uint64_t device_features() const override { return vsock::kFeatureStream | vsock::kFeatureSeqpacket; }
   [[nodiscard]] uint16_t queue_count() const override { return kQueueCount; }
   // struct virtio_vsock_config { le64 guest_cid; }
   [[nodiscard]] std::vector<uint8_t> config_space() const override {

@@ -71,8 +71,8 @@ class VsockDeviceTest : public ::testing::Test {
   BasicVsockDevice<FakeMuxer> device{muxer, 3, 1024};
 };
 
-TEST_F(VsockDeviceTest, OffersStreamOnlyAndTwoQueues) {
-  EXPECT_EQ(device.device_features(), 1u) << "VIRTIO_VSOCK_F_STREAM only; no SEQPACKET yet";
+TEST_F(VsockDeviceTest, OffersStreamAndSeqpacketAndTwoQueues) {
+  EXPECT_EQ(device.device_features(), 3u) << "VIRTIO_VSOCK_F_STREAM (bit 0) and VIRTIO_VSOCK_F_SEQPACKET (bit 1)";
   EXPECT_EQ(device.queue_count(), 2);
   EXPECT_EQ(device.max_queue_size(), 1024);
 }

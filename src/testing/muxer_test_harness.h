@@ -190,16 +190,16 @@ class MuxerHarness {
   }
 
   // A host program's side: connect to uds-path (or uds-path_<port> listeners we create).
-  static base::UniqueFd connect_unix(const std::string& path) {
-    base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  static base::UniqueFd connect_unix(const std::string& path, int type = SOCK_STREAM) {
+    base::UniqueFd fd(::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) return {};
     return fd;
   }
-  static base::UniqueFd listen_unix(const std::string& path) {
-    base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  static base::UniqueFd listen_unix(const std::string& path, int type = SOCK_STREAM) {
+    base::UniqueFd fd(::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);

@@ -51,8 +51,8 @@ void Connection::watch_host(HostEndpoint::EventCallback callback) {
 void Connection::close_host() {
   if (!host_->is_open()) return;
   host_->close();
-  tx_buffer_.clear();
-  uncounted_front_bytes_ = 0;
+  drop_tx_bytes();
+  next_message_bytes_.reset();
   early_host_bytes_.clear();
   early_host_bytes_.shrink_to_fit();
   host_readable_ = false;
@@ -75,13 +75,25 @@ uint32_t Connection::peer_credit() const {
 void Connection::update_peer_credit(uint32_t peer_buf_alloc, uint32_t peer_fwd_cnt) {
   peer_buf_alloc_ = peer_buf_alloc;
   peer_fwd_cnt_ = peer_fwd_cnt;
-  if (peer_credit() > 0) credit_request_sent_ = false;
+  // kSeqpacket: credit that still cannot carry the waiting message is no
+  // answer to our CREDIT_REQUEST (asking again would ping-pong with the guest).
+  if (peer_credit() >= credit_needed()) credit_request_sent_ = false;
+}
+
+uint32_t Connection::credit_needed() const {
+  if (!next_message_bytes_.has_value()) return 1;
+  return std::max<uint32_t>(*next_message_bytes_, 1);
 }
 
 uint32_t Connection::sendable_to_guest() {
   if (!wants_to_send_data()) return 0;
   const uint32_t credit = peer_credit();
-  if (credit == 0) note_credit_starved();
+  // A message that can never fit goes to the pump all the same: it resets the connection.
+  if (next_message_never_fits()) return std::max<uint32_t>(credit, 1);
+  if (credit < credit_needed()) {
+    note_credit_starved();
+    return 0;
+  }
   return credit;
 }
 
@@ -162,7 +174,9 @@ GuestPacketVerdict Connection::on_guest_accept() {
   const size_t greeting_bytes = host_->accept_greeting(params_.local_port, greeting);
   if (greeting_bytes > 0) {
     // Same ordered path as guest data, so a peer that never reads cannot block us.
-    uncounted_front_bytes_ += tx_buffer_.append(std::span<const uint8_t>(greeting.data(), greeting_bytes));
+    const size_t appended = tx_buffer_.append(std::span<const uint8_t>(greeting.data(), greeting_bytes));
+    uncounted_front_bytes_ += appended;
+    if (is_seqpacket()) tx_messages_.push_back(static_cast<uint32_t>(appended));  // its own message
   }
   host_readable_ = true;  // the endpoint may already hold data (edge-triggered: we must look)
   // Some guest kernels give the accepted child socket no peer credit from
@@ -176,7 +190,7 @@ GuestPacketVerdict Connection::on_established_packet(Op op, const PacketHeader& 
                                                      std::span<const iovec> payload) {
   switch (op) {
     case Op::kRw:
-      return accept_guest_data(payload, header.len);
+      return accept_guest_data(payload, header.len, header.flags);
     case Op::kShutdown:
       on_guest_shutdown(header.flags);
       return GuestPacketVerdict::kOk;
@@ -191,7 +205,7 @@ GuestPacketVerdict Connection::on_established_packet(Op op, const PacketHeader& 
   }
 }
 
-GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload, uint32_t len) {
+GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload, uint32_t len, uint32_t flags) {
   if (guest_shutdown_ & kShutdownSend) {
     reset();
     return GuestPacketVerdict::kProtocolViolation;
@@ -200,7 +214,9 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
     reset();
     return GuestPacketVerdict::kCreditViolation;
   }
-  if (len == 0) return GuestPacketVerdict::kOk;
+  // kSeqpacket: an empty RW with EOM still ends a message (maybe an empty one).
+  const bool ends_message = is_seqpacket() && (flags & kSeqEom) != 0;
+  if (len == 0 && !ends_message) return GuestPacketVerdict::kOk;
   if (!host_->is_open()) {
     reset();
     return GuestPacketVerdict::kHostGone;
@@ -211,6 +227,7 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
   // fwd_cnt. Resetting instead would throw away what the host wrote before it
   // closed and the guest has not read yet. Credit still bounds the guest.
   if (host_write_closed_) return GuestPacketVerdict::kOk;
+  if (is_seqpacket()) return accept_message_part(payload, len, ends_message);
   size_t written = 0;
   // Order: once bytes are buffered, new bytes queue behind them.
   if (tx_buffer_.empty() && host_writable_) {
@@ -238,7 +255,7 @@ void Connection::on_guest_shutdown(uint32_t flags) {
     // Linux close(): deliver what we hold, then close and RST (Linux waits for it).
     state_ = ConnectionState::kClosingAfterFlush;
     pending_control_ &= control::kRst;
-    if (tx_buffer_.empty()) {
+    if (flushed()) {
       close_host();
       pending_control_ = control::kRst;
       state_ = ConnectionState::kDead;
@@ -249,14 +266,15 @@ void Connection::on_guest_shutdown(uint32_t flags) {
 }
 
 void Connection::maybe_finish_guest_send_side() {
-  if ((guest_shutdown_ & kShutdownSend) && tx_buffer_.empty() && !host_write_shut_ && host_->is_open()) {
+  if ((guest_shutdown_ & kShutdownSend) && flushed() && !host_write_shut_ && host_->is_open()) {
     host_write_shut_ = true;
     host_->shutdown_send();
   }
 }
 
 void Connection::flush_tx() {
-  while (!tx_buffer_.empty() && host_writable_ && host_->is_open()) {
+  if (is_seqpacket()) flush_tx_messages();
+  while (!is_seqpacket() && !tx_buffer_.empty() && host_writable_ && host_->is_open()) {
     iovec iov[2];
     const size_t count = tx_buffer_.readable_iovecs(iov);
     const HostEndpoint::SendResult result = host_->send(std::span<const iovec>(iov, count));
@@ -273,7 +291,8 @@ void Connection::flush_tx() {
       return;
     }
   }
-  if (!tx_buffer_.empty()) return;
+  // A message without its EOM is never sent: the guest closing abandons it.
+  if (!flushed()) return;
   if (state_ == ConnectionState::kClosingAfterFlush) {
     close_host();
     pending_control_ = control::kRst;
@@ -308,6 +327,7 @@ Connection::ReadStatus Connection::read_from_host(std::span<const iovec> into, s
   switch (result.status) {
     case HostEndpoint::ReceiveStatus::kData:
       bytes = result.bytes;
+      next_message_bytes_.reset();
       return ReadStatus::kData;
     case HostEndpoint::ReceiveStatus::kEof:
       on_host_eof();
@@ -340,8 +360,7 @@ void Connection::on_host_events(HostEvents events) {
 
 void Connection::on_host_write_closed() {
   host_write_closed_ = true;
-  tx_buffer_.clear();
-  uncounted_front_bytes_ = 0;
+  drop_tx_bytes();
   if (state_ == ConnectionState::kClosingAfterFlush) {
     close_host();
     pending_control_ = control::kRst;

@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -49,6 +50,8 @@ enum class GuestPacketVerdict : uint8_t {
   kCreditViolation,    // RW beyond the credit we advertised
   kProtocolViolation,  // op not valid in this state (e.g. RW after SHUTDOWN(SEND))
   kHostGone,           // RW after the host endpoint was closed (RW the host stopped reading is dropped, kOk)
+  kMessageRefused,     // kSeqpacket: the host socket can never carry this message (EMSGSIZE)
+  kTooManyMessages,    // kSeqpacket: more than kMaxBufferedMessages whole messages wait for the host
 };
 
 // A CREDIT_UPDATE goes out once the host has taken this fraction (1/N) of the
@@ -57,6 +60,11 @@ enum class GuestPacketVerdict : uint8_t {
 // guest sit idle for each update's round trip (bench: 12 -> 21 Gbit/s pinned),
 // and it costs at most four updates per window.
 inline constexpr uint32_t kCreditUpdateDivisor = 4;
+
+// kSeqpacket: whole guest messages a connection holds while its host socket
+// would block. Bytes are bounded by credit; this bounds the count (tiny or
+// empty messages cost no credit but each needs a length).
+inline constexpr size_t kMaxBufferedMessages = 4096;
 
 struct ConnectionParams {
   uint64_t guest_cid = 0;
@@ -89,6 +97,8 @@ class Connection {
   [[nodiscard]] uint32_t peer_port() const { return params_.peer_port; }
   [[nodiscard]] uint64_t guest_cid() const { return params_.guest_cid; }
   [[nodiscard]] bool host_open() const { return host_->is_open(); }
+  [[nodiscard]] SocketType socket_type() const { return socket_type_; }
+  [[nodiscard]] bool is_seqpacket() const { return socket_type_ == SocketType::kSeqpacket; }
 
   // ---- credit ----
   [[nodiscard]] uint32_t buf_alloc() const { return params_.buf_alloc; }
@@ -102,6 +112,7 @@ class Connection {
   // zero if the guest's numbers are inconsistent.
   [[nodiscard]] uint32_t peer_credit() const;
   void update_peer_credit(uint32_t peer_buf_alloc, uint32_t peer_fwd_cnt);
+  [[nodiscard]] uint32_t peer_buf_alloc() const { return peer_buf_alloc_; }
 
   // ---- packets from the guest ----
   // Routes one packet (op already known to be 1..7) addressed to this
@@ -133,7 +144,12 @@ class Connection {
   // credit update, or the RX pass would spin. RX buffers are the pump's to check.
   uint32_t sendable_to_guest();
   // Whether a data packet could go out now (no side effect).
-  [[nodiscard]] bool can_send_to_guest() const { return wants_to_send_data() && peer_credit() > 0; }
+  [[nodiscard]] bool can_send_to_guest() const { return wants_to_send_data() && peer_credit() >= credit_needed(); }
+  // kSeqpacket: the size of the host's next message (peeked once, kept until
+  // it is read), or nothing if none is waiting (EOF and errors update the
+  // state as read_from_host does). A message goes to the guest whole, so it
+  // waits for credit >= its size; one above peer_buf_alloc() never fits.
+  std::optional<uint32_t> next_host_message();
   [[nodiscard]] bool host_readable() const { return host_readable_ || !early_host_bytes_.empty(); }
 
   enum class ReadStatus { kData, kWouldBlock, kEof, kError };
@@ -171,7 +187,18 @@ class Connection {
  private:
   GuestPacketVerdict on_guest_accept();
   GuestPacketVerdict on_established_packet(Op op, const PacketHeader& header, std::span<const iovec> payload);
-  GuestPacketVerdict accept_guest_data(std::span<const iovec> payload, uint32_t len);
+  GuestPacketVerdict accept_guest_data(std::span<const iovec> payload, uint32_t len, uint32_t flags);
+  // kSeqpacket (connection_seqpacket.cpp): collect a message up to EOM, send it whole.
+  GuestPacketVerdict accept_message_part(std::span<const iovec> payload, uint32_t len, bool ends_message);
+  void flush_tx_messages();
+  // Everything the host can be sent now has been (a partial message waits for its EOM).
+  [[nodiscard]] bool flushed() const { return is_seqpacket() ? tx_messages_.empty() : tx_buffer_.empty(); }
+  void drop_tx_bytes();
+  // Credit one host->guest data packet needs: a whole message for kSeqpacket.
+  [[nodiscard]] uint32_t credit_needed() const;
+  [[nodiscard]] bool next_message_never_fits() const {
+    return next_message_bytes_.has_value() && *next_message_bytes_ > peer_buf_alloc_;
+  }
   void on_guest_shutdown(uint32_t flags);
   void flush_tx();
   void after_forwarded(uint32_t guest_bytes);
@@ -195,6 +222,11 @@ class Connection {
 
   TxRingBuffer tx_buffer_;
   size_t uncounted_front_bytes_ = 0;  // accept greeting bytes at the front of tx_buffer_
+  // kSeqpacket: lengths of the whole messages in tx_buffer_ (the greeting is
+  // one), oldest first; the bytes after them are a message still without EOM.
+  std::deque<uint32_t> tx_messages_;
+  uint32_t partial_message_bytes_ = 0;
+  std::optional<uint32_t> next_message_bytes_;  // kSeqpacket: peeked size of the host's next message
   std::vector<uint8_t> early_host_bytes_;
 
   uint8_t pending_control_ = 0;

@@ -1,6 +1,6 @@
 // What a Connection needs from the host side of its stream, whatever carries
-// it (an AF_UNIX stream today; AF_UNIX SOCK_SEQPACKET or an AF_VSOCK forward
-// later). Implementations live in vsock/transport/; the state machine in
+// it (an AF_UNIX stream or an AF_UNIX SOCK_SEQPACKET socket today; an AF_VSOCK
+// forward later). Implementations live in vsock/transport/; the state machine in
 // Connection sees only this interface. Everything is non-blocking: a call
 // never waits for the host peer, which is as untrusted as the guest.
 #pragma once
@@ -38,6 +38,7 @@ class HostEndpoint {
     kOk,          // `bytes` were taken; fewer than offered means the socket is (nearly) full
     kWouldBlock,  // the socket is full after `bytes`; `writable` will be reported
     kGone,        // the peer no longer reads (EPIPE, reset); `bytes` were taken before that
+    kRefused,     // a message the socket can never carry (EMSGSIZE); logged by the endpoint
   };
   struct SendResult {
     SendStatus status;
@@ -55,10 +56,17 @@ class HostEndpoint {
   // std::system_error if the event loop refuses the socket.
   virtual void watch(EventCallback callback) = 0;
 
-  // Sends from `iovs` in order, as much as the socket takes now.
+  // Sends from `iovs` in order, as much as the socket takes now. A
+  // message-oriented endpoint (kSeqpacket) sends `iovs` as one message, all or
+  // nothing (at most IOV_MAX iovecs).
   virtual SendResult send(std::span<const iovec> iovs) = 0;
-  // Receives into `into` in order, as much as is there now.
+  // Receives into `into` in order, as much as is there now (kSeqpacket: the
+  // next whole message, which must fit; a zero-length message is kData 0).
   virtual ReceiveResult receive(std::span<const iovec> into) = 0;
+  // kSeqpacket only: the size of the next message without taking it (kData),
+  // kWouldBlock when none is queued, kEof once the peer closed and all its
+  // messages were taken.
+  virtual ReceiveResult peek_message_size() { return {ReceiveStatus::kError, 0}; }
   // The host peer reads EOF once what was sent is read; receiving goes on.
   virtual void shutdown_send() = 0;
 

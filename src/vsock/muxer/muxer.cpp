@@ -22,6 +22,7 @@ void Muxer::reset_all_connections() {
 }
 void Muxer::set_negotiated_features(uint64_t features) {
   impl_->negotiated_features_ = features;
+  impl_->router_.set_seqpacket_enabled((features & kFeatureSeqpacket) != 0);
 }
 uint64_t Muxer::negotiated_features() const {
   return impl_->negotiated_features_;
@@ -29,19 +30,26 @@ uint64_t Muxer::negotiated_features() const {
 const MuxerStats& Muxer::stats() const {
   return impl_->stats_;
 }
+std::string Muxer::seqpacket_uds_path() const {
+  return impl_->seqpacket_listener_ ? impl_->options_.uds_path + "_seqpacket" : std::string();
+}
 
 Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
     : loop_(loop),
       options_(std::move(options)),
       router_(loop, Router::Options{options_.guest_cid, options_.uds_path, options_.limits}, stats_,
               Router::Wakeups{[this] { pump_.schedule_rx(); }, [this] { pump_.schedule_tx(); }}) {
-  router_.set_pending_host_peers([this] { return listener_ ? listener_->pending() : size_t{0}; });
-  if (!options_.uds_path.empty()) open_listener();
+  router_.set_pending_host_peers([this] { return pending_host_peers(); });
+  if (!options_.uds_path.empty()) {
+    open_listener();
+    open_seqpacket_listener();
+  }
 }
 
 Muxer::Impl::~Impl() {
   router_.reset_all_connections();  // while the pump it may wake still exists
   listener_.reset();                // closes host peers still in their handshake
+  seqpacket_listener_.reset();
 }
 
 }  // namespace vhost_vsock::vsock

@@ -49,6 +49,9 @@ class Muxer {
   [[nodiscard]] uint64_t negotiated_features() const;
 
   [[nodiscard]] const MuxerStats& stats() const;
+  // <uds-path>_seqpacket if its SOCK_SEQPACKET listener is open, else empty
+  // (no uds-path, or the path could not be used: streams work regardless).
+  [[nodiscard]] std::string seqpacket_uds_path() const;
 
  private:
   class Impl;

@@ -1,6 +1,7 @@
-// Host-initiated connections: the hybrid listener on uds-path hands over host
-// peers that finished their CONNECT line, and the router makes each a
-// connection that asks the guest with a REQUEST.
+// Host-initiated connections: the hybrid listeners on uds-path (streams) and
+// <uds-path>_seqpacket (SOCK_SEQPACKET) hand over host peers that finished
+// their CONNECT line, and the router makes each a connection that asks the
+// guest with a REQUEST.
 #include <spdlog/spdlog.h>
 
 #include "vsock/muxer/muxer_impl.h"
@@ -18,6 +19,30 @@ void Muxer::Impl::open_listener() {
       [this](const char* reason) { router_.on_handshake_failed(options_.uds_path, reason); }};
   listener_ = std::make_unique<HybridListener>(loop_, std::move(listener_options), std::move(callbacks));
   spdlog::info("cid={} listening for host connections on {}", options_.guest_cid, options_.uds_path);
+}
+
+// Seqpacket is an addition: when its path cannot be used, streams still work.
+void Muxer::Impl::open_seqpacket_listener() {
+  const std::string path = options_.uds_path + "_seqpacket";
+  HybridListener::Options listener_options{path, options_.limits.handshake_timeout, options_.limits.max_connect_line,
+                                           true};
+  HybridListener::Callbacks callbacks{
+      [this] { return router_.admit_host_peer(); },
+      [this](std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port, std::span<const uint8_t>) {
+        router_.on_host_connect(std::move(endpoint), guest_port, {});
+      },
+      [this, path](const char* reason) { router_.on_handshake_failed(path, reason); }};
+  try {
+    seqpacket_listener_ = std::make_unique<HybridListener>(loop_, std::move(listener_options), std::move(callbacks));
+  } catch (const std::exception& error) {
+    spdlog::warn("cid={} no SOCK_SEQPACKET host connections: {}", options_.guest_cid, error.what());
+    return;
+  }
+  spdlog::info("cid={} listening for SOCK_SEQPACKET host connections on {}", options_.guest_cid, path);
+}
+
+size_t Muxer::Impl::pending_host_peers() const {
+  return (listener_ ? listener_->pending() : 0) + (seqpacket_listener_ ? seqpacket_listener_->pending() : 0);
 }
 
 }  // namespace vhost_vsock::vsock

@@ -19,6 +19,8 @@ class Muxer::Impl {
   ~Impl();
 
   void open_listener();
+  void open_seqpacket_listener();
+  [[nodiscard]] size_t pending_host_peers() const;
 
   base::EventLoop& loop_;
   MuxerOptions options_;
@@ -26,7 +28,8 @@ class Muxer::Impl {
   uint64_t negotiated_features_ = 0;  // Muxer::set_negotiated_features()
   Router router_;
   QueuePump pump_{loop_, router_, stats_};
-  std::unique_ptr<HybridListener> listener_;  // null without a uds-path
+  std::unique_ptr<HybridListener> listener_;            // null without a uds-path
+  std::unique_ptr<HybridListener> seqpacket_listener_;  // <uds-path>_seqpacket; null if it could not open
 };
 
 }  // namespace vhost_vsock::vsock

@@ -181,6 +181,7 @@ void QueuePump::put_control(virtio::Queue& queue, const PacketHeader& header) {
 }
 
 QueuePump::DataTurn QueuePump::serve_data(virtio::Queue& queue, Connection& conn) {
+  if (conn.is_seqpacket()) return serve_message(queue, conn);
   const uint32_t credit = conn.sendable_to_guest();
   if (credit == 0) return DataTurn::kDone;  // not re-queued: see Connection::sendable_to_guest()
   const RxBatch batch = reserve_rx_chains(queue, std::min<size_t>(credit, kDataQuantum));
@@ -255,13 +256,15 @@ size_t QueuePump::map_rx_payload(const virtio::DescriptorChain& chain, size_t li
 }
 
 // Splits `got` bytes read into the reserved chains, in order; returns how many it used.
-size_t QueuePump::complete_rx_chains(virtio::Queue& queue, Connection& conn, size_t got, size_t popped) {
+size_t QueuePump::complete_rx_chains(virtio::Queue& queue, Connection& conn, size_t got, size_t popped, bool message) {
   size_t used_chains = 0;
   size_t left = got;
-  while (left > 0 && used_chains < popped) {
+  // A message takes at least one packet, even when empty.
+  while ((left > 0 || (message && used_chains == 0)) && used_chains < popped) {
     const size_t take = std::min(left, rx_chain_capacity_[used_chains]);
     const auto& chain = rx_chains_[used_chains];
-    write_rx_header(chain.writable(), conn.make_header(Op::kRw, static_cast<uint32_t>(take)));
+    const uint32_t flags = message && take == left ? kSeqEom | kSeqEor : 0;
+    write_rx_header(chain.writable(), conn.make_header(Op::kRw, static_cast<uint32_t>(take), flags));
     queue.add_used(chain.id(), static_cast<uint32_t>(kHeaderSize + take));
     rx_used_any_ = true;
     conn.record_sent_to_guest(static_cast<uint32_t>(take));

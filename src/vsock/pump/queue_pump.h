@@ -13,6 +13,7 @@
 
 #include "base/event_loop.h"
 #include "base/iovec_list.h"
+#include "base/log_limiter.h"
 #include "virtio/queue.h"
 #include "vsock/router/limits_and_stats.h"
 #include "vsock/router/router.h"
@@ -71,9 +72,14 @@ class QueuePump {
   bool acquire_rx_chain(virtio::Queue& queue, virtio::DescriptorChain& chain);
   void put_control(virtio::Queue& queue, const PacketHeader& header);
   DataTurn serve_data(virtio::Queue& queue, Connection& conn);
+  // kSeqpacket: one whole message per turn, or none (queue_pump_message.cpp).
+  DataTurn serve_message(virtio::Queue& queue, Connection& conn);
+  RxBatch reserve_message_chains(virtio::Queue& queue, uint32_t message_bytes);
+  void refuse_message(Connection& conn, uint32_t message_bytes, const char* why);
   RxBatch reserve_rx_chains(virtio::Queue& queue, size_t budget);
   size_t map_rx_payload(const virtio::DescriptorChain& chain, size_t limit, size_t bytes_before);
-  size_t complete_rx_chains(virtio::Queue& queue, Connection& conn, size_t got, size_t popped);
+  // `message`: the bytes are one whole message (at least one packet, EOM|EOR on the last).
+  size_t complete_rx_chains(virtio::Queue& queue, Connection& conn, size_t got, size_t popped, bool message = false);
   void return_unused_rx_chains(virtio::Queue& queue, const RxBatch& batch, size_t used_chains);
 
   Router& router_;
@@ -89,6 +95,7 @@ class QueuePump {
   std::vector<virtio::DescriptorChain> rx_chains_;
   std::array<size_t, kMaxRxBatch> rx_chain_capacity_{};
   base::IovecList rx_iovecs_;
+  base::LogLimiter message_log_limiter_{"seqpacket message refusals", 20};
 };
 
 }  // namespace vhost_vsock::vsock

@@ -39,6 +39,7 @@ struct MuxerStats {
   uint64_t orphan_rsts_dropped = 0;  // RST replies lost to a full queue: 0 (TX backpressure); a tripwire
   uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
   uint64_t tx_passes = 0;            // TX passes run (each drains the ring up to a budget)
+  uint64_t messages_refused = 0;     // seqpacket host messages that can never fit the guest (connection reset)
 };
 
 }  // namespace vhost_vsock::vsock

@@ -60,13 +60,20 @@ void Router::route_guest_packet(std::span<const iovec> readable, size_t readable
 
 void Router::route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload) {
   const Op op = header.operation();
-  if (header.type != static_cast<uint16_t>(SocketType::kStream)) {
-    // SEQPACKET seam: a SeqpacketConnection over AF_UNIX SOCK_SEQPACKET would be
-    // routed from here once the device offers VIRTIO_VSOCK_F_SEQPACKET.
+  if (!routable_type(header.type)) {
+    // Unknown types, and SEQPACKET when the driver did not ack the feature.
     if (op != Op::kRst) reply_rst(header);
     return;
   }
   RoutedConnection* connection = find_for(header);
+  if (connection != nullptr && header.type != static_cast<uint16_t>(connection->conn.socket_type())) {
+    // As Linux does: an RST of the packet's type, the connection left alone.
+    ++stats_.protocol_violations;
+    warn_guest("type {} packet on a connection of type {}: {}", header.type,
+               static_cast<uint16_t>(connection->conn.socket_type()), describe(header));
+    if (op != Op::kRst) reply_rst(header);
+    return;
+  }
   if (!is_known_op(header.op)) {
     ++stats_.dropped_malformed;
     warn_guest("unknown op: {}", describe(header));
@@ -116,6 +123,15 @@ void Router::count_refused_guest_packet(const RoutedConnection& connection, cons
       warn_guest("local={} peer={} {} not valid in state {}", conn.local_port(), conn.peer_port(), op_name(header.op),
                  to_string(before));
       break;
+    case GuestPacketVerdict::kMessageRefused:
+      log_info("local={} peer={} host socket refused a {}-byte message; connection reset", conn.local_port(),
+               conn.peer_port(), header.len);
+      break;
+    case GuestPacketVerdict::kTooManyMessages:
+      ++stats_.protocol_violations;
+      warn_guest("local={} peer={} more than {} messages wait for the host socket; resetting", conn.local_port(),
+                 conn.peer_port(), kMaxBufferedMessages);
+      break;
     case GuestPacketVerdict::kHostGone:
       spdlog::debug("cid={} local={} peer={} data for a closed host socket; resetting", options_.guest_cid,
                     conn.local_port(), conn.peer_port());
@@ -131,7 +147,7 @@ void Router::handle_guest_connect(const PacketHeader& header) {
     reply_rst(header);
     return;
   }
-  UnixStreamDialer::Result dialed = dialer_.dial(port);
+  UnixStreamDialer::Result dialed = dialer_.dial(port, static_cast<SocketType>(header.type));
   if (!dialed.endpoint) {
     ++stats_.host_connects_refused;
     log_info("local={} peer={} guest connect refused: {}", port, header.src_port, dialed.failure);

@@ -47,6 +47,10 @@ class Router {
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
 
+  // VIRTIO_VSOCK_F_SEQPACKET was negotiated: seqpacket packets are routed
+  // (otherwise each gets an RST, and streams are unaffected).
+  void set_seqpacket_enabled(bool enabled) { seqpacket_enabled_ = enabled; }
+
   // Host peers still in their handshake count against the connection cap.
   void set_pending_host_peers(std::function<size_t()> pending) { pending_host_peers_ = std::move(pending); }
 
@@ -90,6 +94,10 @@ class Router {
 
  private:
   void route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload);
+  [[nodiscard]] bool routable_type(uint16_t type) const {
+    return type == static_cast<uint16_t>(SocketType::kStream) ||
+           (seqpacket_enabled_ && type == static_cast<uint16_t>(SocketType::kSeqpacket));
+  }
   void handle_guest_connect(const PacketHeader& header);
   void reply_rst(const PacketHeader& to);
   bool wait_for_rst_room();  // false: the TX pass waits for Wakeups::tx
@@ -123,6 +131,7 @@ class Router {
   MuxerStats& stats_;
   Wakeups wakeups_;
   std::function<size_t()> pending_host_peers_;
+  bool seqpacket_enabled_ = false;
   UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
 
   ConnectionTable connections_{options_.limits.max_connections};

@@ -7,13 +7,15 @@
 
 #include "base/errno_text.h"
 #include "vsock/transport/hybrid_peer_endpoint.h"
+#include "vsock/transport/unix_seqpacket_endpoint.h"
 
 namespace vhost_vsock::vsock {
 namespace {
 
-base::UnixListener::Options listener_options() {
+base::UnixListener::Options listener_options(bool seqpacket) {
   base::UnixListener::Options options;
-  options.name = "uds-path";
+  options.name = seqpacket ? "seqpacket uds-path" : "uds-path";
+  options.socket_type = seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
   options.accepts_per_event = 256;  // bounds one readiness event
   return options;
 }
@@ -25,7 +27,8 @@ HybridListener::HybridListener(base::EventLoop& loop, Options options, Callbacks
       options_(std::move(options)),
       callbacks_(std::move(callbacks)),
       socket_(
-          loop_, options_.uds_path, [this](base::UniqueFd fd) { on_accepted(std::move(fd)); }, listener_options()) {}
+          loop_, options_.uds_path, [this](base::UniqueFd fd) { on_accepted(std::move(fd)); },
+          listener_options(options_.seqpacket)) {}
 
 HybridListener::~HybridListener() {
   for (auto& [fd, peer] : handshakes_) {
@@ -60,6 +63,10 @@ void HybridListener::on_peer_readable(int fd) {
   auto it = handshakes_.find(fd);
   if (it == handshakes_.end()) return;
   PendingPeer& peer = *it->second;
+  if (options_.seqpacket) {
+    read_connect_message(fd, peer);
+    return;
+  }
   uint8_t buffer[256];
   // Bounded: each read takes at least one byte of a line capped at max_connect_line.
   for (;;) {
@@ -96,6 +103,38 @@ void HybridListener::on_peer_readable(int fd) {
   }
 }
 
+// One message, the whole line: a longer message is cut (MSG_TRUNC) and refused.
+void HybridListener::read_connect_message(int fd, PendingPeer& peer) {
+  uint8_t buffer[256];
+  const size_t room = std::min(peer.reader.room(), sizeof(buffer));
+  iovec iov{buffer, room};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  ssize_t n = 0;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) fail_handshake(fd, base::errno_text(errno).c_str());
+    return;
+  }
+  if (n == 0) {
+    fail_handshake(fd, "closed (or sent an empty message) instead of the CONNECT message");
+    return;
+  }
+  if ((msg.msg_flags & MSG_TRUNC) != 0) {
+    fail_handshake(fd, "CONNECT message too long");
+    return;
+  }
+  const auto status = peer.reader.feed(std::span<const uint8_t>(buffer, static_cast<size_t>(n)));
+  if (status != ConnectLineReader::Status::kDone || !peer.reader.leftover().empty()) {
+    fail_handshake(fd, "malformed CONNECT message (one message \"CONNECT <port>\\n\" expected)");
+    return;
+  }
+  finish_handshake(fd);
+}
+
 void HybridListener::fail_handshake(int fd, const char* reason) {
   auto it = handshakes_.find(fd);
   if (it == handshakes_.end()) return;
@@ -113,8 +152,13 @@ void HybridListener::finish_handshake(int fd) {
   loop_.remove(fd);
   if (peer->timer != 0) loop_.cancel_timer(peer->timer);
   // The endpoint watches the socket again, edge-triggered, once a connection owns it.
-  callbacks_.on_connect(std::make_unique<HybridPeerEndpoint>(loop_, std::move(peer->fd)), peer->reader.port(),
-                        peer->reader.leftover());
+  std::unique_ptr<HostEndpoint> endpoint;
+  if (options_.seqpacket) {
+    endpoint = std::make_unique<HybridSeqpacketPeerEndpoint>(loop_, std::move(peer->fd));
+  } else {
+    endpoint = std::make_unique<HybridPeerEndpoint>(loop_, std::move(peer->fd));
+  }
+  callbacks_.on_connect(std::move(endpoint), peer->reader.port(), peer->reader.leftover());
 }
 
 }  // namespace vhost_vsock::vsock

@@ -5,6 +5,10 @@
 // their handshake, bounded in time (handshake_timeout) and bytes
 // (max_connect_line); what happens to a finished handshake is the caller's
 // (the muxer asks the guest).
+//
+// With Options::seqpacket the same runs over AF_UNIX SOCK_SEQPACKET on
+// <uds-path>_seqpacket: the line is exactly one message (no early bytes;
+// later messages stay queued in the socket), and the greeting is one message.
 #pragma once
 
 #include <chrono>
@@ -30,6 +34,7 @@ class HybridListener {
     std::string uds_path;
     std::chrono::milliseconds handshake_timeout{5000};  // the peer must finish its line in time
     size_t max_connect_line = 64;                       // bytes, newline included
+    bool seqpacket = false;                             // SOCK_SEQPACKET: one message is the line
   };
 
   // Run on the loop's thread; none of them may destroy the listener.
@@ -70,6 +75,7 @@ class HybridListener {
 
   void on_accepted(base::UniqueFd fd);
   void on_peer_readable(int fd);
+  void read_connect_message(int fd, PendingPeer& peer);
   void finish_handshake(int fd);
   void fail_handshake(int fd, const char* reason);
 

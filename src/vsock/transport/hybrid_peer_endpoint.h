@@ -7,6 +7,9 @@
 
 namespace vhost_vsock::vsock {
 
+// "OK <local_port>\n" into `out`; returns its length.
+size_t hybrid_ok_greeting(uint32_t local_port, std::span<uint8_t, kMaxGreetingBytes> out);
+
 class HybridPeerEndpoint final : public UnixStreamEndpoint {
  public:
   using UnixStreamEndpoint::UnixStreamEndpoint;

@@ -1,6 +1,8 @@
 // Guest-initiated connections to the host: a guest REQUEST for port P
 // connects to the host program listening on <uds-path>_<P> (the Firecracker /
-// Cloud Hypervisor hybrid vsock convention).
+// Cloud Hypervisor hybrid vsock convention). The REQUEST's type picks the
+// AF_UNIX socket type (SOCK_STREAM or SOCK_SEQPACKET); a listener of the other
+// type refuses with EPROTOTYPE.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +11,7 @@
 
 #include "base/event_loop.h"
 #include "vsock/connection/host_endpoint.h"
+#include "vsock/packet/header.h"
 
 namespace vhost_vsock::vsock {
 
@@ -25,7 +28,7 @@ class UnixStreamDialer {
 
   // Never blocks: an AF_UNIX connect completes or fails at once (EAGAIN: the
   // listener's backlog is full).
-  [[nodiscard]] Result dial(uint32_t port) const;
+  [[nodiscard]] Result dial(uint32_t port, SocketType type = SocketType::kStream) const;
 
  private:
   base::EventLoop& loop_;

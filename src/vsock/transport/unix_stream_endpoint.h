@@ -30,6 +30,9 @@ class UnixStreamEndpoint : public HostEndpoint {
   [[nodiscard]] bool is_open() const override { return fd_.valid(); }
   [[nodiscard]] SocketType socket_type() const override { return SocketType::kStream; }
 
+ protected:
+  [[nodiscard]] int fd() const { return fd_.get(); }
+
  private:
   // close()'s work, non-virtual so that the destructor can call it too.
   void release();
