@@ -4,7 +4,7 @@ its vhost-user-vsock device, and real guest programs (socat, vsock_tool) talk
 to real host programs through it.
 
   run_e2e.py                       every group (one VM boot per group)
-  run_e2e.py --group basic         one group: basic, bulk or lifecycle
+  run_e2e.py --group basic         one group: basic, bulk, lifecycle or seqpacket
   run_e2e.py --test seed_host_to_guest --test half_close_guest_to_host
   run_e2e.py --list
 
@@ -24,9 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases_basic  # noqa: E402,F401  (registers tests)
 import cases_bulk  # noqa: E402,F401
 import cases_lifecycle  # noqa: E402,F401
+import cases_seqpacket  # noqa: E402,F401
 from e2e_lib import E2E, TESTS, TestFailure, expect, vmlib  # noqa: E402
 
-GROUPS = ["basic", "bulk", "lifecycle"]
+GROUPS = ["basic", "bulk", "lifecycle", "seqpacket"]
 RSS_LIMIT_MIB = 64
 
 
