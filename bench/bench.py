@@ -192,6 +192,12 @@ def vm_goals() -> list[Goal]:
                       "vm.serial.rtt", None, False))
     goals.append(Goal("VM vsock ÷ virtio-net (user net), host-initiated connects per second", "vm.vsock.connect",
                       "vm.net.connect"))
+    # Packed against split virtqueues, same run (no target: where each wins is the finding).
+    for row, text, higher in (("g2h", "guest→host throughput", True), ("h2g", "host→guest throughput", True),
+                              ("rtt", "1-byte round trip (lower is better)", False),
+                              ("connect", "host-initiated connects per second", True)):
+        goals.append(Goal(f"VM vsock packed ÷ split virtqueues, {text}", f"vm.vsock_packed.{row}", f"vm.vsock.{row}",
+                          None, higher))
     return goals
 
 

@@ -40,6 +40,9 @@ echo "no virtio-serial port named bench"; exit 1
 # Non-default daemon settings, measured on a second boot after the main rounds
 # (guest→host only: --tx-buffer-size is our buf_alloc, the guest's send window).
 TX_BUFFER_ROWS = [("tx256k", "256K", 256 * 1024), ("tx1m", "1M", 1024 * 1024)]
+# The same vsock figures over packed virtqueues (QEMU packed=on), on a boot of
+# their own after the main rounds, so split and packed come from one run.
+PACKED_ROWS = ["g2h", "h2g", "rtt", "connect"]
 
 
 def measurements(ctx: Context) -> list[Measurement]:
@@ -56,6 +59,11 @@ def measurements(ctx: Context) -> list[Measurement]:
         if transport != "serial":
             out.append(Measurement(f"vm.{transport}.connect", "vm" if transport == "vsock" else "alt",
                                    f"VM {name} host-initiated connects", "conn/s", True, [], "per_second"))
+    for row in PACKED_ROWS:
+        split = next(m for m in out if m.id == f"vm.vsock.{row}")
+        out.append(Measurement(f"vm.vsock_packed.{row}", "vm", split.label.replace("vsock (ours)", "vsock (ours) "
+                               "over PACKED virtqueues (packed=on, separate boot after the main rounds)"),
+                               split.unit, split.higher_is_better, [], split.key))
     for suffix, text, _ in TX_BUFFER_ROWS:
         out.append(Measurement(f"vm.vsock.g2h.{suffix}", "vm",
                                f"VM vsock (ours) guest→host, 64K writes, NON-DEFAULT --tx-buffer-size {text} "
@@ -154,7 +162,7 @@ class BenchVm:
     """vm.Vm plus the alternatives' devices and our initramfs."""
 
     def __init__(self, ctx: Context, vm_module, daemon: Path, image_dir: Path, initrd: Path,
-                 daemon_args: tuple[str, ...] = ()):
+                 daemon_args: tuple[str, ...] = (), packed: bool = False):
         self.ctx = ctx
         self.host_g2h_port = free_port()
         self.fwd = {name: free_port() for name in ("h2g", "rtt", "connect")}
@@ -164,6 +172,8 @@ class BenchVm:
             def command_line(self):
                 args = super().command_line()
                 args[args.index("-initrd") + 1] = str(initrd)
+                vsock = next(i for i, a in enumerate(args) if a.startswith("vhost-user-vsock-pci,"))
+                args[vsock] = args[vsock].replace(",packed=on", "") + (",packed=on" if packed else "")
                 forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{port}-:{guest}" for port, guest in (
                     (outer.fwd["h2g"], 5202), (outer.fwd["rtt"], 5203), (outer.fwd["connect"], 5204)))
                 return args + ["-netdev", f"user,id=n0,{forwards}", "-device", "virtio-net-pci,netdev=n0",
@@ -328,6 +338,7 @@ def run(ctx: Context, results: dict[str, Result]) -> None:
     finally:
         bvm.stop()
     run_tx_buffer_rows(ctx, results, vm_module, image_dir, initrd, sizes)
+    run_packed_rows(ctx, results, vm_module, image_dir, initrd, sizes)
 
 
 def run_one(ctx: Context, bvm: BenchVm, r: Result, mid: str, guest_cmd: str, host_argv: list[str],
@@ -337,7 +348,7 @@ def run_one(ctx: Context, bvm: BenchVm, r: Result, mid: str, guest_cmd: str, hos
         cpu_before = bvm.cpu_seconds()
         obj = run_pair(bvm, str(ctx.binary(XFER_BINARY)), mid.replace(".", "_"), guest_cmd, host_argv,
                        host_first, guest_listens, timeout=60 if ctx.smoke else 300)
-        if "bytes" in obj and mid.startswith("vm.vsock."):
+        if "bytes" in obj and mid.startswith(("vm.vsock.", "vm.vsock_packed.")):
             # Includes the job start-up over the serial shell: a small overestimate.
             obj.update({k: v - cpu_before[k] for k, v in bvm.cpu_seconds().items()})
         value = float(obj[r.measurement.key])
@@ -373,6 +384,27 @@ def run_tx_buffer_rows(ctx: Context, results: dict[str, Result], vm_module, imag
                 run_one(ctx, bvm, r, mid, guest_cmd, host_argv, host_first, guest_listens)
         finally:
             bvm.stop()
+
+
+def run_packed_rows(ctx: Context, results: dict[str, Result], vm_module, image_dir: Path, initrd: Path,
+                    sizes: dict[str, str]) -> None:
+    """The vsock rounds again on a boot with packed=on, `runs` of each."""
+    rows = [results[f"vm.vsock_packed.{row}"] for row in PACKED_ROWS]
+    try:
+        bvm = BenchVm(ctx, vm_module, ctx.binary("vhost-user-vsock"), image_dir, initrd, packed=True)
+        bvm.start()
+    except Exception as exc:  # noqa: BLE001
+        for r in rows:
+            r.not_measured = f"VM with packed=on did not start: {str(exc).splitlines()[0][:200]}"
+        return
+    try:
+        plan = {p[0]: p[1:] for p in round_plan(bvm, ctx, sizes)}
+        for _ in range(ctx.runs):
+            for row, r in zip(PACKED_ROWS, rows):
+                if not r.errors:
+                    run_one(ctx, bvm, r, r.measurement.id, *plan[f"vm.vsock.{row}"])
+    finally:
+        bvm.stop()
 
 
 def qemu_version() -> str:
