@@ -3,8 +3,11 @@
 // empty messages, EOM on an empty packet), host messages split whole over RX
 // chains with EOM|EOR last, whole-message credit waits, and the
 // <uds-path>_seqpacket listener.
+#include <algorithm>
 #include <numeric>
+#include <random>
 
+#include "vsock/connection/connection.h"
 #include "vsock/muxer/muxer_test_fixture.h"
 
 namespace vhost_vsock::vsock::test {
@@ -308,6 +311,84 @@ TEST_F(SeqpacketTest, MalformedSeqpacketConnectIsClosed) {
   EXPECT_TRUE(packets.empty());
   EXPECT_EQ(h->stats().handshake_failures, 1u);
   EXPECT_TRUE(peer_closed(host.get()));
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock::test
+
+namespace vhost_vsock::vsock::test {
+namespace {
+
+// Many messages of random sizes (0 .. 9000 bytes, so many span several 4 KiB
+// RX buffers and several guest packets) both ways on one seqpacket
+// connection, with a stream connection carrying bytes beside it: every
+// message arrives whole, alone and in order, and the stream is unaffected.
+TEST_F(SeqpacketTest, ThousandsOfRandomMessagesBothWaysBesideAStream) {
+  auto seq_host = establish();
+  ASSERT_TRUE(seq_host.valid());
+  auto stream_host = establish_guest_connection(kGuestPort + 1, kHostPort + 1);
+  ASSERT_TRUE(stream_host.valid());
+  std::mt19937 random(11);
+  constexpr int kMessagesEachWay = 5000;
+  uint64_t guest_read = 0;
+  for (int i = 0; i < kMessagesEachWay; ++i) {
+    // Guest -> host, cut into packets of random sizes.
+    const auto out = pattern(random() % 9001, static_cast<size_t>(i));
+    send_message(out, 1 + random() % 4096);
+    const auto got = host_message(seq_host.get(), 1000ms);
+    ASSERT_TRUE(got.has_value()) << "guest message " << i;
+    ASSERT_EQ(*got, out) << "guest message " << i;
+    // Host -> guest.
+    const auto in = pattern(random() % 9001, static_cast<size_t>(i) + 1);
+    ASSERT_EQ(::send(seq_host.get(), in.data(), in.size(), 0), static_cast<ssize_t>(in.size()));
+    std::vector<GuestPacket> packets;
+    for (int turn = 0; turn < 200; ++turn) {
+      h->loop().run_once(std::chrono::milliseconds(turn == 0 ? 0 : 1));
+      auto more = h->received();
+      packets.insert(packets.end(), more.begin(), more.end());
+      const bool whole = std::any_of(packets.begin(), packets.end(), [](const GuestPacket& p) {
+        return p.header.operation() == Op::kRw && (p.header.flags & kSeqEom);
+      });
+      if (whole) break;
+    }
+    std::vector<GuestPacket> seq_packets;
+    for (auto& p : packets) {
+      if (p.header.type == kSeqType) seq_packets.push_back(std::move(p));
+    }
+    ASSERT_EQ(guest_messages(seq_packets), std::vector<std::vector<uint8_t>>{in}) << "host message " << i;
+    guest_read += in.size();
+    h->guest_fwd_cnt = static_cast<uint32_t>(guest_read);  // the guest read it: credit comes back
+    if (i % 16 == 0) h->send(seq_header(Op::kCreditUpdate));
+    if (i % 100 == 0) {
+      const std::string text = "stream " + std::to_string(i);
+      h->send(h->guest_header(Op::kRw, kGuestPort + 1, kHostPort + 1, static_cast<uint32_t>(text.size())),
+              bytes_of(text));
+      ASSERT_EQ(read_some(stream_host.get()), text);
+    }
+  }
+  EXPECT_EQ(h->stats().credit_violations + h->stats().protocol_violations + h->stats().messages_refused, 0u);
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock::test
+
+namespace vhost_vsock::vsock::test {
+namespace {
+
+// Messages cost their bytes in credit, but tiny ones could still pile up in
+// numbers while the host does not read: the count is capped too.
+TEST_F(SeqpacketTest, TooManyWaitingMessagesResetTheGuest) {
+  auto host = establish();
+  const std::vector<uint8_t> one{7};
+  // AF_UNIX takes a few hundred before it blocks; then kMaxBufferedMessages wait here.
+  for (size_t i = 0; i < 1000 + kMaxBufferedMessages && h->stats().protocol_violations == 0; ++i) {
+    h->send(seq_header(Op::kRw, 1, kSeqEom), one);
+  }
+  EXPECT_EQ(h->stats().protocol_violations, 1u);
+  EXPECT_EQ(h->stats().credit_violations, 0u) << "a few thousand bytes are well within credit";
+  auto packets = drain();
+  ASSERT_FALSE(packets.empty());
+  EXPECT_EQ(packets.back().header.operation(), Op::kRst);
 }
 
 }  // namespace
