@@ -186,19 +186,24 @@ void PackedQueue::mark_broken(const char* why) {
   spdlog::error("{}: {}; the queue is stopped until the driver resets it", log_name_, why);
 }
 
+uint16_t PackedQueue::load_flags(uint32_t counter) const {
+  // Acquire: the driver writes a descriptor's flags last.
+  return load_le16(ring_ + kDescSize * position(counter) + kFlagsOffset, __ATOMIC_ACQUIRE);
+}
+
 bool PackedQueue::descriptor_available(uint32_t counter) const {
-  const uint16_t flags = load_le16(ring_ + kDescSize * position(counter) + kFlagsOffset, __ATOMIC_ACQUIRE);
-  return is_available(flags, wrap(counter));
+  return is_available(load_flags(counter), wrap(counter));
 }
 
 PopStatus PackedQueue::pop(DescriptorChain& out) {
   if (broken_) return PopStatus::kBroken;
   if (!configured()) return PopStatus::kEmpty;
-  if (!descriptor_available(next_avail_)) return PopStatus::kEmpty;
+  const uint16_t head_flags = load_flags(next_avail_);  // the walk uses this copy, never a re-read
+  if (!is_available(head_flags, wrap(next_avail_))) return PopStatus::kEmpty;
 
   begin_chain(out, 0);
   Walk walk;
-  if (!walk_chain(walk, out)) return PopStatus::kBroken;
+  if (!walk_chain(head_flags, walk, out)) return PopStatus::kBroken;
   if (walk.invalid == nullptr && walk.id >= size_) walk.invalid = "buffer id is not below the queue size";
   if (walk.invalid == nullptr && in_flight_[walk.id] != 0) walk.invalid = "buffer id is already in flight";
   const uint32_t start = next_avail_;
@@ -229,7 +234,7 @@ PopStatus PackedQueue::return_invalid_chain(const Walk& walk, DescriptorChain& o
   return PopStatus::kInvalidChain;
 }
 
-bool PackedQueue::walk_chain(Walk& walk, DescriptorChain& out) {
+bool PackedQueue::walk_chain(uint16_t head_flags, Walk& walk, DescriptorChain& out) {
   uint32_t counter = next_avail_;
   for (;;) {
     // The driver makes the head available last (§2.7.6), so a chain that runs
@@ -239,7 +244,7 @@ bool PackedQueue::walk_chain(Walk& walk, DescriptorChain& out) {
       return false;
     }
     const uint8_t* slot = ring_ + kDescSize * position(counter);
-    const uint16_t flags = load_le16(slot + kFlagsOffset, __ATOMIC_ACQUIRE);
+    const uint16_t flags = walk.ring_descriptors == 0 ? head_flags : load_flags(counter);
     if (!is_available(flags, wrap(counter))) {
       mark_broken("a descriptor chain continues into descriptors the driver has not made available");
       return false;

@@ -86,10 +86,11 @@ class PackedQueue final : public Queue {
     return (counter + steps) % (2 * uint32_t{size_});
   }
   [[nodiscard]] uint16_t encode(uint32_t counter) const;
+  [[nodiscard]] uint16_t load_flags(uint32_t counter) const;
   [[nodiscard]] bool descriptor_available(uint32_t counter) const;
-  // Consumes the chain starting at next_avail_, whatever its validity;
-  // false when the ring itself is corrupt.
-  bool walk_chain(Walk& walk, DescriptorChain& out);
+  // Consumes the chain starting at next_avail_ (whose flags pop() loaded),
+  // whatever its validity; false when the ring itself is corrupt.
+  bool walk_chain(uint16_t head_flags, Walk& walk, DescriptorChain& out);
   void walk_indirect(uint64_t table_gpa, uint32_t table_bytes, Walk& walk, DescriptorChain& out);
   void add_buffer(uint64_t addr, uint32_t len, bool writable, Walk& walk, DescriptorChain& out);
   void write_used(uint16_t id, uint32_t written_length, uint16_t descriptors);
