@@ -27,13 +27,13 @@ constexpr const char* kDescription =
 
 constexpr const char* kVmHelp =
     "One VM as comma-separated key=value pairs; repeat for more VMs. Keys (spelled with '-' or '_'): guest-cid, "
-    "socket, uds-path, tx-buffer-size, queue-size, groups. Example: "
+    "socket, uds-path, tx-buffer-size, queue-size, groups, connect-wait. Example: "
     "--vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock";
 
 // Values are taken as text and parsed by config.cpp, so every form reports
 // malformed numbers the same way, naming the field.
 struct RawFlags {
-  std::string guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups;
+  std::string guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups, connect_wait;
   std::vector<std::string> vm_specs;
   std::string config_file;
   std::string log_level = "info";
@@ -48,6 +48,7 @@ struct Options {
   CLI::Option* tx_buffer_size;
   CLI::Option* queue_size;
   CLI::Option* groups;
+  CLI::Option* connect_wait;
   CLI::Option* vm;
   CLI::Option* config;
   CLI::Option* max_connections;
@@ -87,6 +88,10 @@ Options define_options(CLI::App& app, RawFlags& raw) {
   o.groups = app.add_option("--groups", raw.groups,
                             "Sibling-VM groups joined by '+' (default \"default\"; stored, routing not implemented)")
                  ->type_name("NAME[+NAME...]");
+  o.connect_wait = app.add_option("--connect-wait", raw.connect_wait,
+                                  "ms to keep retrying a host CONNECT while the guest refuses it (nothing listens "
+                                  "yet), with backoff (default 0: off; single-VM form)")
+                       ->type_name("MS");
   // One value per occurrence, so --vm can repeat like in vhost-device-vsock.
   o.vm = app.add_option("--vm", raw.vm_specs, kVmHelp)->allow_extra_args(false)->type_name("KEY=VALUE,...");
   o.config = app.add_option("--config", raw.config_file, "YAML file with a 'vms' list (see docs/configuration.md)")
@@ -196,7 +201,8 @@ bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, Confi
     }
   }
   for (auto [option, text, target] : {std::tuple{o.tx_buffer_size, &raw.tx_buffer_size, &vm.tx_buffer_size},
-                                      std::tuple{o.queue_size, &raw.queue_size, &vm.queue_size}}) {
+                                      std::tuple{o.queue_size, &raw.queue_size, &vm.queue_size},
+                                      std::tuple{o.connect_wait, &raw.connect_wait, &vm.connect_wait_ms}}) {
     if (option->count() == 0) continue;
     if (parse_unsigned(*text, std::numeric_limits<uint32_t>::max(), &number, &error)) {
       *target = static_cast<uint32_t>(number);
@@ -263,7 +269,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
   config.sandbox = parse_sandbox(o, raw, &errors);
 
   const bool single_form = o.guest_cid->count() + o.socket->count() + o.uds_path->count() + o.tx_buffer_size->count() +
-                               o.queue_size->count() + o.groups->count() >
+                               o.queue_size->count() + o.groups->count() + o.connect_wait->count() >
                            0;
   const bool vm_form = o.vm->count() > 0;
   const bool config_form = o.config->count() > 0;

@@ -55,6 +55,34 @@ TEST(Cli, SingleVmDefaultsMatchVhostDeviceVsock) {
   EXPECT_EQ(runtime.shutdown_timeout.count(), 2000);
 }
 
+// Connect-wait is ours: off unless asked for, in all three forms.
+TEST(Cli, ConnectWaitInEveryForm) {
+  TempDir dir;
+  auto single = parse_command_line({"--socket", dir.file("s"), "--uds-path", dir.file("u"), "--connect-wait", "3000"});
+  ASSERT_TRUE(single.config) << ::testing::PrintToString(single.errors);
+  EXPECT_EQ(single.config->vms[0].connect_wait_ms, 3000u);
+
+  auto vms = parse_command_line(
+      {"--vm", "guest-cid=3,socket=" + dir.file("a") + ",uds-path=" + dir.file("b") + ",connect-wait=250", "--vm",
+       "guest-cid=4,socket=" + dir.file("c") + ",uds-path=" + dir.file("d")});
+  ASSERT_TRUE(vms.config) << ::testing::PrintToString(vms.errors);
+  EXPECT_EQ(vms.config->vms[0].connect_wait_ms, 250u);
+  EXPECT_EQ(vms.config->vms[1].connect_wait_ms, 0u) << "off by default";
+
+  const std::string yaml = dir.write("vms.yaml", "vms:\n  - guest_cid: 3\n    socket: " + dir.file("e") +
+                                                     "\n    uds_path: " + dir.file("f") + "\n    connect_wait: 100\n");
+  auto file = parse_command_line({"--config", yaml});
+  ASSERT_TRUE(file.config) << ::testing::PrintToString(file.errors);
+  EXPECT_EQ(file.config->vms[0].connect_wait_ms, 100u);
+
+  EXPECT_USAGE_ERROR(
+      parse_command_line({"--socket", dir.file("s"), "--uds-path", dir.file("u"), "--connect-wait", "3600001"}),
+      "--connect-wait: 3600001 is out of range");
+  EXPECT_USAGE_ERROR(
+      parse_command_line({"--socket", dir.file("s"), "--uds-path", dir.file("u"), "--connect-wait", "soon"}),
+      "--connect-wait");
+}
+
 TEST(Cli, SingleVmNeedsSocketAndUdsPath) {
   TempDir dir;
   auto outcome = parse_command_line({"--guest-cid", "3", "--uds-path", dir.file("u")});

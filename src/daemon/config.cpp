@@ -22,7 +22,7 @@
 namespace vhost_vsock::daemon {
 namespace {
 
-constexpr std::string_view kKnownKeys = "guest-cid, socket, uds-path, tx-buffer-size, queue-size, groups";
+constexpr std::string_view kKnownKeys = "guest-cid, socket, uds-path, tx-buffer-size, queue-size, groups, connect-wait";
 // A config file is a handful of lines; refuse to slurp something huge by mistake.
 constexpr std::streamsize kMaxConfigFileBytes = 1 << 20;
 
@@ -44,7 +44,7 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
     return false;
   }
   if (key != "guest_cid" && key != "socket" && key != "uds_path" && key != "tx_buffer_size" && key != "queue_size" &&
-      key != "groups") {
+      key != "groups" && key != "connect_wait") {
     errors->push_back({vm_field(*vm, ""), fmt::format("unknown key '{}' (known keys: {})", key, kKnownKeys)});
     return false;
   }
@@ -62,12 +62,15 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
       return false;
     }
     vm->guest_cid = number;
-  } else if (key == "tx_buffer_size" || key == "queue_size") {
+  } else if (key == "tx_buffer_size" || key == "queue_size" || key == "connect_wait") {
     if (!parse_unsigned(value, std::numeric_limits<uint32_t>::max(), &number, &error)) {
       errors->push_back({field, error});
       return false;
     }
-    (key == "tx_buffer_size" ? vm->tx_buffer_size : vm->queue_size) = static_cast<uint32_t>(number);
+    uint32_t* target = key == "tx_buffer_size" ? &vm->tx_buffer_size
+                       : key == "queue_size"   ? &vm->queue_size
+                                               : &vm->connect_wait_ms;
+    *target = static_cast<uint32_t>(number);
   } else if (key == "groups") {
     if (!parse_groups(value, &vm->groups, &error)) {
       errors->push_back({field, error});
@@ -409,6 +412,10 @@ void validate_vm(const VmConfig& vm, ConfigErrors* errors) {
   if (vm.tx_buffer_size == 0 || vm.tx_buffer_size > kMaxTxBufferSize) {
     errors->push_back({vm_field(vm, "tx_buffer_size"), fmt::format("{} is out of range (must be >= 1 and <= {})",
                                                                    vm.tx_buffer_size, kMaxTxBufferSize)});
+  }
+  if (std::chrono::milliseconds(vm.connect_wait_ms) > kMaxTimeout) {
+    errors->push_back({vm_field(vm, "connect_wait"), fmt::format("{} is out of range (must be <= {} ms; 0 is off)",
+                                                                 vm.connect_wait_ms, kMaxTimeout.count())});
   }
   if (vm.queue_size == 0 || vm.queue_size > kMaxQueueSize || !base::is_power_of_two(vm.queue_size)) {
     errors->push_back(

@@ -46,6 +46,8 @@ struct VmConfig {
   std::string uds_path;     // hybrid vsock listener; guest connects go to uds_path + "_<port>"
   uint32_t tx_buffer_size = kDefaultTxBufferSize;
   uint32_t queue_size = kDefaultQueueSize;  // largest vring the device accepts
+  // Connect-wait (ours): ms to keep retrying a host CONNECT the guest refuses; 0 = off.
+  uint32_t connect_wait_ms = 0;
   // Sibling-VM routing groups (vhost-device-vsock's "a+b"); stored only, routing is future work.
   std::vector<std::string> groups{std::string(kDefaultGroup)};
 

@@ -22,6 +22,7 @@ std::string startup_error(uint64_t cid, std::string_view role, const std::string
 vsock::MuxerLimits muxer_limits(const VmConfig& vm, const RuntimeOptions& runtime) {
   vsock::MuxerLimits limits;
   limits.tx_buffer_size = vm.tx_buffer_size;
+  limits.connect_wait = std::chrono::milliseconds(vm.connect_wait_ms);
   limits.max_connections = runtime.max_connections;
   limits.handshake_timeout = runtime.handshake_timeout;
   limits.request_timeout = runtime.request_timeout;
@@ -91,13 +92,14 @@ void VmWorker::log_stats() const {
   const vsock::MuxerStats& m = muxer_->stats();
   spdlog::info(
       "vm cid={} muxer stats: connections opened={} active={} host_connects_refused={} handshake_failures={} "
-      "packets from_guest={} to_guest={} bytes from_guest={} to_guest={} dropped bad_address={} malformed={} "
+      "connect_wait_retries={} packets from_guest={} to_guest={} bytes from_guest={} to_guest={} dropped "
+      "bad_address={} malformed={} "
       "resets_sent={} credit_violations={} protocol_violations={} rx_chains_too_small={} orphan_rsts_dropped={} "
       "rx_passes={} seqpacket_messages_refused={}",
       vm_.guest_cid, m.connections_opened, m.connections_active, m.host_connects_refused, m.handshake_failures,
-      m.packets_from_guest, m.packets_to_guest, m.bytes_from_guest, m.bytes_to_guest, m.dropped_bad_address,
-      m.dropped_malformed, m.resets_sent, m.credit_violations, m.protocol_violations, m.rx_chains_too_small,
-      m.orphan_rsts_dropped, m.rx_passes, m.messages_refused);
+      m.connect_wait_retries, m.packets_from_guest, m.packets_to_guest, m.bytes_from_guest, m.bytes_to_guest,
+      m.dropped_bad_address, m.dropped_malformed, m.resets_sent, m.credit_violations, m.protocol_violations,
+      m.rx_chains_too_small, m.orphan_rsts_dropped, m.rx_passes, m.messages_refused);
   const vhost_user::ServerStats& s = server_->stats();
   spdlog::info(
       "vm cid={} vhost-user stats: frontends_accepted={} frontend_disconnects={} protocol_errors={} "

@@ -25,6 +25,11 @@ void ConnectionTimers::arm_for_state(RoutedConnection& connection) {
     default:
       return;
   }
+  arm_after(connection, delay);
+}
+
+void ConnectionTimers::arm_after(RoutedConnection& connection, std::chrono::milliseconds delay) {
+  cancel(connection);
   connection.timer =
       loop_.add_timer(delay, [this, key = connection.key(), id = connection.id, alive = std::weak_ptr<bool>(alive_)] {
         if (!alive.expired()) fire(key, id);

@@ -32,6 +32,8 @@ class ConnectionTimers {
   [[nodiscard]] const Durations& durations() const { return durations_; }
   // Cancels the connection's timer and arms the one its state needs, if any.
   void arm_for_state(RoutedConnection& connection);
+  // Cancels the connection's timer and arms one that fires after `delay`.
+  void arm_after(RoutedConnection& connection, std::chrono::milliseconds delay);
   void cancel(RoutedConnection& connection);
 
  private:

@@ -18,7 +18,11 @@ struct MuxerLimits {
   std::chrono::milliseconds handshake_timeout{5000};  // host peer must finish "CONNECT <port>\n"
   std::chrono::milliseconds request_timeout{2000};    // guest must answer our REQUEST
   std::chrono::milliseconds shutdown_timeout{2000};   // guest must RST after our full SHUTDOWN
-  size_t max_connect_line = 64;                       // bytes, newline included
+  // Connect-wait: a host CONNECT the guest refuses (RST: nothing listens yet)
+  // is retried with backoff for this long before the host program is closed.
+  // 0: off, the first RST closes it.
+  std::chrono::milliseconds connect_wait{0};
+  size_t max_connect_line = 64;  // bytes, newline included
 };
 
 struct MuxerStats {
@@ -26,6 +30,7 @@ struct MuxerStats {
   uint64_t connections_active = 0;
   uint64_t host_connects_refused = 0;  // guest REQUEST with no host listener
   uint64_t handshake_failures = 0;     // bad/over-long/silent CONNECT lines, guest refusals, timeouts
+  uint64_t connect_wait_retries = 0;   // REQUESTs sent again after a guest RST (connect-wait)
   uint64_t packets_from_guest = 0;
   uint64_t packets_to_guest = 0;
   uint64_t bytes_from_guest = 0;

@@ -2,6 +2,7 @@
 // keeps about it (its timer, the RX scheduling hooks, lifecycle facts).
 #pragma once
 
+#include <chrono>
 #include <memory>
 
 #include "base/event_loop.h"
@@ -29,6 +30,11 @@ struct RoutedConnection {
   base::EventLoop::TimerId timer = 0;
   size_t flush_backlog = 0;  // kClosingAfterFlush: host_backlog() when the timer was armed
   bool was_established = false;
+  // Connect-wait (host-initiated only): until when a guest RST is retried,
+  // how often it was, and whether the timer armed is a retry's.
+  std::chrono::steady_clock::time_point connect_wait_until{};
+  uint32_t connect_retries = 0;
+  bool retry_armed = false;
   ListHook<RoutedConnection> control_hook;  // owes the guest a control packet
   ListHook<RoutedConnection> data_hook;     // may have host bytes for the guest
 };

@@ -1,5 +1,8 @@
 #include "vsock/router/router.h"
 
+#include <algorithm>
+#include <chrono>
+
 namespace vhost_vsock::vsock {
 namespace {
 
@@ -92,10 +95,38 @@ void Router::route_parsed_packet(const PacketHeader& header, std::span<const iov
     }
     return;
   }
+  if (op == Op::kRst && retry_connect_later(*connection)) return;
   mutate(*connection, [&](Connection& conn) {
     const ConnectionState before = conn.state();
     count_guest_verdict(*connection, header, before, conn.on_guest_packet(header, payload));
   });
+}
+
+bool Router::retry_connect_later(RoutedConnection& connection) {
+  if (connection.conn.state() != ConnectionState::kAwaitingResponse ||
+      connection.connect_wait_until == std::chrono::steady_clock::time_point{}) {
+    return false;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (now >= connection.connect_wait_until) {
+    log_info("local={} peer={} guest still refuses after {} ms ({} retries); giving up", connection.conn.local_port(),
+             connection.conn.peer_port(), options_.limits.connect_wait.count(), connection.connect_retries);
+    return false;
+  }
+  // Backoff 10, 20, 40 ... ms up to 500 ms: a guest agent that starts
+  // listening is found within half a second, and a guest that never does
+  // costs a few packets a second.
+  constexpr std::chrono::milliseconds kFirstRetry{10};
+  constexpr std::chrono::milliseconds kMaxRetry{500};
+  const auto backoff = std::min(kMaxRetry, kFirstRetry * (1 << std::min<uint32_t>(connection.connect_retries, 6)));
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(connection.connect_wait_until - now);
+  ++connection.connect_retries;
+  ++stats_.connect_wait_retries;
+  connection.retry_armed = true;
+  timers_.arm_after(connection, std::min(backoff, left));
+  spdlog::debug("cid={} local={} peer={} guest refused; REQUEST again in {} ms", options_.guest_cid,
+                connection.conn.local_port(), connection.conn.peer_port(), std::min(backoff, left).count());
+  return true;
 }
 
 void Router::count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
@@ -279,6 +310,14 @@ void Router::on_timer_expired(RoutedConnection& connection) {
   const ConnectionTimers::Durations& durations = timers_.durations();
   switch (conn.state()) {
     case ConnectionState::kAwaitingResponse:
+      if (connection.retry_armed) {  // connect-wait: the backoff after a guest RST is over
+        connection.retry_armed = false;
+        mutate(connection, [&](Connection& retried) {
+          retried.request_connect();
+          timers_.arm_for_state(connection);  // the request timeout again
+        });
+        return;
+      }
       log_info("local={} peer={} guest did not answer our REQUEST in {} ms", conn.local_port(), conn.peer_port(),
                durations.request_timeout.count());
       break;
@@ -354,6 +393,9 @@ void Router::on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t gu
   mutate(connection, [&](Connection& conn) {
     conn.set_early_host_bytes(early_bytes);
     conn.request_connect();
+    if (options_.limits.connect_wait.count() > 0) {
+      connection.connect_wait_until = std::chrono::steady_clock::now() + options_.limits.connect_wait;
+    }
     watch(connection);
     timers_.arm_for_state(connection);  // the request timeout (none if watching failed)
   });

@@ -112,6 +112,9 @@ class Router {
   template <typename Change>
   bool mutate(RoutedConnection& connection, Change&& change);
   bool settle(RoutedConnection& connection, ConnectionState before);
+  // Connect-wait: a guest RST to our REQUEST arms a retry instead (true) while
+  // the connection's wait lasts.
+  bool retry_connect_later(RoutedConnection& connection);
   void count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
                            GuestPacketVerdict verdict);
   // The cold part of count_guest_verdict (every verdict but kOk): counts and logs.
