@@ -10,10 +10,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <thread>
+#include <vector>
 
 #include "base/unix_socket_address.h"
 #include "daemon/cli.h"
@@ -94,24 +97,21 @@ TEST(MuxerLimits, ComeFromTheVmAndRuntimeOptions) {
   EXPECT_EQ(limits.shutdown_timeout, 33ms);
 }
 
-TEST(Daemon, ServesEveryVmUntilSigtermThenRemovesItsSockets) {
-  block_sigterm();
-  TempDir dir;
-  DaemonConfig config;
-  config.vms = {vm_in(dir, 3), vm_in(dir, 4)};
+// Runs the daemon on `config` until the VMs `served` have both sockets bound,
+// checks them with `while_serving`, then SIGTERMs it: exit 0, and no socket
+// file of any VM is left.
+void serve_then_sigterm(const DaemonConfig& config, const std::vector<size_t>& served,
+                        const std::function<void()>& while_serving) {
   auto result = std::async(std::launch::async, [&] { return run_daemon(config); });
-
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   auto all_bound = [&] {
-    for (const auto& vm : config.vms) {
-      if (!is_socket(vm.socket_path) || !is_socket(vm.uds_path)) return false;
-    }
-    return true;
+    return std::all_of(served.begin(), served.end(), [&](size_t i) {
+      return is_socket(config.vms[i].socket_path) && is_socket(config.vms[i].uds_path);
+    });
   };
   while (!all_bound() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
-  ASSERT_TRUE(all_bound());
-  EXPECT_TRUE(can_connect(config.vms[0].uds_path));
-  EXPECT_TRUE(can_connect(config.vms[1].socket_path));
+  EXPECT_TRUE(all_bound());
+  while_serving();
 
   ASSERT_EQ(::kill(::getpid(), SIGTERM), 0);
   ASSERT_EQ(result.wait_for(10s), std::future_status::ready);
@@ -122,6 +122,17 @@ TEST(Daemon, ServesEveryVmUntilSigtermThenRemovesItsSockets) {
   }
 }
 
+TEST(Daemon, ServesEveryVmUntilSigtermThenRemovesItsSockets) {
+  block_sigterm();
+  TempDir dir;
+  DaemonConfig config;
+  config.vms = {vm_in(dir, 3), vm_in(dir, 4)};
+  serve_then_sigterm(config, {0, 1}, [&] {
+    EXPECT_TRUE(can_connect(config.vms[0].uds_path));
+    EXPECT_TRUE(can_connect(config.vms[1].socket_path));
+  });
+}
+
 TEST(Daemon, AVmThatCannotBindIsLeftOutAndTheOthersServe) {
   block_sigterm();
   TempDir dir;
@@ -130,24 +141,11 @@ TEST(Daemon, AVmThatCannotBindIsLeftOutAndTheOthersServe) {
   // Validation would catch this; the directory may still disappear between
   // validation and bind.
   config.vms[1].socket_path = dir.file("gone/vhost4.sock");
-  auto result = std::async(std::launch::async, [&] { return run_daemon(config); });
-
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  auto served = [&](const VmConfig& vm) { return is_socket(vm.socket_path) && is_socket(vm.uds_path); };
-  while (!(served(config.vms[0]) && served(config.vms[2])) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_TRUE(can_connect(config.vms[0].uds_path));
-  EXPECT_TRUE(can_connect(config.vms[2].socket_path));
-  EXPECT_FALSE(exists(config.vms[1].uds_path)) << "the failed VM's uds-path is left bound";
-
-  ASSERT_EQ(::kill(::getpid(), SIGTERM), 0);
-  ASSERT_EQ(result.wait_for(10s), std::future_status::ready);
-  EXPECT_EQ(result.get(), kExitOk);
-  for (const auto& vm : config.vms) {
-    EXPECT_FALSE(exists(vm.socket_path)) << vm.socket_path;
-    EXPECT_FALSE(exists(vm.uds_path)) << vm.uds_path;
-  }
+  serve_then_sigterm(config, {0, 2}, [&] {
+    EXPECT_TRUE(can_connect(config.vms[0].uds_path));
+    EXPECT_TRUE(can_connect(config.vms[2].socket_path));
+    EXPECT_FALSE(exists(config.vms[1].uds_path)) << "the failed VM's uds-path is left bound";
+  });
 }
 
 TEST(Daemon, NoVmThatCanBindExits) {
