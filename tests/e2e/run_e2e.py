@@ -47,19 +47,25 @@ def daemon_memory(t):
 
 
 class Runner:
-    def __init__(self, daemon):
+    def __init__(self, daemon, total):
         self.daemon = daemon
         self.passed = 0
         self.failed = 0
+        self.total = total  # checks expected, for the [done/total] progress prefix
+        self.started = time.monotonic()
         self.image_dir = None
 
     def record(self, name, ok, seconds, detail):
         if ok:
             self.passed += 1
-            print(f"PASS {name} ({seconds:.1f}s){': ' + detail if detail else ''}", flush=True)
         else:
             self.failed += 1
-            print(f"FAIL {name} ({seconds:.1f}s): {detail}", flush=True)
+        done = self.passed + self.failed
+        progress = f"[{done}/{max(done, self.total)} {time.monotonic() - self.started:.0f}s]"
+        if ok:
+            print(f"{progress} PASS {name} ({seconds:.1f}s){': ' + detail if detail else ''}", flush=True)
+        else:
+            print(f"{progress} FAIL {name} ({seconds:.1f}s): {detail}", flush=True)
 
     def boot(self):
         vm = vmlib.Vm(self.daemon, self.image_dir)
@@ -144,7 +150,9 @@ def main():
         print(f"unknown test(s): {', '.join(sorted(unknown))}; see --list")
         return 2
 
-    runner = Runner(os.path.abspath(args.daemon))
+    # Each group with tests also runs its daemon_memory_after_<group> check.
+    total = len(selected) + len({g for g, _, _ in selected})
+    runner = Runner(os.path.abspath(args.daemon), total)
     start = time.monotonic()
     try:
         if not os.access(runner.daemon, os.X_OK):
