@@ -48,6 +48,11 @@ void check_rx(test::MuxerHarness& h) {
     CHECK(p.header.dst_cid == test::MuxerHarness::kGuestCid);
     CHECK(p.header.op >= 1 && p.header.op <= 7);
     CHECK(p.header.op == static_cast<uint16_t>(Op::kRw) || p.header.len == 0);
+    // Data packets carry no flags, or EOM|EOR on a seqpacket message's last packet.
+    if (p.header.op == static_cast<uint16_t>(Op::kRw)) {
+      CHECK(p.header.flags == 0 ||
+            (p.header.type == static_cast<uint16_t>(SocketType::kSeqpacket) && p.header.flags == (kSeqEom | kSeqEor)));
+    }
   }
 }
 
@@ -69,6 +74,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.handshake_timeout = limits.request_timeout = limits.shutdown_timeout = timeout;
   static const std::string temp_base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
   test::MuxerHarness h(limits, 64, 32 << 20, true, temp_base);
+  // Half the runs negotiate SEQPACKET: type-2 packets are routed, otherwise refused.
+  if (script.u8() % 2) h.muxer().set_negotiated_features(kFeatureStream | kFeatureSeqpacket);
   std::vector<base::UniqueFd> host_fds;  // host programs' sockets
   std::vector<base::UniqueFd> listeners;
   std::vector<uint8_t> payload(kMaxPacketPayload + 64);
@@ -86,6 +93,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           if (mutate & 2) header.dst_cid = script.u8();
           if (mutate & 4) header.type = script.u8() % 4;
           if (mutate & 8) header.flags = script.u8();
+          if (mutate & 64) header.flags = (mutate & 128) ? kSeqEom : kSeqEom | kSeqEor;
           header.buf_alloc = script.u32();
           header.fwd_cnt = script.u32();
           const uint32_t len = script.u16() % (kMaxPacketPayload + 2);
@@ -117,9 +125,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           break;
         }
         case 5: {  // a host program connects to uds-path and speaks
-          auto fd = test::MuxerHarness::connect_unix(h.uds_path());
-          if (!fd) break;
           const uint8_t kind = script.u8();
+          auto fd = (kind & 8) ? test::MuxerHarness::connect_unix(h.uds_path() + "_seqpacket", SOCK_SEQPACKET)
+                               : test::MuxerHarness::connect_unix(h.uds_path());
+          if (!fd) break;
           std::string line = (kind & 1) ? "CONNECT " + std::to_string(kPorts[kind % 6]) + "\n" : "connect x\n";
           if (kind & 2) line += "trailing payload";
           if (kind & 4) line = std::string(100, 'C');
@@ -128,8 +137,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           break;
         }
         case 6: {  // a host listener for guest connects
-          if (listeners.size() < 4)
-            listeners.push_back(test::MuxerHarness::listen_unix(h.port_path(kPorts[script.u8() % 6])));
+          const uint8_t which = script.u8();
+          if (listeners.size() < 4) {
+            listeners.push_back(test::MuxerHarness::listen_unix(h.port_path(kPorts[which % 6]),
+                                                                (which & 8) ? SOCK_SEQPACKET : SOCK_STREAM));
+          }
           break;
         }
         case 7: {  // host programs accept, write, read or close
