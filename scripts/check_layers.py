@@ -7,7 +7,8 @@ Layers, lowest first (each may use itself and everything below it):
          -> vsock/transport -> vsock/router -> vsock/pump -> vsock/muxer
 
     vhost_user  base, memory, virtio (never vsock/*)
-    daemon      everything above; not testing (its tests may, see below)
+    metrics     everything above (snapshots of vsock and vhost_user stats)
+    daemon      everything above and metrics; not testing (its tests may, see below)
     testing     anything (simulator, test harnesses)
 
 Test files inside a layer (*_test.cpp, *_test.h, test_support.h,
@@ -47,7 +48,8 @@ CHAIN = [
 # layer -> layers it may include (itself included).
 LAYERS = {layer: set(CHAIN[: i + 1]) for i, layer in enumerate(CHAIN)}
 LAYERS["vhost_user"] = {"base", "memory", "virtio", "vhost_user"}
-LAYERS["daemon"] = set(CHAIN) | {"vhost_user", "daemon"}
+LAYERS["metrics"] = set(CHAIN) | {"vhost_user", "metrics"}
+LAYERS["daemon"] = set(CHAIN) | {"vhost_user", "metrics", "daemon"}
 LAYERS["testing"] = set(LAYERS["daemon"]) | {"testing"}
 
 # Layers a test file may include on top of its own layer's.

@@ -9,6 +9,8 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libseccomp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # --metrics: HTTP server/client, Prometheus text format, JSON
+  libcpp-httplib-dev prometheus-cpp-dev nlohmann-json3-dev
   # clang: sanitizers and libFuzzer
   clang clang-tools libclang-rt-dev clang-format clang-tidy
   # VM tests and the demo

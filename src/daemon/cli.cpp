@@ -37,6 +37,9 @@ struct RawFlags {
   std::vector<std::string> vm_specs;
   std::string config_file;
   std::string log_level = "info";
+  std::string log_format = "text";
+  std::string metrics;
+  bool metrics_allow_remote = false;
   std::string max_connections, handshake_timeout, request_timeout, shutdown_timeout;
   std::string seccomp, user;
 };
@@ -57,12 +60,30 @@ struct Options {
   CLI::Option* shutdown_timeout;
   CLI::Option* seccomp;
   CLI::Option* user;
+  CLI::Option* metrics;
 };
 
 // The help text of an option with a default and a ceiling: "<what> (default D, max M)".
 template <typename Default, typename Max>
 std::string bounded_help(std::string_view what, Default default_value, Max max_value) {
   return fmt::format("{} (default {}, max {})", what, default_value, max_value);
+}
+
+// --log-format and the metrics endpoint.
+void define_operations_options(CLI::App& app, RawFlags& raw, Options& o) {
+  app.add_option("--log-format", raw.log_format,
+                 "text, or json: one JSON object per line for journald and log shippers (default text)")
+      ->type_name("FORMAT");
+  o.metrics = app.add_option("--metrics", raw.metrics,
+                             "Serve Prometheus metrics (GET /metrics) and the live connections (GET /connections) "
+                             "over HTTP on this address, e.g. 127.0.0.1:9100 or [::1]:9100 (default off; also the "
+                             "YAML key 'metrics')")
+                  ->type_name("ADDR:PORT");
+  app.add_flag("--metrics-allow-remote", raw.metrics_allow_remote,
+               "Accept a non-loopback --metrics address (the endpoint has no authentication)");
+  app.footer(
+      "Listing connections: vhost-user-vsock connections --metrics ADDR:PORT prints the live connections of a "
+      "running daemon, like ss.");
 }
 
 Options define_options(CLI::App& app, RawFlags& raw) {
@@ -121,6 +142,7 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                           "After binding its sockets, switch to this user (and group; supplementary groups are "
                           "dropped). The socket files are given to that user")
                ->type_name("NAME|UID[:GROUP|GID]");
+  define_operations_options(app, raw, o);
   app.set_version_flag("--version", version_string(), "Print the version and exit");
   return o;
 }
@@ -139,6 +161,9 @@ void parse_timeout(const CLI::Option* option, const std::string& text, std::chro
 
 RuntimeOptions parse_runtime(const Options& o, const RawFlags& raw, ConfigErrors* errors) {
   RuntimeOptions runtime;
+  if (!parse_log_format(raw.log_format, &runtime.log_format)) {
+    errors->push_back({"--log-format", fmt::format("'{}' is not one of text, json", raw.log_format)});
+  }
   if (!parse_log_level(raw.log_level, &runtime.log_level)) {
     errors->push_back(
         {"--log-level", fmt::format("'{}' is not one of trace, debug, info, warn, error", raw.log_level)});
@@ -229,10 +254,58 @@ bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, Confi
   return ok;
 }
 
+// --metrics wins over the YAML key.
+void parse_metrics(const Options& o, const RawFlags& raw, const std::optional<std::string>& from_yaml,
+                   DaemonConfig* config, ConfigErrors* errors) {
+  config->metrics.allow_remote = raw.metrics_allow_remote;
+  const bool from_flag = o.metrics->count() > 0;
+  if (!from_flag && !from_yaml) return;
+  metrics::ListenAddress address;
+  if (parse_metrics_address(from_flag ? raw.metrics : *from_yaml, raw.metrics_allow_remote,
+                            from_flag ? "--metrics" : "metrics", &address, errors)) {
+    config->metrics.address = std::move(address);
+    config->sandbox.metrics_server = true;
+  }
+}
+
 CliOutcome usage_failure(const ConfigErrors& errors) {
   CliOutcome outcome;
   outcome.exit_code = kExitUsage;
   for (const auto& error : errors) outcome.errors.push_back("error: " + error.to_string());
+  return outcome;
+}
+
+CliOutcome parse_connections_command(const std::vector<std::string>& args) {
+  CLI::App app{"Print the live connections of a running vhost-user-vsock (started with --metrics), like ss",
+               std::string(kProgramName) + " connections"};
+  std::string address_text;
+  app.add_option("--metrics", address_text, "The daemon's --metrics address, e.g. 127.0.0.1:9100")
+      ->required()
+      ->type_name("ADDR:PORT");
+  std::vector<const char*> argv{kProgramName};
+  for (const auto& arg : args) argv.push_back(arg.c_str());
+  CliOutcome outcome;
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::ParseError& e) {
+    std::ostringstream out;
+    std::ostringstream err;
+    if (app.exit(e, out, err) == 0) {
+      outcome.output = out.str();
+      return outcome;
+    }
+    outcome.exit_code = kExitUsage;
+    outcome.errors.push_back(fmt::format("error: {} (see connections --help)", e.what()));
+    return outcome;
+  }
+  metrics::ListenAddress address;
+  std::string error;
+  if (!metrics::parse_listen_address(address_text, &address, &error)) {
+    outcome.exit_code = kExitUsage;
+    outcome.errors.push_back("error: --metrics: " + error);
+    return outcome;
+  }
+  outcome.connections_from = std::move(address);
   return outcome;
 }
 
@@ -243,6 +316,9 @@ std::string version_string() {
 }
 
 CliOutcome parse_command_line(const std::vector<std::string>& args) {
+  if (!args.empty() && args.front() == "connections") {
+    return parse_connections_command(std::vector<std::string>(args.begin() + 1, args.end()));
+  }
   CLI::App app{kDescription, kProgramName};
   RawFlags raw;
   const Options o = define_options(app, raw);
@@ -286,9 +362,10 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
       VmConfig vm;
       if (parse_vm_spec(raw.vm_specs[i], i, &vm, &errors)) config.vms.push_back(std::move(vm));
     }
-  } else if (config_form) {
-    load_yaml_config_file(raw.config_file, &config.vms, &errors);
   }
+  std::optional<std::string> yaml_metrics;
+  if (config_form) load_yaml_config_file(raw.config_file, &config.vms, &errors, &yaml_metrics);
+  parse_metrics(o, raw, yaml_metrics, &config, &errors);
   // Range and filesystem checks only make sense on fully parsed VMs.
   if (errors.empty()) validate_config(config, &errors);
   if (!errors.empty()) return usage_failure(errors);

@@ -18,12 +18,15 @@ inline constexpr int kExitUsage = 2;         // bad command line or configuratio
 
 struct CliOutcome {
   std::optional<DaemonConfig> config;  // set when the daemon should run
-  int exit_code = kExitOk;             // meaningful when `config` is empty
-  std::string output;                  // for stdout: --help, --version
-  std::vector<std::string> errors;     // for stderr, one per line, each already prefixed "error: "
+  // `vhost-user-vsock connections --metrics ADDR`: list a running daemon's connections instead.
+  std::optional<metrics::ListenAddress> connections_from;
+  int exit_code = kExitOk;          // meaningful when `config` is empty
+  std::string output;               // for stdout: --help, --version
+  std::vector<std::string> errors;  // for stderr, one per line, each already prefixed "error: "
 };
 
-// `args` excludes the program name.
+// `args` excludes the program name. A first argument "connections" selects
+// the listing command (its own options, see --help after it).
 CliOutcome parse_command_line(const std::vector<std::string>& args);
 CliOutcome parse_command_line(int argc, const char* const* argv);
 

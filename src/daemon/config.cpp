@@ -295,6 +295,35 @@ bool parse_log_level(std::string_view text, LogLevel* out) {
   return false;
 }
 
+bool parse_log_format(std::string_view text, LogFormat* out) {
+  if (text == "text") {
+    *out = LogFormat::kText;
+  } else if (text == "json") {
+    *out = LogFormat::kJson;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool parse_metrics_address(std::string_view text, bool allow_remote, const std::string& field,
+                           metrics::ListenAddress* out, ConfigErrors* errors) {
+  metrics::ListenAddress address;
+  std::string error;
+  if (!metrics::parse_listen_address(text, &address, &error)) {
+    errors->push_back({field, error});
+    return false;
+  }
+  if (!address.loopback && !allow_remote) {
+    errors->push_back({field, fmt::format("{} is not a loopback address; the endpoint has no authentication, so "
+                                          "give --metrics-allow-remote to serve it beyond this host",
+                                          address.to_string())});
+    return false;
+  }
+  *out = std::move(address);
+  return true;
+}
+
 std::string_view log_level_name(LogLevel level) {
   switch (level) {
     case LogLevel::kTrace:
@@ -338,7 +367,8 @@ bool parse_vm_spec(std::string_view spec, size_t index, VmConfig* out, ConfigErr
   return ok;
 }
 
-bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, ConfigErrors* errors) {
+bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, ConfigErrors* errors,
+                       std::optional<std::string>* metrics_address) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml_text));
@@ -355,8 +385,17 @@ bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, C
   YAML::Node vms;
   for (const auto& entry : root) {
     const std::string key = entry.first.IsScalar() ? entry.first.Scalar() : std::string("?");
+    if (key == "metrics" && metrics_address != nullptr) {
+      std::string address;
+      if (yaml_scalar(entry.second, "metrics", &address, errors)) {
+        *metrics_address = address;
+      } else {
+        ok = false;
+      }
+      continue;
+    }
     if (key != "vms") {
-      errors->push_back({"config", fmt::format("unknown top-level key '{}' (expected 'vms')", key)});
+      errors->push_back({"config", fmt::format("unknown top-level key '{}' (expected 'vms' or 'metrics')", key)});
       ok = false;
       continue;
     }
@@ -383,7 +422,8 @@ bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, C
   return ok;
 }
 
-bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, ConfigErrors* errors) {
+bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, ConfigErrors* errors,
+                           std::optional<std::string>* metrics_address) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
     errors->push_back({"--config", fmt::format("cannot open '{}': {}", path, base::errno_text(errno))});
@@ -400,7 +440,7 @@ bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, 
     return false;
   }
   text.resize(static_cast<size_t>(file.gcount()));
-  return parse_yaml_config(text, out, errors);
+  return parse_yaml_config(text, out, errors, metrics_address);
 }
 
 void validate_vm(const VmConfig& vm, ConfigErrors* errors) {

@@ -7,11 +7,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "base/unix_socket_address.h"
+#include "metrics/listen_address.h"
 
 namespace vhost_vsock::daemon {
 
@@ -35,6 +37,8 @@ inline constexpr uint32_t kMaxMaxConnections = 1 << 20;
 inline constexpr std::chrono::milliseconds kMaxTimeout{3'600'000};
 
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError };
+// --log-format: human text, or one JSON object per line (journald, log shippers).
+enum class LogFormat { kText, kJson };
 
 // Which command-line form a VM came from, so errors use that form's spelling
 // ("--guest-cid", "vm[1].guest_cid", "vms[1].guest_cid").
@@ -60,6 +64,7 @@ struct VmConfig {
 // Per-VM limits shared by every VM, from our own flags (map to vsock::MuxerLimits).
 struct RuntimeOptions {
   LogLevel log_level = LogLevel::kInfo;
+  LogFormat log_format = LogFormat::kText;
   uint32_t max_connections = kDefaultMaxConnections;
   std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds request_timeout{2000};
@@ -78,13 +83,21 @@ struct SandboxOptions {
   std::string user;  // --user as given; empty: keep the current user
   uint32_t uid = 0;  // resolved from `user` when it is set
   uint32_t gid = 0;
+  bool metrics_server = false;  // --metrics is on: the filter allows its HTTP server's syscalls
   [[nodiscard]] bool enabled() const { return seccomp != SeccompMode::kOff || !user.empty(); }
+};
+
+// --metrics (or the YAML `metrics` key): the HTTP endpoint, off when unset.
+struct MetricsOptions {
+  std::optional<metrics::ListenAddress> address;
+  bool allow_remote = false;  // --metrics-allow-remote: a non-loopback address is accepted
 };
 
 struct DaemonConfig {
   std::vector<VmConfig> vms;
   RuntimeOptions runtime;
   SandboxOptions sandbox;
+  MetricsOptions metrics;
 };
 
 struct ConfigError {
@@ -113,9 +126,21 @@ std::string_view log_level_name(LogLevel level);
 // on any problem; `out->source/index` are set to kVmOption/`index`.
 bool parse_vm_spec(std::string_view spec, size_t index, VmConfig* out, ConfigErrors* errors);
 
-// YAML text: `vms: [{guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups}]`.
-bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, ConfigErrors* errors);
-bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, ConfigErrors* errors);
+// YAML text: `vms: [{guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups}]`
+// and optionally `metrics: ADDR` (stored in `metrics_address` when given;
+// a null `metrics_address` makes the key an error).
+bool parse_yaml_config(std::string_view yaml_text, std::vector<VmConfig>* out, ConfigErrors* errors,
+                       std::optional<std::string>* metrics_address = nullptr);
+bool load_yaml_config_file(const std::string& path, std::vector<VmConfig>* out, ConfigErrors* errors,
+                           std::optional<std::string>* metrics_address = nullptr);
+
+bool parse_log_format(std::string_view text, LogFormat* out);
+
+// --metrics ADDR: parses and, unless `allow_remote`, refuses an address that
+// is not loopback (the endpoint has no authentication). Appends to `errors`
+// under `field`.
+bool parse_metrics_address(std::string_view text, bool allow_remote, const std::string& field,
+                           metrics::ListenAddress* out, ConfigErrors* errors);
 
 // Range checks, duplicate CIDs and paths across VMs, AF_UNIX path lengths,
 // and that each socket's directory exists and is writable. Appends errors.

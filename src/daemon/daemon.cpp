@@ -23,6 +23,7 @@
 #include "base/errno_text.h"
 #include "base/unique_fd.h"
 #include "daemon/cli.h"
+#include "daemon/metrics_endpoint.h"
 #include "daemon/sandbox.h"
 #include "daemon/systemd_notify.h"
 #include "daemon/vm_worker.h"
@@ -211,8 +212,10 @@ std::vector<std::unique_ptr<VmWorker>> bind_vms(const DaemonConfig& config, cons
 
 // Every socket is bound and the sandbox is in: the workers start serving, and
 // scripts (the "ready" lines) and systemd (READY=1) learn so.
-void start_serving(std::vector<std::unique_ptr<VmWorker>>& workers, SystemdNotifier& systemd) {
+void start_serving(std::vector<std::unique_ptr<VmWorker>>& workers, metrics::HttpServer* metrics_endpoint,
+                   SystemdNotifier& systemd) {
   for (auto& worker : workers) worker->start();
+  if (metrics_endpoint != nullptr) metrics_endpoint->start();
   for (const auto& worker : workers) {
     const VmConfig& vm = worker->config();
     spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
@@ -251,6 +254,13 @@ int run_daemon(const DaemonConfig& config) {
     spdlog::error("no VM could start, exiting");
     return kExitRuntimeError;
   }
+  std::unique_ptr<metrics::HttpServer> metrics_endpoint;  // declared after `workers`: destroyed first
+  try {
+    metrics_endpoint = make_metrics_endpoint(config.metrics, workers);
+  } catch (const std::exception& e) {
+    spdlog::error("{}; exiting", e.what());
+    return kExitRuntimeError;
+  }
 
   SocketFileWatch watch(workers);
   // The sandbox goes in after every socket is bound and before any worker
@@ -263,11 +273,12 @@ int run_daemon(const DaemonConfig& config) {
     return kExitRuntimeError;
   }
 
-  start_serving(workers, systemd);
+  start_serving(workers, metrics_endpoint.get(), systemd);
 
   const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get(), watch);
   systemd.notify("STOPPING=1");
   spdlog::info("shutting down");
+  if (metrics_endpoint) metrics_endpoint->stop();  // scrapes post to the workers: stop them first
   for (auto& worker : workers) worker->stop();
   for (auto& worker : workers) worker->join();
   for (const auto& worker : workers) {

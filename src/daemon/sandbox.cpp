@@ -125,6 +125,11 @@ constexpr bool kSanitizerRuntime = true;
 constexpr bool kSanitizerRuntime = false;
 #endif
 
+// The --metrics HTTP server's threads (cpp-httplib) on the TCP socket bound
+// before the filter: accept, select-based waits, per-socket timeouts and
+// addresses. No new sockets: socket() stays AF_UNIX only.
+constexpr const char* kMetricsServer[] = {"accept", "select", "pselect6", "setsockopt", "getpeername", "getsockname"};
+
 // Syscalls allowed only with certain arguments (see install_seccomp_filter).
 constexpr const char* kConditional[] = {"socket", "mmap", "mprotect", "clone", "prctl", "tgkill", "fcntl"};
 
@@ -142,8 +147,11 @@ void allow(scmp_filter_ctx ctx, const char* name, std::initializer_list<scmp_arg
   check(rc, name);
 }
 
-void add_rules(scmp_filter_ctx ctx) {
+void add_rules(scmp_filter_ctx ctx, bool metrics_server) {
   for (const char* name : kAllowed) allow(ctx, name);
+  if (metrics_server) {
+    for (const char* name : kMetricsServer) allow(ctx, name);
+  }
 
   // Only Unix sockets: guest connects go to <uds-path>_<port>; nothing else
   // may be dialled even by a compromised worker.
@@ -318,7 +326,7 @@ std::vector<std::string> seccomp_allowed_syscalls() {
   return names;
 }
 
-void install_seccomp_filter(SeccompMode mode) {
+void install_seccomp_filter(SeccompMode mode, bool metrics_server) {
   if (mode == SeccompMode::kOff) return;
   // libseccomp sets it too (SCMP_FLTATR_CTL_NNP); set it ourselves so a
   // filter that fails to load still leaves no way to gain privileges.
@@ -331,7 +339,7 @@ void install_seccomp_filter(SeccompMode mode) {
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 1), "NO_NEW_PRIVS attribute");
   // Any thread that already exists gets the filter too.
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_TSYNC, 1), "TSYNC attribute");
-  add_rules(ctx.get());
+  add_rules(ctx.get(), metrics_server);
   check(seccomp_load(ctx.get()), "loading the filter");
 }
 
@@ -370,7 +378,7 @@ void apply_sandbox(const SandboxOptions& options, const std::vector<std::string>
     throw std::runtime_error("prctl(PR_SET_NO_NEW_PRIVS): " + errno_text(errno));
   }
   if (options.seccomp != SeccompMode::kOff) {
-    install_seccomp_filter(options.seccomp);
+    install_seccomp_filter(options.seccomp, options.metrics_server);
     if (options.seccomp == SeccompMode::kKill) {
       spdlog::info("sandbox: seccomp filter installed ({} syscalls allowed); any other syscall kills the process",
                    seccomp_allowed_syscalls().size());

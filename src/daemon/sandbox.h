@@ -37,7 +37,8 @@ std::vector<std::string> seccomp_allowed_syscalls();
 // Installs the seccomp filter for the calling process: every thread (TSYNC),
 // and every thread created later, inherits it. Sets PR_SET_NO_NEW_PRIVS.
 // Throws std::runtime_error if the kernel or libseccomp refuses.
-void install_seccomp_filter(SeccompMode mode);
+// `metrics_server`: also what the --metrics HTTP server needs.
+void install_seccomp_filter(SeccompMode mode, bool metrics_server = false);
 
 // Gives the socket files to `uid`:`gid` (so the daemon can still remove them
 // at exit, even in a sticky directory, and so they keep belonging to whoever

@@ -88,6 +88,30 @@ std::string VmWorker::seqpacket_uds_path() const {
   return muxer_ ? muxer_->seqpacket_uds_path() : std::string();
 }
 
+bool VmWorker::request_snapshot(std::shared_ptr<std::promise<metrics::VmSnapshot>> reply) {
+  return loop_.post([this, reply = std::move(reply)]() mutable {
+    try {
+      reply->set_value(snapshot());
+    } catch (const std::exception& e) {  // out of memory: the scrape reports this VM as not answering
+      spdlog::warn("vm cid={} metrics snapshot failed: {}", vm_.guest_cid, e.what());
+    }
+  });
+}
+
+metrics::VmSnapshot VmWorker::snapshot() const {
+  metrics::VmSnapshot out;
+  out.cid = vm_.guest_cid;
+  out.answered = true;
+  out.muxer = muxer_->stats();
+  out.server = server_->stats();
+  for (const uint16_t index : {VsockDevice::kRxQueue, VsockDevice::kTxQueue}) {
+    const auto counts = device_->queue_notifications(index);
+    out.queues[index] = {counts.kicks, counts.calls};
+  }
+  muxer_->list_connections(&out.connections);
+  return out;
+}
+
 void VmWorker::log_stats() const {
   const vsock::MuxerStats& m = muxer_->stats();
   spdlog::info(

@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <functional>
+#include <future>
 #include <memory>
 #include <thread>
 
 #include "base/event_loop.h"
 #include "daemon/config.h"
 #include "daemon/vsock_device.h"
+#include "metrics/snapshot.h"
 #include "vhost_user/server.h"
 #include "vsock/muxer/muxer.h"
 
@@ -46,8 +48,14 @@ class VmWorker {
   // The SOCK_SEQPACKET host listener's path, empty if it is not open.
   [[nodiscard]] std::string seqpacket_uds_path() const;
 
+  // Any thread: asks the worker's loop for a snapshot of its counters and
+  // connections, delivered through `reply` on the worker thread. False when
+  // the mailbox is full or the loop is stopping (then `reply` is dropped).
+  bool request_snapshot(std::shared_ptr<std::promise<metrics::VmSnapshot>> reply);
+
  private:
   void run();
+  [[nodiscard]] metrics::VmSnapshot snapshot() const;  // worker thread (or while it is not running)
 
   VmConfig vm_;
   FailureCallback on_failure_;

@@ -64,7 +64,7 @@ class BasicVsockDevice final : public vhost_user::Device {
       spdlog::warn("vm cid={} ignoring start of unknown queue {}", guest_cid_, index);
       return;
     }
-    if (attached_[index]) muxer_.detach_queue(index);
+    if (attached_[index]) detach(index);
     // See the lifecycle note at the top of this file.
     if (stopped_since_running_ && how == vhost_user::RingStart::kFresh) {
       spdlog::info("vm cid={} queue {} starts afresh (device reset or a new driver): resetting {} connection(s)",
@@ -74,6 +74,8 @@ class BasicVsockDevice final : public vhost_user::Device {
     }
     muxer_.attach_queue(index, queue);
     attached_[index] = true;
+    queues_[index] = &queue;
+    calls_at_attach_[index] = queue.stats().notifications_sent;
     if (attached_[kRxQueue] && attached_[kTxQueue]) stopped_since_running_ = false;
     spdlog::debug("vm cid={} queue {} {} (size {})", guest_cid_, index,
                   how == vhost_user::RingStart::kResumed ? "resumed" : "started", queue.size());
@@ -81,8 +83,7 @@ class BasicVsockDevice final : public vhost_user::Device {
 
   void on_queue_stopped(uint16_t index) override {
     if (index >= kQueueCount || !attached_[index]) return;
-    muxer_.detach_queue(index);
-    attached_[index] = false;
+    detach(index);
     stopped_since_running_ = true;
     spdlog::debug("vm cid={} queue {} stopped; {} connection(s) kept until it starts again", guest_cid_, index,
                   muxer_.stats().connections_active);
@@ -90,6 +91,7 @@ class BasicVsockDevice final : public vhost_user::Device {
 
   void on_queue_kicked(uint16_t index) override {
     if (index >= kQueueCount || !attached_[index]) return;
+    ++kicks_[index];
     muxer_.on_queue_kicked(index);
   }
 
@@ -103,10 +105,21 @@ class BasicVsockDevice final : public vhost_user::Device {
   // Before the server (which owns the queues) goes away.
   void detach_all_queues() {
     for (uint16_t index = 0; index < kQueueCount; ++index) {
-      if (!attached_[index]) continue;
-      muxer_.detach_queue(index);
-      attached_[index] = false;
+      if (attached_[index]) detach(index);
     }
+  }
+
+  // Kicks handled (each ring start counts one: buffers may be waiting) and
+  // interrupts sent to the guest, over the device's lifetime (metrics).
+  struct QueueNotifications {
+    uint64_t kicks = 0;
+    uint64_t calls = 0;
+  };
+  [[nodiscard]] QueueNotifications queue_notifications(uint16_t index) const {
+    if (index >= kQueueCount) return {};
+    uint64_t calls = retired_calls_[index];
+    if (queues_[index] != nullptr) calls += queues_[index]->stats().notifications_sent - calls_at_attach_[index];
+    return {kicks_[index], calls};
   }
 
   [[nodiscard]] bool queue_attached(uint16_t index) const { return index < kQueueCount && attached_[index]; }
@@ -119,6 +132,21 @@ class BasicVsockDevice final : public vhost_user::Device {
   // A ring stopped since both last ran: connections are kept until a ring
   // starts again, and reset then unless it resumes (see the note at the top).
   bool stopped_since_running_ = false;
+
+  void detach(uint16_t index) {
+    muxer_.detach_queue(index);
+    attached_[index] = false;
+    // A ring keeps its Queue (and its stats) across restarts: count only what
+    // happened while attached.
+    retired_calls_[index] += queues_[index]->stats().notifications_sent - calls_at_attach_[index];
+    queues_[index] = nullptr;
+  }
+
+  // Metrics; touched on the worker thread only.
+  std::array<virtio::Queue*, kQueueCount> queues_{};
+  std::array<uint64_t, kQueueCount> calls_at_attach_{};
+  std::array<uint64_t, kQueueCount> retired_calls_{};
+  std::array<uint64_t, kQueueCount> kicks_{};
 };
 
 extern template class BasicVsockDevice<vsock::Muxer>;

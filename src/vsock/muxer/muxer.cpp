@@ -34,6 +34,32 @@ std::string Muxer::seqpacket_uds_path() const {
   return impl_->seqpacket_listener_ ? impl_->options_.uds_path + "_seqpacket" : std::string();
 }
 
+void Muxer::list_connections(std::vector<ConnectionInfo>* out) const {
+  const auto now = std::chrono::steady_clock::now();
+  const std::string& uds_path = impl_->router_.uds_path();
+  impl_->router_.for_each_connection([&](const RoutedConnection& routed) {
+    const Connection& conn = routed.conn;
+    ConnectionInfo info;
+    info.guest_port = conn.peer_port();
+    info.host_port = conn.local_port();
+    info.guest_initiated = routed.guest_initiated;
+    if (routed.guest_initiated) {
+      info.host_path = uds_path + "_" + std::to_string(conn.local_port());
+    } else {
+      info.host_path = conn.is_seqpacket() ? uds_path + "_seqpacket" : uds_path;
+    }
+    info.type = conn.socket_type() == SocketType::kStream ? "stream" : "seqpacket";
+    info.state = to_string(conn.state());
+    info.age = std::chrono::duration_cast<std::chrono::milliseconds>(now - routed.created);
+    info.bytes_from_guest = conn.rx_cnt();
+    info.bytes_to_guest = conn.tx_cnt();
+    info.buffered_to_host = conn.host_backlog();
+    info.guest_credit = conn.guest_credit();
+    info.peer_credit = conn.peer_credit();
+    out->push_back(std::move(info));
+  });
+}
+
 Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
     : loop_(loop),
       options_(std::move(options)),

@@ -4,9 +4,11 @@
 // It knows virtqueues, not vhost-user: the daemon glue hands it the queues.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/event_loop.h"
 #include "virtio/queue.h"
@@ -20,6 +22,23 @@ struct MuxerOptions {
   // listener (host-initiated connections disabled), for tests.
   std::string uds_path;
   MuxerLimits limits;
+};
+
+// One live connection as the metrics listing shows it (a copy, taken on the
+// muxer's thread). The byte counts are the virtio counters, modulo 2^32.
+struct ConnectionInfo {
+  uint32_t guest_port = 0;
+  uint32_t host_port = 0;  // our side's port (the <uds-path>_<port> suffix for guest connects)
+  std::string host_path;   // guest connects: <uds-path>_<port>; host connects: uds-path (or <uds-path>_seqpacket)
+  bool guest_initiated = false;
+  const char* type = "";   // "stream" or "seqpacket"
+  const char* state = "";  // ConnectionState spelled out
+  std::chrono::milliseconds age{0};
+  uint32_t bytes_from_guest = 0;  // rx_cnt
+  uint32_t bytes_to_guest = 0;    // tx_cnt
+  uint64_t buffered_to_host = 0;  // guest bytes the host has not read yet
+  uint32_t guest_credit = 0;      // bytes the guest may still send us
+  uint32_t peer_credit = 0;       // bytes we may still send the guest
 };
 
 class Muxer {
@@ -52,6 +71,8 @@ class Muxer {
   // <uds-path>_seqpacket if its SOCK_SEQPACKET listener is open, else empty
   // (no uds-path, or the path could not be used: streams work regardless).
   [[nodiscard]] std::string seqpacket_uds_path() const;
+  // Appends every live connection to `out` (for the metrics listing).
+  void list_connections(std::vector<ConnectionInfo>* out) const;
 
  private:
   class Impl;

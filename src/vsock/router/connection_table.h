@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 
 #include "vsock/router/connection_key.h"
 #include "vsock/router/routed_connection.h"
@@ -40,6 +41,10 @@ class ConnectionTable {
   template <typename Fn>
   void for_each(Fn&& fn) {
     for (auto& [key, connection] : connections_) fn(*connection);
+  }
+  template <typename Fn>
+  void for_each(Fn&& fn) const {
+    for (const auto& [key, connection] : connections_) fn(std::as_const(*connection));
   }
 
  private:

@@ -45,6 +45,15 @@ struct MuxerStats {
   uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
   uint64_t tx_passes = 0;            // TX passes run (each drains the ring up to a budget)
   uint64_t messages_refused = 0;     // seqpacket host messages that can never fit the guest (connection reset)
+  // For the metrics endpoint (daemon --metrics): where connections came from,
+  // why they were reset, and how often host data waited for guest credit.
+  uint64_t connections_from_guest = 0;  // of connections_opened: the guest connected to a host port
+  uint64_t connections_from_host = 0;   // of connections_opened: a host program sent CONNECT
+  uint64_t resets_timeout = 0;          // a request or shutdown timer expired
+  uint64_t resets_cap = 0;              // guest connects refused at the connection cap
+  uint64_t resets_host_gone = 0;        // guest data for a host socket already closed
+  uint64_t resets_driver_gone = 0;      // connections dropped with the guest's driver (device reset, disconnect)
+  uint64_t credit_stalls = 0;           // CREDIT_REQUESTs sent: host data waited for the guest's credit
 };
 
 }  // namespace vhost_vsock::vsock

@@ -15,7 +15,10 @@ namespace vhost_vsock::vsock {
 struct RoutedConnection {
   RoutedConnection(const ConnectionParams& params, std::unique_ptr<HostEndpoint> host, ConnectionState state,
                    uint64_t id_)
-      : conn(params, std::move(host), state), id(id_) {
+      : conn(params, std::move(host), state),
+        id(id_),
+        guest_initiated(state != ConnectionState::kAwaitingResponse),
+        created(std::chrono::steady_clock::now()) {
     control_hook.owner = this;
     data_hook.owner = this;
   }
@@ -27,6 +30,10 @@ struct RoutedConnection {
 
   Connection conn;
   uint64_t id;  // unique for the router's lifetime: stale timers and events check it
+  // For the connection listing: only host-initiated connections start by
+  // awaiting the guest's RESPONSE.
+  const bool guest_initiated;
+  const std::chrono::steady_clock::time_point created;
   base::EventLoop::TimerId timer = 0;
   size_t flush_backlog = 0;  // kClosingAfterFlush: host_backlog() when the timer was armed
   bool was_established = false;

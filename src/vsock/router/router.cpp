@@ -164,6 +164,7 @@ void Router::count_refused_guest_packet(const RoutedConnection& connection, cons
                  conn.peer_port(), kMaxBufferedMessages);
       break;
     case GuestPacketVerdict::kHostGone:
+      ++stats_.resets_host_gone;
       spdlog::debug("cid={} local={} peer={} data for a closed host socket; resetting", options_.guest_cid,
                     conn.local_port(), conn.peer_port());
       break;
@@ -175,6 +176,7 @@ void Router::handle_guest_connect(const PacketHeader& header) {
   if (!connections_.has_room(pending_host_peers())) {
     warn_guest("connection limit {} reached; refusing guest port {} -> host port {}", options_.limits.max_connections,
                header.src_port, port);
+    ++stats_.resets_cap;
     reply_rst(header);
     return;
   }
@@ -190,6 +192,7 @@ void Router::handle_guest_connect(const PacketHeader& header) {
       params, std::move(dialed.endpoint), ConnectionState::kEstablished, next_connection_id_++));
   connection.was_established = true;
   ++stats_.connections_opened;
+  ++stats_.connections_from_guest;
   log_info("local={} peer={} guest connection established", port, header.src_port);
   mutate(connection, [&](Connection& conn) {
     conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
@@ -285,6 +288,7 @@ bool Router::settle(RoutedConnection& connection, ConnectionState before) {
       if (now == ConnectionState::kEstablished) {
         connection.was_established = true;
         ++stats_.connections_opened;
+        ++stats_.connections_from_host;
         log_info("local={} peer={} host connection established", conn.local_port(), conn.peer_port());
       } else {
         ++stats_.handshake_failures;
@@ -338,6 +342,7 @@ void Router::on_timer_expired(RoutedConnection& connection) {
     default:
       return;
   }
+  ++stats_.resets_timeout;
   mutate(connection, [](Connection& expired) { expired.reset(); });
 }
 
@@ -357,6 +362,7 @@ void Router::reset_all_connections() {
                connection.conn.peer_port());
     }
   });
+  stats_.resets_driver_gone += connections_.size();
   connections_.clear();  // closes every host socket
   orphan_rsts_.clear();
   wake_tx_if_waiting();

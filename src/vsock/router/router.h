@@ -92,6 +92,13 @@ class Router {
   // The guest's driver state is gone: close every host socket, forget all.
   void reset_all_connections();
 
+  // Read-only walk over the live connections (the metrics listing).
+  template <typename Fn>
+  void for_each_connection(Fn&& fn) const {
+    connections_.for_each(std::forward<Fn>(fn));
+  }
+  [[nodiscard]] const std::string& uds_path() const { return options_.uds_path; }
+
  private:
   void route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload);
   [[nodiscard]] bool routable_type(uint16_t type) const {
