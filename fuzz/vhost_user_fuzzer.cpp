@@ -45,7 +45,9 @@ class FuzzDevice : public vhost_user::Device {
   uint16_t queue_count() const override { return 2; }
   std::vector<uint8_t> config_space() const override { return {3, 0, 0, 0, 0, 0, 0, 0}; }
   void on_features_negotiated(uint64_t) override {}
-  void on_queue_started(uint16_t index, virtio::Queue& queue) override { queues_[index] = &queue; }
+  void on_queue_started(uint16_t index, virtio::Queue& queue, vhost_user::RingStart /*how*/) override {
+    queues_[index] = &queue;
+  }
   void on_queue_stopped(uint16_t index) override { queues_[index] = nullptr; }
   void on_queue_kicked(uint16_t index) override {
     virtio::Queue* queue = queues_[index];
