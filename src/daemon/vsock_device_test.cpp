@@ -160,6 +160,8 @@ TEST_F(VsockDeviceTest, RestartingAQueueDetachesTheOldOneFirst) {
   device.on_queue_started(0, second, kFresh);
   EXPECT_EQ(muxer.calls, (Calls{"attach 0", "detach 0", "attach 0"}));
   EXPECT_EQ(muxer.queues[0], &second);
+  // As the server does before its queues go (the device reads their stats).
+  device.detach_all_queues();
 }
 
 TEST_F(VsockDeviceTest, FrontendDisconnectDetachesAndResets) {
