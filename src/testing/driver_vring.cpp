@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 namespace vhost_vsock::testing {
 
@@ -261,6 +262,12 @@ bool DriverVring::device_wants_kick(uint16_t old_avail_idx) const {
 bool DriverVring::interrupt_expected(uint16_t old_used_idx, uint16_t new_used_idx) const {
   if (event_idx_) return need_event(load_acquire(used_event_ptr()), new_used_idx, old_used_idx);
   return (load_acquire(avail_flags_ptr()) & kAvailFlagNoInterrupt) == 0;
+}
+
+std::string DriverVring::describe() const {
+  return "split avail_idx=" + std::to_string(avail_idx_) + " device_used_idx=" + std::to_string(device_used_idx()) +
+         " last_used_idx=" + std::to_string(last_used_idx_) + " free_desc=" + std::to_string(free_count_) +
+         (event_idx_ ? " avail_event=" + std::to_string(avail_event()) : std::string());
 }
 
 }  // namespace vhost_vsock::testing

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "testing/guest_ram.h"
+#include "testing/guest_ring.h"
 
 namespace vhost_vsock::testing {
 
@@ -19,46 +20,42 @@ inline constexpr uint16_t kDescFlagIndirect = 4;
 inline constexpr uint16_t kAvailFlagNoInterrupt = 1;
 inline constexpr uint16_t kUsedFlagNoNotify = 1;
 
-class DriverVring {
+class DriverVring final : public GuestRing {
  public:
   // `size` must be a power of two in [1, 32768]. Rings are allocated in `ram`
   // (desc 16-byte, avail 2-byte, used 4-byte aligned) and start zeroed.
   DriverVring(GuestRam& ram, uint16_t size, bool event_idx);
 
-  [[nodiscard]] uint64_t desc_gpa() const { return desc_gpa_; }
+  [[nodiscard]] bool packed() const override { return false; }
+  [[nodiscard]] uint64_t desc_gpa() const override { return desc_gpa_; }
   [[nodiscard]] uint64_t avail_gpa() const { return avail_gpa_; }
   [[nodiscard]] uint64_t used_gpa() const { return used_gpa_; }
-  [[nodiscard]] uint16_t size() const { return size_; }
-  [[nodiscard]] bool event_idx() const { return event_idx_; }
-
-  struct Buffer {
-    uint64_t gpa;
-    uint32_t len;
-    bool device_writable;
-  };
-  struct UsedElement {
-    uint16_t id;
-    uint32_t len;
-  };
+  [[nodiscard]] uint64_t driver_area_gpa() const override { return avail_gpa_; }
+  [[nodiscard]] uint64_t device_area_gpa() const override { return used_gpa_; }
+  [[nodiscard]] uint32_t initial_vring_base() const override { return 0; }
+  [[nodiscard]] uint16_t size() const override { return size_; }
+  [[nodiscard]] bool event_idx() const override { return event_idx_; }
+  DriverVring* as_split() override { return this; }
 
   // Writes the chain into free descriptors and publishes its head; nullopt
   // (nothing published) if `buffers` is empty or too few descriptors are free.
-  std::optional<uint16_t> add_chain(std::span<const Buffer> buffers);
+  std::optional<uint16_t> add_chain(std::span<const Buffer> buffers) override;
   // Same, but through one INDIRECT descriptor pointing at a table in guest RAM.
-  std::optional<uint16_t> add_indirect_chain(std::span<const Buffer> buffers);
+  std::optional<uint16_t> add_indirect_chain(std::span<const Buffer> buffers) override;
   // Next used element in ring order, freeing its chain's descriptors; nullopt
   // when the device has published nothing new.
-  std::optional<UsedElement> pop_used();
-  [[nodiscard]] bool has_used() const;
-  [[nodiscard]] uint16_t free_descriptors() const { return free_count_; }
+  std::optional<UsedElement> pop_used() override;
+  [[nodiscard]] bool has_used() const override;
+  [[nodiscard]] uint16_t free_descriptors() const override { return free_count_; }
   [[nodiscard]] uint16_t in_flight() const { return static_cast<uint16_t>(size_ - free_count_); }
   // The Buffers a head was published with (valid until its used element pops).
   [[nodiscard]] std::span<const Buffer> chain_buffers(uint16_t head) const;
   // Used elements whose id was not an in-flight head (device bug), skipped.
-  [[nodiscard]] uint64_t bad_used_ids() const { return bad_used_ids_; }
+  [[nodiscard]] uint64_t bad_used_ids() const override { return bad_used_ids_; }
 
   // Driver's avail idx (next slot to publish) and the device's used idx.
   [[nodiscard]] uint16_t avail_idx() const { return avail_idx_; }
+  [[nodiscard]] uint16_t avail_position() const override { return avail_idx_; }
   [[nodiscard]] uint16_t device_used_idx() const;
   [[nodiscard]] uint16_t last_used_idx() const { return last_used_idx_; }
 
@@ -73,15 +70,16 @@ class DriverVring {
   // With EVENT_IDX, pop_used() moves used_event to the next entry (as Linux
   // does while callbacks are on) unless this is turned off or NO_INTERRUPT is set.
   void set_auto_used_event(bool on) { auto_used_event_ = on; }
-  void set_no_interrupt(bool on);  // VRING_AVAIL_F_NO_INTERRUPT
+  void set_no_interrupt(bool on) override;  // VRING_AVAIL_F_NO_INTERRUPT
   // Whether the device asked to be kicked for avail entries published since
   // `old_avail_idx` (used->flags NO_NOTIFY, or avail_event with EVENT_IDX).
-  [[nodiscard]] bool device_wants_kick(uint16_t old_avail_idx) const;
+  [[nodiscard]] bool device_wants_kick(uint16_t old_avail_idx) const override;
   // Whether the device should have interrupted us for used entries it
   // published from `old_used_idx` up to now (for checking the device's
   // notification suppression against our used_event / NO_INTERRUPT).
   [[nodiscard]] bool interrupt_expected(uint16_t old_used_idx, uint16_t new_used_idx) const;
   [[nodiscard]] uint16_t avail_event() const;  // device-written, EVENT_IDX only
+  [[nodiscard]] std::string describe() const override;
 
  private:
   struct Inflight {

@@ -241,14 +241,15 @@ void VhostUserFrontend::set_mem_table(GuestRam& ram) {
   send_no_reply(req::kSetMemTable, encode_mem_table(static_cast<uint32_t>(regions.size()), regions), fds);
 }
 
-void VhostUserFrontend::setup_vring(uint16_t index, GuestRam& ram, DriverVring& ring) {
+void VhostUserFrontend::setup_vring(uint16_t index, GuestRam& ram, GuestRing& ring) {
   if (index > 1) fail("queue index out of range");
   send_no_reply(req::kSetVringNum, encode_vring_state(index, ring.size()));
-  send_no_reply(req::kSetVringBase, encode_vring_state(index, 0));
-  // Front-end virtual addresses, as QEMU sends them.
+  send_no_reply(req::kSetVringBase, encode_vring_state(index, ring.initial_vring_base()));
+  // Front-end virtual addresses, as QEMU sends them (packed: the driver event
+  // area in the avail field, the device event area in the used field).
   send_no_reply(req::kSetVringAddr, encode_vring_addr(index, reinterpret_cast<uint64_t>(ram.host(ring.desc_gpa())),
-                                                      reinterpret_cast<uint64_t>(ram.host(ring.used_gpa())),
-                                                      reinterpret_cast<uint64_t>(ram.host(ring.avail_gpa()))));
+                                                      reinterpret_cast<uint64_t>(ram.host(ring.device_area_gpa())),
+                                                      reinterpret_cast<uint64_t>(ram.host(ring.driver_area_gpa()))));
 
   kick_fds_[index].reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   call_fds_[index].reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -264,19 +265,21 @@ void VhostUserFrontend::set_vring_enable(uint16_t index, bool enable) {
   send_no_reply(req::kSetVringEnable, encode_vring_state(index, enable ? 1 : 0));
 }
 
-uint16_t VhostUserFrontend::get_vring_base(uint16_t index) {
+uint32_t VhostUserFrontend::get_vring_base(uint16_t index) {
   auto reply = call(req::kGetVringBase, encode_vring_state(index, 0), 8);
   if (get<uint32_t>(reply.payload, 0) != index) fail("GET_VRING_BASE reply names another queue");
-  return static_cast<uint16_t>(get<uint32_t>(reply.payload, 4));
+  return get<uint32_t>(reply.payload, 4);
 }
 
-uint64_t VhostUserFrontend::start(GuestRam& ram, DriverVring& rx, DriverVring& tx) {
+uint64_t VhostUserFrontend::start(GuestRam& ram, GuestRing& rx, GuestRing& tx) {
   const uint64_t offered = get_features();
   if (!(offered & kVirtioFeatureVersion1)) fail("backend does not offer VIRTIO_F_VERSION_1");
   if (!(offered & kVhostUserFeatureProtocolFeatures)) fail("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES");
   if (rx.event_idx() != options_.event_idx || tx.event_idx() != options_.event_idx) {
-    fail("DriverVring event_idx does not match FrontendOptions::event_idx");
+    fail("ring event_idx does not match FrontendOptions::event_idx");
   }
+  if (rx.packed() != tx.packed()) fail("rx and tx rings have different layouts");
+  if (rx.packed() && !(offered & kVirtioFeatureRingPacked)) fail("backend does not offer VIRTIO_F_RING_PACKED");
   if (options_.event_idx && !(offered & kVirtioFeatureEventIdx)) fail("backend does not offer EVENT_IDX");
   if (options_.indirect_desc && !(offered & kVirtioFeatureIndirectDesc)) fail("backend does not offer INDIRECT_DESC");
 
@@ -293,6 +296,7 @@ uint64_t VhostUserFrontend::start(GuestRam& ram, DriverVring& rx, DriverVring& t
   uint64_t features = kVirtioFeatureVersion1 | kVhostUserFeatureProtocolFeatures | (offered & kVsockFeatureStream);
   if (options_.event_idx) features |= kVirtioFeatureEventIdx;
   if (options_.indirect_desc) features |= kVirtioFeatureIndirectDesc;
+  if (rx.packed()) features |= kVirtioFeatureRingPacked;
   set_features(features);
   set_mem_table(ram);
   setup_vring(0, ram, rx);

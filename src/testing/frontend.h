@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "base/unique_fd.h"
-#include "testing/driver_vring.h"
 #include "testing/guest_ram.h"
+#include "testing/guest_ring.h"
 
 namespace vhost_vsock::testing {
 
@@ -51,6 +51,7 @@ inline constexpr uint64_t kProtocolFeatureConfig = 1ULL << 9;
 inline constexpr uint64_t kVirtioFeatureIndirectDesc = 1ULL << 28;
 inline constexpr uint64_t kVirtioFeatureEventIdx = 1ULL << 29;
 inline constexpr uint64_t kVirtioFeatureVersion1 = 1ULL << 32;
+inline constexpr uint64_t kVirtioFeatureRingPacked = 1ULL << 34;
 inline constexpr uint64_t kVsockFeatureStream = 1ULL << 0;
 // SET_VRING_KICK/CALL/ERR payload bit: no fd attached (polling mode).
 inline constexpr uint64_t kVringNoFdFlag = 1ULL << 8;
@@ -87,8 +88,9 @@ class VhostUserFrontend {
   // Everything QEMU does before the guest driver runs: features, protocol
   // features, owner, queue count, config (guest_cid), memory table, then each
   // ring (rx = queue 0, tx = queue 1) configured, given eventfds and enabled.
-  // Returns the guest CID from the config space.
-  uint64_t start(GuestRam& ram, DriverVring& rx, DriverVring& tx);
+  // Both rings must have the same layout; a packed one negotiates
+  // VIRTIO_F_RING_PACKED. Returns the guest CID from the config space.
+  uint64_t start(GuestRam& ram, GuestRing& rx, GuestRing& tx);
 
   // The individual steps.
   uint64_t get_features();
@@ -100,10 +102,13 @@ class VhostUserFrontend {
   std::vector<uint8_t> get_config(uint32_t offset, uint32_t size);
   uint64_t read_guest_cid();
   void set_mem_table(GuestRam& ram);
-  void setup_vring(uint16_t index, GuestRam& ram, DriverVring& ring);
+  // SET_VRING_NUM, SET_VRING_BASE (the layout's fresh state), SET_VRING_ADDR
+  // (the layout's three areas), kick and call eventfds.
+  void setup_vring(uint16_t index, GuestRam& ram, GuestRing& ring);
   void set_vring_enable(uint16_t index, bool enable);
-  // Stops a ring; returns the device's next avail index.
-  uint16_t get_vring_base(uint16_t index);
+  // Stops a ring; returns the device's next avail index (packed: the whole
+  // state, avail and used positions with their wrap counters).
+  uint32_t get_vring_base(uint16_t index);
 
   // Guest-side notifications.
   void kick(uint16_t index);

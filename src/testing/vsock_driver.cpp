@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "testing/guest_header.h"
+#include "testing/packed_driver_vring.h"
 #include "testing/vsock_driver_impl.h"
 
 namespace vhost_vsock::testing {
@@ -39,7 +40,7 @@ uint16_t descriptors_per_packet(BufferLayout layout, bool indirect) {
 }
 
 // Splits [gpa, gpa+len) into up to three non-empty pieces.
-void append_in_pieces(std::vector<DriverVring::Buffer>& out, uint64_t gpa, uint32_t len, bool writable) {
+void append_in_pieces(std::vector<GuestRing::Buffer>& out, uint64_t gpa, uint32_t len, bool writable) {
   const uint32_t a = len / 3;
   const uint32_t b = len / 3;
   const uint32_t pieces[3] = {a, b, len - a - b};
@@ -51,7 +52,7 @@ void append_in_pieces(std::vector<DriverVring::Buffer>& out, uint64_t gpa, uint3
 }
 
 void packet_buffers(BufferLayout layout, uint64_t base, uint32_t payload_len, bool writable,
-                    std::vector<DriverVring::Buffer>& out) {
+                    std::vector<GuestRing::Buffer>& out) {
   out.clear();
   const auto header = static_cast<uint32_t>(vsock::kHeaderSize);
   switch (layout) {
@@ -91,8 +92,13 @@ GuestVsockDriver::GuestVsockDriver(const std::string& vhost_socket, GuestOptions
   }
   s.ram = std::make_unique<GuestRam>(ram_size);
   // Rings first, so that a split memory table keeps them inside region 0.
-  s.rx_ring = std::make_unique<DriverVring>(*s.ram, options_.queue_size, options_.event_idx);
-  s.tx_ring = std::make_unique<DriverVring>(*s.ram, options_.queue_size, options_.event_idx);
+  auto make_ring = [&]() -> std::unique_ptr<GuestRing> {
+    if (options_.packed_ring)
+      return std::make_unique<PackedDriverVring>(*s.ram, options_.queue_size, options_.event_idx);
+    return std::make_unique<DriverVring>(*s.ram, options_.queue_size, options_.event_idx);
+  };
+  s.rx_ring = make_ring();
+  s.tx_ring = make_ring();
   s.setup_buffers();
   s.wake_fd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!s.wake_fd) throw std::runtime_error("eventfd failed");
@@ -229,8 +235,8 @@ void GuestVsockDriver::Impl::process_used() {
 }
 
 void GuestVsockDriver::Impl::refill_rx() {
-  const uint16_t old_idx = rx_ring->avail_idx();
-  std::vector<DriverVring::Buffer> buffers;
+  const uint16_t old_idx = rx_ring->avail_position();
+  std::vector<GuestRing::Buffer> buffers;
   bool added = false;
   while (!free_rx_slots.empty()) {
     const uint32_t slot = free_rx_slots.back();
@@ -293,9 +299,9 @@ bool GuestVsockDriver::Impl::publish_tx(const vsock::PacketHeader& header, std::
   uint8_t* host = ram->host(base, vsock::kHeaderSize + payload.size());
   vsock::encode_header(header, std::span<uint8_t, vsock::kHeaderSize>(host, vsock::kHeaderSize));
   if (!payload.empty()) std::memcpy(host + vsock::kHeaderSize, payload.data(), payload.size());
-  std::vector<DriverVring::Buffer> buffers;
+  std::vector<GuestRing::Buffer> buffers;
   packet_buffers(options.tx_layout, base, static_cast<uint32_t>(payload.size()), false, buffers);
-  const uint16_t old_idx = tx_ring->avail_idx();
+  const uint16_t old_idx = tx_ring->avail_position();
   const auto head = options.indirect ? tx_ring->add_indirect_chain(buffers) : tx_ring->add_chain(buffers);
   if (!head) return false;
   free_tx_slots.pop_back();
@@ -385,7 +391,7 @@ void GuestVsockDriver::set_rx_paused(bool paused) {
   impl_->wake_io_thread();
 }
 
-void GuestVsockDriver::with_rings(const std::function<void(GuestRam&, DriverVring&, DriverVring&)>& fn) {
+void GuestVsockDriver::with_rings(const std::function<void(GuestRam&, GuestRing&, GuestRing&)>& fn) {
   std::lock_guard lock(impl_->mu);
   fn(*impl_->ram, *impl_->rx_ring, *impl_->tx_ring);
 }
@@ -413,15 +419,8 @@ std::string GuestVsockDriver::debug_state() const {
   std::lock_guard lock(impl_->mu);
   const Impl& s = *impl_;
   std::string out;
-  auto ring = [&](const char* name, const DriverVring& r) {
-    out += std::string(name) + ": avail_idx=" + std::to_string(r.avail_idx()) +
-           " device_used_idx=" + std::to_string(r.device_used_idx()) +
-           " last_used_idx=" + std::to_string(r.last_used_idx()) +
-           " free_desc=" + std::to_string(r.free_descriptors()) +
-           (r.event_idx() ? " avail_event=" + std::to_string(r.avail_event()) : std::string()) + "\n";
-  };
-  ring("rx", *s.rx_ring);
-  ring("tx", *s.tx_ring);
+  out += "rx: " + s.rx_ring->describe() + "\n";
+  out += "tx: " + s.tx_ring->describe() + "\n";
   out += "free rx slots=" + std::to_string(s.free_rx_slots.size()) +
          " free tx slots=" + std::to_string(s.free_tx_slots.size()) +
          " pending control=" + std::to_string(s.pending.size()) + " rx_paused=" + std::to_string(s.rx_paused) +

@@ -1,5 +1,6 @@
 // A small virtio-vsock guest stack (modelled on Linux's
-// vmw_vsock_virtio_transport) over a VhostUserFrontend and two DriverVrings:
+// vmw_vsock_virtio_transport) over a VhostUserFrontend and two GuestRings
+// (split DriverVrings, or PackedDriverVrings with GuestOptions::packed_ring):
 // it keeps the RX queue stocked, sends TX packets, and runs stream sockets
 // with exact credit accounting in both directions. Whatever the device does
 // wrong (bad addresses, credit overruns, malformed used entries) is recorded
@@ -24,6 +25,8 @@
 #include "testing/driver_vring.h"
 #include "testing/frontend.h"
 #include "testing/guest_ram.h"
+#include "testing/guest_ring.h"
+#include "testing/packed_driver_vring.h"
 #include "vsock/packet/header.h"
 
 namespace vhost_vsock::testing {
@@ -39,6 +42,7 @@ enum class BufferLayout {
 
 struct GuestOptions {
   uint16_t queue_size = 256;
+  bool packed_ring = false;  // VIRTIO_F_RING_PACKED (as QEMU's packed=on), else split rings
   bool event_idx = true;
   bool indirect = false;  // publish every chain through one INDIRECT descriptor
   BufferLayout rx_layout = BufferLayout::kSplit;
@@ -174,7 +178,8 @@ class GuestVsockDriver {
   // Slow guest: stop taking used RX buffers (the device runs out of them).
   void set_rx_paused(bool paused);
   // Raw ring access while the I/O thread is held off (for hostile tests).
-  void with_rings(const std::function<void(GuestRam&, DriverVring& rx, DriverVring& tx)>& fn);
+  // as_split() / as_packed() give the layout's raw writers.
+  void with_rings(const std::function<void(GuestRam&, GuestRing& rx, GuestRing& tx)>& fn);
   void kick(uint16_t queue_index);
 
   // Closes the vhost-user socket and stops the I/O thread; every stream

@@ -82,8 +82,8 @@ struct GuestVsockDriver::Impl {
   const GuestOptions& options;
   uint64_t guest_cid = 0;
   std::unique_ptr<GuestRam> ram;
-  std::unique_ptr<DriverVring> rx_ring;
-  std::unique_ptr<DriverVring> tx_ring;
+  std::unique_ptr<GuestRing> rx_ring;
+  std::unique_ptr<GuestRing> tx_ring;
   VhostUserFrontend* frontend = nullptr;
 
   mutable std::mutex mu;

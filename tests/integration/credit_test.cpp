@@ -11,7 +11,7 @@ namespace {
 
 constexpr size_t kTransfer = 4 << 20;
 
-class CreditTest : public DaemonTest {};
+class CreditTest : public RingDaemonTest {};
 
 std::vector<uint8_t> pattern(size_t n, uint64_t seed) {
   std::vector<uint8_t> data(n);
@@ -19,7 +19,7 @@ std::vector<uint8_t> pattern(size_t n, uint64_t seed) {
   return data;
 }
 
-TEST_F(CreditTest, SlowGuestReaderStallsHostWriterWithoutLoss) {
+TEST_P(CreditTest, SlowGuestReaderStallsHostWriterWithoutLoss) {
   GuestOptions g;
   g.buf_alloc = 256 * 1024;
   start({}, g);
@@ -48,7 +48,7 @@ TEST_F(CreditTest, SlowGuestReaderStallsHostWriterWithoutLoss) {
   EXPECT_GT(guest().stats().credit_updates_sent, 0u);
 }
 
-TEST_F(CreditTest, SlowHostReaderStallsGuestWriterWithoutLoss) {
+TEST_P(CreditTest, SlowHostReaderStallsGuestWriterWithoutLoss) {
   start();
   HostListener listener(daemon().uds_port_path(3001));
   auto c = guest_connects(listener, 3001);
@@ -82,7 +82,7 @@ TEST_F(CreditTest, SlowHostReaderStallsGuestWriterWithoutLoss) {
   EXPECT_TRUE(received == data) << "payload corrupted or reordered";
 }
 
-TEST_F(CreditTest, SmallGuestBufAllocIsHonoured) {
+TEST_P(CreditTest, SmallGuestBufAllocIsHonoured) {
   GuestOptions g;
   g.buf_alloc = 8 * 1024;  // smaller than one 64 KiB packet: the device must split
   start({}, g);
@@ -106,7 +106,7 @@ TEST_F(CreditTest, SmallGuestBufAllocIsHonoured) {
   EXPECT_TRUE(received == data);
 }
 
-TEST_F(CreditTest, PausedRxQueueDelaysButLosesNothing) {
+TEST_P(CreditTest, PausedRxQueueDelaysButLosesNothing) {
   start();
   guest().listen(3003);
   auto c = host_connects(3003);
@@ -133,7 +133,7 @@ namespace {
 // refills it: the device must have asked for a kick (avail_event with
 // EVENT_IDX, or no NO_NOTIFY flag) so that it notices the new buffers, with
 // no other traffic to wake it.
-TEST_F(CreditTest, DeviceNoticesRxRefillAfterRingRanDry) {
+TEST_P(CreditTest, DeviceNoticesRxRefillAfterRingRanDry) {
   for (bool event_idx : {true, false}) {
     SCOPED_TRACE(event_idx ? "EVENT_IDX" : "no EVENT_IDX");
     GuestOptions g;
@@ -155,6 +155,8 @@ TEST_F(CreditTest, DeviceNoticesRxRefillAfterRingRanDry) {
     TearDown();  // next round gets a fresh daemon and guest
   }
 }
+
+VUV_FOR_EACH_RING_LAYOUT(CreditTest);
 
 }  // namespace
 }  // namespace vhost_vsock::integration

@@ -14,14 +14,21 @@ size_t receive_fully(Stream& stream, std::span<uint8_t> out, Millis wait_per_rea
   return got;
 }
 
+std::string ring_layout_name(const ::testing::TestParamInfo<RingLayout>& info) {
+  return info.param == RingLayout::kPacked ? "packed" : "split";
+}
+
 void DaemonTest::start_daemon(DaemonOptions options) {
   options.guest_cid = kGuestCid;
   daemon_ = std::make_unique<DaemonProcess>(std::move(options));
 }
 
 GuestVsockDriver& DaemonTest::start_guest(GuestOptions options) {
+  if (ring_layout_ == RingLayout::kPacked) options.packed_ring = true;
   guest_ = std::make_unique<GuestVsockDriver>(daemon_->socket_path(), options);
   EXPECT_EQ(guest_->guest_cid(), kGuestCid) << "GET_CONFIG guest_cid";
+  EXPECT_EQ((guest_->frontend().acked_features() & testing::kVirtioFeatureRingPacked) != 0, options.packed_ring)
+      << "VIRTIO_F_RING_PACKED negotiated as the test's ring layout asks";
   return *guest_;
 }
 

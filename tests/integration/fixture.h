@@ -24,6 +24,11 @@ using testing::StreamState;
 
 inline constexpr uint64_t kGuestCid = 3;
 
+// The virtqueue layout the simulated guest drives (GuestOptions::packed_ring).
+enum class RingLayout { kSplit, kPacked };
+// "split" / "packed": the parameter part of a test's name.
+std::string ring_layout_name(const ::testing::TestParamInfo<RingLayout>& info);
+
 // Reads from `stream` until `out` is full, or until one wait for data lasts
 // `wait_per_read` (or EOF / reset). The number of bytes read.
 size_t receive_fully(Stream& stream, std::span<uint8_t> out, Millis wait_per_read);
@@ -56,6 +61,18 @@ class DaemonTest : public ::testing::Test {
   std::unique_ptr<DaemonProcess> daemon_;
   std::unique_ptr<GuestVsockDriver> guest_;
   bool expect_no_violations_ = true;
+  RingLayout ring_layout_ = RingLayout::kSplit;  // every start_guest() uses it
 };
+
+// A DaemonTest run once per ring layout: write TEST_P and instantiate the
+// suite with VUV_FOR_EACH_RING_LAYOUT(Suite); names end in /split or /packed.
+class RingDaemonTest : public DaemonTest, public ::testing::WithParamInterface<RingLayout> {
+ protected:
+  void SetUp() override { ring_layout_ = GetParam(); }
+  [[nodiscard]] bool packed() const { return ring_layout_ == RingLayout::kPacked; }
+};
+
+#define VUV_FOR_EACH_RING_LAYOUT(suite) \
+  INSTANTIATE_TEST_SUITE_P(Ring, suite, ::testing::Values(RingLayout::kSplit, RingLayout::kPacked), ring_layout_name)
 
 }  // namespace vhost_vsock::integration

@@ -1,6 +1,7 @@
 // Front-end lifecycle (disconnect, reconnect) and the ring/buffer layouts a
 // guest may use.
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "fixture.h"
@@ -8,9 +9,9 @@
 namespace vhost_vsock::integration {
 namespace {
 
-class LifecycleTest : public DaemonTest {};
+class LifecycleTest : public RingDaemonTest {};
 
-TEST_F(LifecycleTest, FrontendDisconnectClosesHostSocketsAndReconnectWorks) {
+TEST_P(LifecycleTest, FrontendDisconnectClosesHostSocketsAndReconnectWorks) {
   start();
   HostListener listener(daemon().uds_port_path(7000));
   guest().listen(7001);
@@ -52,7 +53,7 @@ TEST_F(LifecycleTest, FrontendDisconnectClosesHostSocketsAndReconnectWorks) {
   EXPECT_EQ(h2g.guest.recv_exactly(10), "host again");
 }
 
-TEST_F(LifecycleTest, RepeatedReconnectsStayHealthy) {
+TEST_P(LifecycleTest, RepeatedReconnectsStayHealthy) {
   start_daemon();
   HostListener listener(daemon().uds_port_path(7100));
   for (int round = 0; round < 5; ++round) {
@@ -78,10 +79,14 @@ GuestOptions with(void (*tweak)(GuestOptions&)) {
   return o;
 }
 
-class LayoutTest : public DaemonTest, public ::testing::WithParamInterface<LayoutCase> {};
+// Each buffer layout over each ring layout.
+class LayoutTest : public DaemonTest, public ::testing::WithParamInterface<std::tuple<RingLayout, LayoutCase>> {
+ protected:
+  void SetUp() override { ring_layout_ = std::get<0>(GetParam()); }
+};
 
 TEST_P(LayoutTest, EchoBothWays) {
-  start({}, GetParam().options);
+  start({}, std::get<1>(GetParam()).options);
   HostListener listener(daemon().uds_port_path(8000));
   auto c = guest_connects(listener, 8000);
   ASSERT_TRUE(c.host.valid() && c.guest.established());
@@ -112,28 +117,37 @@ TEST_P(LayoutTest, EchoBothWays) {
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, LayoutTest,
-    ::testing::Values(LayoutCase{"default_split", GuestOptions{}},
-                      LayoutCase{"merged", with([](GuestOptions& o) {
-                                   o.rx_layout = testing::BufferLayout::kMerged;
-                                   o.tx_layout = testing::BufferLayout::kMerged;
-                                 })},
-                      LayoutCase{"fragmented", with([](GuestOptions& o) {
-                                   o.rx_layout = testing::BufferLayout::kFragmented;
-                                   o.tx_layout = testing::BufferLayout::kFragmented;
-                                 })},
-                      LayoutCase{"indirect", with([](GuestOptions& o) { o.indirect = true; })},
-                      LayoutCase{"indirect_fragmented", with([](GuestOptions& o) {
-                                   o.indirect = true;
-                                   o.rx_layout = testing::BufferLayout::kFragmented;
-                                   o.tx_layout = testing::BufferLayout::kFragmented;
-                                 })},
-                      LayoutCase{"no_event_idx", with([](GuestOptions& o) { o.event_idx = false; })},
-                      LayoutCase{"split_memory_regions", with([](GuestOptions& o) { o.split_memory_regions = true; })},
-                      LayoutCase{"small_rx_buffers", with([](GuestOptions& o) { o.rx_buffer_size = 512; })},
-                      LayoutCase{"large_rx_buffers", with([](GuestOptions& o) { o.rx_buffer_size = 64 * 1024; })},
-                      LayoutCase{"small_tx_packets", with([](GuestOptions& o) { o.tx_max_payload = 1000; })},
-                      LayoutCase{"tiny_queue", with([](GuestOptions& o) { o.queue_size = 8; })}),
-    [](const ::testing::TestParamInfo<LayoutCase>& info) { return std::string(info.param.name); });
+    ::testing::Combine(
+        ::testing::Values(RingLayout::kSplit, RingLayout::kPacked),
+        ::testing::Values(LayoutCase{"default", GuestOptions{}}, LayoutCase{"merged", with([](GuestOptions& o) {
+                                                                              o.rx_layout =
+                                                                                  testing::BufferLayout::kMerged;
+                                                                              o.tx_layout =
+                                                                                  testing::BufferLayout::kMerged;
+                                                                            })},
+                          LayoutCase{"fragmented", with([](GuestOptions& o) {
+                                       o.rx_layout = testing::BufferLayout::kFragmented;
+                                       o.tx_layout = testing::BufferLayout::kFragmented;
+                                     })},
+                          LayoutCase{"indirect", with([](GuestOptions& o) { o.indirect = true; })},
+                          LayoutCase{"indirect_fragmented", with([](GuestOptions& o) {
+                                       o.indirect = true;
+                                       o.rx_layout = testing::BufferLayout::kFragmented;
+                                       o.tx_layout = testing::BufferLayout::kFragmented;
+                                     })},
+                          LayoutCase{"no_event_idx", with([](GuestOptions& o) { o.event_idx = false; })},
+                          LayoutCase{"split_memory_regions",
+                                     with([](GuestOptions& o) { o.split_memory_regions = true; })},
+                          LayoutCase{"small_rx_buffers", with([](GuestOptions& o) { o.rx_buffer_size = 512; })},
+                          LayoutCase{"large_rx_buffers", with([](GuestOptions& o) { o.rx_buffer_size = 64 * 1024; })},
+                          LayoutCase{"small_tx_packets", with([](GuestOptions& o) { o.tx_max_payload = 1000; })},
+                          LayoutCase{"tiny_queue", with([](GuestOptions& o) { o.queue_size = 8; })})),
+    [](const ::testing::TestParamInfo<std::tuple<RingLayout, LayoutCase>>& info) {
+      return std::string(std::get<1>(info.param).name) +
+             (std::get<0>(info.param) == RingLayout::kPacked ? "_packed" : "_split");
+    });
+
+VUV_FOR_EACH_RING_LAYOUT(LifecycleTest);
 
 }  // namespace
 }  // namespace vhost_vsock::integration

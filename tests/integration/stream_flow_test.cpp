@@ -10,9 +10,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-class StreamFlowTest : public DaemonTest {};
+class StreamFlowTest : public RingDaemonTest {};
 
-TEST_F(StreamFlowTest, GuestConnectsToHostListener) {
+TEST_P(StreamFlowTest, GuestConnectsToHostListener) {
   start();
   HostListener listener(daemon().uds_port_path(1234));
   auto c = guest_connects(listener, 1234);
@@ -30,7 +30,7 @@ TEST_F(StreamFlowTest, GuestConnectsToHostListener) {
   EXPECT_GT(c.guest.peer_buf_alloc(), 0u);
 }
 
-TEST_F(StreamFlowTest, HostConnectsToGuestListener) {
+TEST_P(StreamFlowTest, HostConnectsToGuestListener) {
   start();
   guest().listen(1234);
   UniqueFd host = unix_connect(daemon().uds_path());
@@ -54,7 +54,7 @@ TEST_F(StreamFlowTest, HostConnectsToGuestListener) {
   EXPECT_EQ(read_exactly(host.get(), 16, Millis(5000)), "pong from guest\n");
 }
 
-TEST_F(StreamFlowTest, HostPortsAreDistinctAcrossConnections) {
+TEST_P(StreamFlowTest, HostPortsAreDistinctAcrossConnections) {
   start();
   guest().listen(77);
   uint64_t first = 0;
@@ -71,7 +71,7 @@ TEST_F(StreamFlowTest, HostPortsAreDistinctAcrossConnections) {
   EXPECT_EQ(b.guest.recv_exactly(4, Millis(5000)), "to-b");
 }
 
-TEST_F(StreamFlowTest, GuestHalfCloseKeepsHostToGuestDirection) {
+TEST_P(StreamFlowTest, GuestHalfCloseKeepsHostToGuestDirection) {
   start();
   HostListener listener(daemon().uds_port_path(2000));
   auto c = guest_connects(listener, 2000);
@@ -91,7 +91,7 @@ TEST_F(StreamFlowTest, GuestHalfCloseKeepsHostToGuestDirection) {
   EXPECT_TRUE(c.guest.eof());
 }
 
-TEST_F(StreamFlowTest, HostHalfCloseKeepsGuestToHostDirection) {
+TEST_P(StreamFlowTest, HostHalfCloseKeepsGuestToHostDirection) {
   start();
   guest().listen(2001);
   auto c = host_connects(2001);
@@ -110,7 +110,7 @@ TEST_F(StreamFlowTest, HostHalfCloseKeepsGuestToHostDirection) {
   EXPECT_TRUE(c.guest.wait_closed(Millis(5000)));
 }
 
-TEST_F(StreamFlowTest, GuestResetClosesHostSocket) {
+TEST_P(StreamFlowTest, GuestResetClosesHostSocket) {
   start();
   HostListener listener(daemon().uds_port_path(2002));
   auto c = guest_connects(listener, 2002);
@@ -127,7 +127,7 @@ TEST_F(StreamFlowTest, GuestResetClosesHostSocket) {
   EXPECT_EQ(guest().stats().resets_received, 0u);
 }
 
-TEST_F(StreamFlowTest, HostCloseSendsShutdownThenGuestReset) {
+TEST_P(StreamFlowTest, HostCloseSendsShutdownThenGuestReset) {
   start({}, [] {
     GuestOptions o;
     o.capture_packets = true;
@@ -156,7 +156,7 @@ TEST_F(StreamFlowTest, HostCloseSendsShutdownThenGuestReset) {
   EXPECT_EQ(read_exactly(again.host.get(), 5, Millis(5000)), "again");
 }
 
-TEST_F(StreamFlowTest, DeviceResetsGuestThatNeverClosesAfterShutdown) {
+TEST_P(StreamFlowTest, DeviceResetsGuestThatNeverClosesAfterShutdown) {
   DaemonOptions d;
   d.extra_args = {"--shutdown-timeout", "300"};
   GuestOptions g;
@@ -172,7 +172,7 @@ TEST_F(StreamFlowTest, DeviceResetsGuestThatNeverClosesAfterShutdown) {
   EXPECT_LT(Clock::now() - start_time, Millis(3000));
 }
 
-TEST_F(StreamFlowTest, GuestCloseEndsHostSocketAfterData) {
+TEST_P(StreamFlowTest, GuestCloseEndsHostSocketAfterData) {
   start();
   guest().listen(2005);
   auto c = host_connects(2005);
@@ -185,6 +185,8 @@ TEST_F(StreamFlowTest, GuestCloseEndsHostSocketAfterData) {
   EXPECT_EQ(read_until_eof(c.host.get(), Millis(5000)), payload);
   EXPECT_TRUE(c.guest.wait_closed(Millis(5000)));
 }
+
+VUV_FOR_EACH_RING_LAYOUT(StreamFlowTest);
 
 }  // namespace
 }  // namespace vhost_vsock::integration
