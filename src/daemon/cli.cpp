@@ -115,7 +115,8 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                        ->type_name("MS");
   // One value per occurrence, so --vm can repeat like in vhost-device-vsock.
   o.vm = app.add_option("--vm", raw.vm_specs, kVmHelp)->allow_extra_args(false)->type_name("KEY=VALUE,...");
-  o.config = app.add_option("--config", raw.config_file, "YAML file with a 'vms' list (see docs/configuration.md)")
+  o.config = app.add_option("--config", raw.config_file,
+                            "YAML file with a 'vms' list (see docs/configuration.md); SIGHUP re-reads it")
                  ->type_name("FILE");
   app.add_option("--log-level", raw.log_level, "trace, debug, info, warn or error (default info)")->type_name("LEVEL");
   o.max_connections =
@@ -254,6 +255,14 @@ bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, Confi
   return ok;
 }
 
+// --config: the VMs, and what a SIGHUP reload needs to read the file again.
+void load_config_file_form(const std::string& path, DaemonConfig* config, ConfigErrors* errors,
+                           std::optional<std::string>* yaml_metrics) {
+  load_yaml_config_file(path, &config->vms, errors, yaml_metrics);
+  config->config_file = path;
+  config->sandbox.config_reload = true;
+}
+
 // --metrics wins over the YAML key.
 void parse_metrics(const Options& o, const RawFlags& raw, const std::optional<std::string>& from_yaml,
                    DaemonConfig* config, ConfigErrors* errors) {
@@ -264,6 +273,7 @@ void parse_metrics(const Options& o, const RawFlags& raw, const std::optional<st
   if (parse_metrics_address(from_flag ? raw.metrics : *from_yaml, raw.metrics_allow_remote,
                             from_flag ? "--metrics" : "metrics", &address, errors)) {
     config->metrics.address = std::move(address);
+    config->metrics.set_by_flag = from_flag;
     config->sandbox.metrics_server = true;
   }
 }
@@ -364,7 +374,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     }
   }
   std::optional<std::string> yaml_metrics;
-  if (config_form) load_yaml_config_file(raw.config_file, &config.vms, &errors, &yaml_metrics);
+  if (config_form) load_config_file_form(raw.config_file, &config, &errors, &yaml_metrics);
   parse_metrics(o, raw, yaml_metrics, &config, &errors);
   // Range and filesystem checks only make sense on fully parsed VMs.
   if (errors.empty()) validate_config(config, &errors);

@@ -84,6 +84,7 @@ struct SandboxOptions {
   uint32_t uid = 0;  // resolved from `user` when it is set
   uint32_t gid = 0;
   bool metrics_server = false;  // --metrics is on: the filter allows its HTTP server's syscalls
+  bool config_reload = false;   // --config is on: the filter allows what a SIGHUP reload needs
   [[nodiscard]] bool enabled() const { return seccomp != SeccompMode::kOff || !user.empty(); }
 };
 
@@ -91,6 +92,7 @@ struct SandboxOptions {
 struct MetricsOptions {
   std::optional<metrics::ListenAddress> address;
   bool allow_remote = false;  // --metrics-allow-remote: a non-loopback address is accepted
+  bool set_by_flag = false;   // from --metrics (the YAML key is then ignored, also on reload)
 };
 
 struct DaemonConfig {
@@ -98,6 +100,7 @@ struct DaemonConfig {
   RuntimeOptions runtime;
   SandboxOptions sandbox;
   MetricsOptions metrics;
+  std::string config_file;  // --config FILE, re-read on SIGHUP; empty for the other forms
 };
 
 struct ConfigError {

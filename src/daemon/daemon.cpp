@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,8 +24,10 @@
 #include "base/errno_text.h"
 #include "base/unique_fd.h"
 #include "daemon/cli.h"
+#include "daemon/config_reload.h"
 #include "daemon/metrics_endpoint.h"
 #include "daemon/sandbox.h"
+#include "daemon/served_vms.h"
 #include "daemon/systemd_notify.h"
 #include "daemon/vm_worker.h"
 
@@ -35,16 +38,18 @@ namespace {
 // and call eventfds, memory regions, epoll.
 constexpr uint64_t kFdsPerVmOverhead = 64;
 
-sigset_t shutdown_signals() {
+// SIGINT/SIGTERM stop the daemon, SIGHUP reloads --config.
+sigset_t handled_signals() {
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGHUP);
   return mask;
 }
 
 base::UniqueFd setup_signals() {
-  const sigset_t mask = shutdown_signals();
+  const sigset_t mask = handled_signals();
   if (int rc = ::pthread_sigmask(SIG_BLOCK, &mask, nullptr); rc != 0) {
     throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
   }
@@ -61,8 +66,11 @@ base::UniqueFd setup_signals() {
 // Each host connection holds a descriptor: lift the soft limit to the hard
 // one; if even that cannot cover --max-connections for every VM, lower the
 // cap to an equal share per VM and say so.
-RuntimeOptions fit_open_file_limit(const DaemonConfig& config) {
+// `open_file_limit` gets the limit in force (0: none), which later reloads
+// share between their VMs the same way.
+RuntimeOptions fit_open_file_limit(const DaemonConfig& config, uint64_t* open_file_limit) {
   RuntimeOptions runtime = config.runtime;
+  *open_file_limit = 0;
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return runtime;
   if (limit.rlim_cur < limit.rlim_max) {
@@ -71,6 +79,7 @@ RuntimeOptions fit_open_file_limit(const DaemonConfig& config) {
     if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
   }
   if (limit.rlim_cur == RLIM_INFINITY) return runtime;
+  *open_file_limit = limit.rlim_cur;
   runtime.max_connections = connection_cap_for_open_files(limit.rlim_cur, config.vms.size(), runtime.max_connections);
   if (runtime.max_connections < config.runtime.max_connections) {
     spdlog::warn(
@@ -93,13 +102,35 @@ void notify_failure(int fd) {
 class SocketFileWatch {
  public:
   explicit SocketFileWatch(const std::vector<std::unique_ptr<VmWorker>>& workers) {
+    for (const auto& worker : workers) add_worker(*worker);
+  }
+
+  void add_worker(const VmWorker& worker) {
+    const VmConfig& vm = worker.config();
+    add(vm.guest_cid, "vhost-user socket", "front-ends (QEMU)", vm.socket_path);
+    add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);
+    // Only when our listener is open: the path may hold someone else's file.
+    const std::string seqpacket = worker.seqpacket_uds_path();
+    if (!seqpacket.empty()) add(vm.guest_cid, "seqpacket uds-path", "SOCK_SEQPACKET host programs", seqpacket);
+  }
+
+  // After a reload: drops the files of VMs no longer served (or restarted)
+  // and watches those of the VMs started since; unchanged VMs keep their state.
+  void follow(const std::vector<std::unique_ptr<VmWorker>>& workers, const VmSetChange& change) {
+    auto gone = [&change](uint64_t cid) {
+      for (const VmConfig& vm : change.removed) {
+        if (vm.guest_cid == cid) return true;
+      }
+      for (const auto& changed : change.changed) {
+        if (changed.before.guest_cid == cid) return true;
+      }
+      return false;
+    };
+    std::erase_if(files_, [&gone](const File& file) { return gone(file.cid); });
     for (const auto& worker : workers) {
-      const VmConfig& vm = worker->config();
-      add(vm.guest_cid, "vhost-user socket", "front-ends (QEMU)", vm.socket_path);
-      add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);
-      // Only when our listener is open: the path may hold someone else's file.
-      const std::string seqpacket = worker->seqpacket_uds_path();
-      if (!seqpacket.empty()) add(vm.guest_cid, "seqpacket uds-path", "SOCK_SEQPACKET host programs", seqpacket);
+      const uint64_t cid = worker->config().guest_cid;
+      const bool watched = std::any_of(files_.begin(), files_.end(), [cid](const File& f) { return f.cid == cid; });
+      if (!watched) add_worker(*worker);
     }
   }
 
@@ -166,8 +197,54 @@ class SocketFileWatch {
 
 constexpr int kSocketFileCheckMs = 2000;
 
-// Waits for a shutdown signal or a worker failure; returns the exit code.
-int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
+uint64_t monotonic_usec() {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1'000'000 + static_cast<uint64_t>(now.tv_nsec) / 1000;
+}
+
+// Everything the main thread owns while the daemon serves.
+struct MainThread {
+  const DaemonConfig& started_with;
+  ServedVms& vms;
+  SocketFileWatch& watch;
+  SystemdNotifier& systemd;
+};
+
+// SIGHUP: re-read --config, reject it whole if it is invalid, else start,
+// stop and restart VMs so that the served set matches it. Unchanged VMs keep
+// their worker and connections. systemd hears RELOADING=1 ... READY=1.
+void reload(MainThread& main) {
+  const DaemonConfig& config = main.started_with;
+  if (config.config_file.empty()) {
+    spdlog::info("received SIGHUP: nothing to reload (started without --config)");
+    return;
+  }
+  spdlog::info("received SIGHUP: reloading {}", config.config_file);
+  main.systemd.notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+  DaemonConfig next;
+  ConfigErrors errors;
+  std::vector<std::string> warnings;
+  if (!reload_config_file(config, &next, &errors, &warnings)) {
+    for (const auto& error : errors) spdlog::error("reload: {}", error.to_string());
+    spdlog::error("reload rejected: {} is invalid ({} error(s)); still serving the previous {} VM(s)",
+                  config.config_file, errors.size(), main.vms.size());
+    main.systemd.notify(fmt::format("READY=1\nSTATUS=serving {} VM(s); last reload rejected", main.vms.size()));
+    return;
+  }
+  for (const auto& warning : warnings) spdlog::warn("reload: {}", warning);
+  const VmSetChange change = diff_vm_sets(main.vms.configs(), next.vms);
+  for (const auto& line : describe_vm_set_change(change)) spdlog::info("reload: {}", line);
+  main.vms.apply(change);
+  main.watch.follow(main.vms.workers(), change);
+  spdlog::info("reload done: {} added, {} removed, {} restarted, {} unchanged; serving {} of {} VM(s)",
+               change.added.size(), change.removed.size(), change.changed.size(), change.unchanged.size(),
+               main.vms.size(), next.vms.size());
+  main.systemd.notify(fmt::format("READY=1\nSTATUS=serving {} VM(s)", main.vms.size()));
+}
+
+// Serves until a shutdown signal or a worker failure; returns the exit code.
+int serve_until_shutdown(int signal_fd, int failure_fd, MainThread& main) {
   pollfd fds[2] = {{signal_fd, POLLIN, 0}, {failure_fd, POLLIN, 0}};
   while (true) {
     const int ready = ::poll(fds, 2, kSocketFileCheckMs);
@@ -177,12 +254,16 @@ int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
       return kExitRuntimeError;
     }
     if (ready == 0) {
-      watch.check();
+      main.watch.check();
       continue;
     }
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info{};
       if (::read(signal_fd, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {
+        if (info.ssi_signo == SIGHUP) {
+          reload(main);
+          continue;
+        }
         spdlog::info("received {}", info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
         return kExitOk;
       }
@@ -191,38 +272,15 @@ int wait_for_shutdown(int signal_fd, int failure_fd, SocketFileWatch& watch) {
   }
 }
 
-// Binds every VM's sockets before any VM is served. A VM that cannot start
-// (say its socket directory vanished after validation) is logged and left
-// out: one bad VM must not take its siblings down.
-std::vector<std::unique_ptr<VmWorker>> bind_vms(const DaemonConfig& config, const RuntimeOptions& runtime,
-                                                int failure_fd) {
-  std::vector<std::unique_ptr<VmWorker>> workers;
-  for (const VmConfig& vm : config.vms) {
-    try {
-      workers.push_back(std::make_unique<VmWorker>(vm, runtime, [failure_fd] { notify_failure(failure_fd); }));
-    } catch (const std::exception& e) {
-      spdlog::error("{}; vm cid={} is not served, the other VMs are", e.what(), vm.guest_cid);
-    }
-  }
-  if (!workers.empty() && workers.size() < config.vms.size()) {
-    spdlog::warn("serving {} of {} VMs", workers.size(), config.vms.size());
-  }
-  return workers;
-}
-
 // Every socket is bound and the sandbox is in: the workers start serving, and
 // scripts (the "ready" lines) and systemd (READY=1) learn so.
-void start_serving(std::vector<std::unique_ptr<VmWorker>>& workers, metrics::HttpServer* metrics_endpoint,
-                   SystemdNotifier& systemd) {
-  for (auto& worker : workers) worker->start();
+void start_serving(ServedVms& vms, metrics::HttpServer* metrics_endpoint, SystemdNotifier& systemd) {
+  vms.start_all();
   if (metrics_endpoint != nullptr) metrics_endpoint->start();
-  for (const auto& worker : workers) {
-    const VmConfig& vm = worker->config();
-    spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
-  }
+  for (const auto& worker : vms.workers()) log_vm_ready(worker->config());
   // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in the daemon calls setenv.
   if (std::getenv(kSandboxSelfTestEnv) != nullptr) run_sandbox_self_test();
-  systemd.notify(fmt::format("READY=1\nSTATUS=serving {} VM(s)", workers.size()));
+  systemd.notify(fmt::format("READY=1\nSTATUS=serving {} VM(s)", vms.size()));
 }
 
 }  // namespace
@@ -246,46 +304,41 @@ int run_daemon(const DaemonConfig& config) {
     spdlog::error("{}", e.what());
     return kExitRuntimeError;
   }
-  const RuntimeOptions runtime = fit_open_file_limit(config);
-  SystemdNotifier systemd;  // connects before the sandbox; sends after
+  uint64_t open_file_limit = 0;
+  (void)fit_open_file_limit(config, &open_file_limit);  // logs a lowered cap; each VM computes its own
+  SystemdNotifier systemd;                              // connects before the sandbox; sends after
 
-  std::vector<std::unique_ptr<VmWorker>> workers = bind_vms(config, runtime, failure_fd.get());
-  if (workers.empty()) {
+  ServedVms vms(config.runtime, open_file_limit, [fd = failure_fd.get()] { notify_failure(fd); });
+  vms.bind_all(config.vms);
+  if (vms.empty()) {
     spdlog::error("no VM could start, exiting");
     return kExitRuntimeError;
   }
-  std::unique_ptr<metrics::HttpServer> metrics_endpoint;  // declared after `workers`: destroyed first
+  std::unique_ptr<metrics::HttpServer> metrics_endpoint;  // declared after `vms`: destroyed first
   try {
-    metrics_endpoint = make_metrics_endpoint(config.metrics, workers);
+    metrics_endpoint = make_metrics_endpoint(config.metrics, vms);
   } catch (const std::exception& e) {
     spdlog::error("{}; exiting", e.what());
     return kExitRuntimeError;
   }
 
-  SocketFileWatch watch(workers);
+  SocketFileWatch watch(vms.workers());
   // The sandbox goes in after every socket is bound and before any worker
   // thread starts, so no thread ever serves a guest unconfined.
   try {
     apply_sandbox(config.sandbox, watch.paths());
   } catch (const std::exception& e) {
     spdlog::error("sandbox: {}; exiting", e.what());
-    workers.clear();
     return kExitRuntimeError;
   }
 
-  start_serving(workers, metrics_endpoint.get(), systemd);
-
-  const int exit_code = wait_for_shutdown(signal_fd.get(), failure_fd.get(), watch);
+  start_serving(vms, metrics_endpoint.get(), systemd);
+  MainThread main{config, vms, watch, systemd};
+  const int exit_code = serve_until_shutdown(signal_fd.get(), failure_fd.get(), main);
   systemd.notify("STOPPING=1");
   spdlog::info("shutting down");
   if (metrics_endpoint) metrics_endpoint->stop();  // scrapes post to the workers: stop them first
-  for (auto& worker : workers) worker->stop();
-  for (auto& worker : workers) worker->join();
-  for (const auto& worker : workers) {
-    if (worker->failed()) spdlog::error("vm cid={} worker failed", worker->config().guest_cid);
-    worker->log_stats();
-  }
-  workers.clear();
+  vms.stop_all();
   watch.report_leftovers();
   return exit_code;
 }

@@ -5,6 +5,7 @@
 #include <future>
 
 #include "daemon/cli.h"
+#include "daemon/served_vms.h"
 
 namespace vhost_vsock::daemon {
 
@@ -32,11 +33,10 @@ std::vector<metrics::VmSnapshot> collect_snapshots(const std::vector<std::unique
   return snapshots;
 }
 
-std::unique_ptr<metrics::HttpServer> make_metrics_endpoint(const MetricsOptions& options,
-                                                           const std::vector<std::unique_ptr<VmWorker>>& workers) {
+std::unique_ptr<metrics::HttpServer> make_metrics_endpoint(const MetricsOptions& options, ServedVms& vms) {
   if (!options.address) return nullptr;
-  auto server = std::make_unique<metrics::HttpServer>(
-      *options.address, version_string(), [&workers] { return collect_snapshots(workers, kSnapshotTimeout); });
+  auto server = std::make_unique<metrics::HttpServer>(*options.address, version_string(),
+                                                      [&vms] { return vms.snapshots(kSnapshotTimeout); });
   spdlog::info("metrics: serving /metrics and /connections on http://{}", options.address->to_string());
   return server;
 }

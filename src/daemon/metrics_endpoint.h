@@ -21,9 +21,11 @@ inline constexpr std::chrono::milliseconds kSnapshotTimeout{1000};
 std::vector<metrics::VmSnapshot> collect_snapshots(const std::vector<std::unique_ptr<VmWorker>>& workers,
                                                    std::chrono::milliseconds timeout);
 
-// Binds the endpoint when --metrics is set (nullptr otherwise). `workers`
-// must outlive the server. Throws std::runtime_error if it cannot bind.
-std::unique_ptr<metrics::HttpServer> make_metrics_endpoint(const MetricsOptions& options,
-                                                           const std::vector<std::unique_ptr<VmWorker>>& workers);
+class ServedVms;
+
+// Binds the endpoint when --metrics is set (nullptr otherwise). `vms` must
+// outlive the server; each scrape reports the VMs served at that moment.
+// Throws std::runtime_error if it cannot bind.
+std::unique_ptr<metrics::HttpServer> make_metrics_endpoint(const MetricsOptions& options, ServedVms& vms);
 
 }  // namespace vhost_vsock::daemon

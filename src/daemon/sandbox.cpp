@@ -130,6 +130,12 @@ constexpr bool kSanitizerRuntime = false;
 // addresses. No new sockets: socket() stays AF_UNIX only.
 constexpr const char* kMetricsServer[] = {"accept", "select", "pselect6", "setsockopt", "getpeername", "getsockname"};
 
+// A SIGHUP reload (--config) binds new VMs' sockets, creates their event
+// loops and checks their socket directories like startup does. Reading the
+// file is an open for reading only (see add_open_rules).
+constexpr const char* kConfigReload[] = {"bind",   "listen",    "epoll_create1", "eventfd2",
+                                         "access", "faccessat", "faccessat2",    "lseek"};
+
 // Syscalls allowed only with certain arguments (see install_seccomp_filter).
 constexpr const char* kConditional[] = {"socket", "mmap", "mprotect", "clone", "prctl", "tgkill", "fcntl"};
 
@@ -147,10 +153,52 @@ void allow(scmp_filter_ctx ctx, const char* name, std::initializer_list<scmp_arg
   check(rc, name);
 }
 
-void add_rules(scmp_filter_ctx ctx, bool metrics_server) {
+// glibc probes a few files at run time (malloc reads
+// /proc/sys/vm/overcommit_memory once when trimming a thread's heap) and
+// copes with failure: opening files fails with EACCES rather than killing.
+// LeakSanitizer lists /proc/self/task at exit, so sanitizer builds may open.
+// With `read_only_opens` (reload) an open for reading is allowed, any other
+// access mode or O_CREAT still gets EACCES.
+void add_open_rules(scmp_filter_ctx ctx, bool read_only_opens) {
+  struct OpenCall {
+    const char* name;
+    unsigned flags_arg;
+  };
+  for (const OpenCall call : {OpenCall{"open", 1}, OpenCall{"openat", 2}}) {
+    const char* name = call.name;
+    const unsigned flags_arg = call.flags_arg;
+    const int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) continue;
+    if (kSanitizerRuntime) {
+      check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0), name);
+      continue;
+    }
+    if (!read_only_opens) {
+      check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), nr, 0), name);
+      continue;
+    }
+    const auto masked = [flags_arg](scmp_datum_t mask, scmp_datum_t value) {
+      return scmp_arg_cmp{flags_arg, SCMP_CMP_MASKED_EQ, mask, value};
+    };
+    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, masked(O_ACCMODE | O_CREAT, O_RDONLY)), name);
+    check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), nr, 1, masked(O_ACCMODE, O_WRONLY)), name);
+    check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), nr, 1, masked(O_ACCMODE, O_RDWR)), name);
+    check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), nr, 1, masked(O_ACCMODE | O_CREAT, O_RDONLY | O_CREAT)), name);
+  }
+  // openat2's flags live in memory the filter cannot read.
+  const int openat2 = seccomp_syscall_resolve_name("openat2");
+  if (openat2 != __NR_SCMP_ERROR) {
+    check(seccomp_rule_add(ctx, kSanitizerRuntime ? SCMP_ACT_ALLOW : SCMP_ACT_ERRNO(EACCES), openat2, 0), "openat2");
+  }
+}
+
+void add_rules(scmp_filter_ctx ctx, bool metrics_server, bool config_reload) {
   for (const char* name : kAllowed) allow(ctx, name);
   if (metrics_server) {
     for (const char* name : kMetricsServer) allow(ctx, name);
+  }
+  if (config_reload) {
+    for (const char* name : kConfigReload) allow(ctx, name);
   }
 
   // Only Unix sockets: guest connects go to <uds-path>_<port>; nothing else
@@ -183,15 +231,7 @@ void add_rules(scmp_filter_ctx ctx, bool metrics_server) {
   for (int command : {F_GETFL, F_SETFL, F_GETFD, F_SETFD}) {
     allow(ctx, "fcntl", {SCMP_A1(SCMP_CMP_EQ, static_cast<scmp_datum_t>(command))});
   }
-  // glibc probes a few files at run time (malloc reads
-  // /proc/sys/vm/overcommit_memory once when trimming a thread's heap) and
-  // copes with failure: opening files fails with EACCES rather than killing.
-  // LeakSanitizer lists /proc/self/task at exit, so sanitizer builds may open.
-  for (const char* name : {"open", "openat", "openat2"}) {
-    const int nr = seccomp_syscall_resolve_name(name);
-    if (nr == __NR_SCMP_ERROR) continue;
-    check(seccomp_rule_add(ctx, kSanitizerRuntime ? SCMP_ACT_ALLOW : SCMP_ACT_ERRNO(EACCES), nr, 0), name);
-  }
+  add_open_rules(ctx, config_reload);
 }
 
 struct FilterDeleter {
@@ -326,7 +366,7 @@ std::vector<std::string> seccomp_allowed_syscalls() {
   return names;
 }
 
-void install_seccomp_filter(SeccompMode mode, bool metrics_server) {
+void install_seccomp_filter(SeccompMode mode, bool metrics_server, bool config_reload) {
   if (mode == SeccompMode::kOff) return;
   // libseccomp sets it too (SCMP_FLTATR_CTL_NNP); set it ourselves so a
   // filter that fails to load still leaves no way to gain privileges.
@@ -339,7 +379,7 @@ void install_seccomp_filter(SeccompMode mode, bool metrics_server) {
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 1), "NO_NEW_PRIVS attribute");
   // Any thread that already exists gets the filter too.
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_TSYNC, 1), "TSYNC attribute");
-  add_rules(ctx.get(), metrics_server);
+  add_rules(ctx.get(), metrics_server, config_reload);
   check(seccomp_load(ctx.get()), "loading the filter");
 }
 
@@ -378,7 +418,7 @@ void apply_sandbox(const SandboxOptions& options, const std::vector<std::string>
     throw std::runtime_error("prctl(PR_SET_NO_NEW_PRIVS): " + errno_text(errno));
   }
   if (options.seccomp != SeccompMode::kOff) {
-    install_seccomp_filter(options.seccomp, options.metrics_server);
+    install_seccomp_filter(options.seccomp, options.metrics_server, options.config_reload);
     if (options.seccomp == SeccompMode::kKill) {
       spdlog::info("sandbox: seccomp filter installed ({} syscalls allowed); any other syscall kills the process",
                    seccomp_allowed_syscalls().size());

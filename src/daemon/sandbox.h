@@ -38,7 +38,9 @@ std::vector<std::string> seccomp_allowed_syscalls();
 // and every thread created later, inherits it. Sets PR_SET_NO_NEW_PRIVS.
 // Throws std::runtime_error if the kernel or libseccomp refuses.
 // `metrics_server`: also what the --metrics HTTP server needs.
-void install_seccomp_filter(SeccompMode mode, bool metrics_server = false);
+// `config_reload`: also what a SIGHUP reload of --config needs (binding new
+// VMs' sockets, event loops, opening files for reading).
+void install_seccomp_filter(SeccompMode mode, bool metrics_server = false, bool config_reload = false);
 
 // Gives the socket files to `uid`:`gid` (so the daemon can still remove them
 // at exit, even in a sticky directory, and so they keep belonging to whoever

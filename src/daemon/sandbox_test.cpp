@@ -8,6 +8,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -253,6 +254,34 @@ TEST(Seccomp, SteadyStateOperationsStillWork) {
     struct stat st {};
     if (::fstat(pipe_fds[0], &st) != 0) return false;
     return true;
+  });
+  EXPECT_TRUE(exited_ok(status)) << describe(status);
+}
+
+// With --config the filter also lets a SIGHUP reload bind new VMs' sockets,
+// build their event loops and read the file; writing files stays refused.
+TEST(Seccomp, ConfigReloadAllowsBindingAndReadOnlyOpens) {
+  const TempDir dir;
+  const std::string config = dir.write("vms.yaml", "vms: []\n");
+  const std::string socket_path = dir.file("new.sock");
+  const int status = run_in_child([&] {
+    install_seccomp_filter(SeccompMode::kKill, false, /*config_reload=*/true);
+    const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const sockaddr_un addr = base::unix_socket_address(socket_path);
+    if (listener < 0 || ::bind(listener, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return false;
+    if (::listen(listener, 16) != 0) return false;
+    if (::epoll_create1(EPOLL_CLOEXEC) < 0 || ::eventfd(0, EFD_CLOEXEC) < 0) return false;
+    if (::access(dir.path().c_str(), W_OK | X_OK) != 0) return false;
+    const int reading = ::open(config.c_str(), O_RDONLY | O_CLOEXEC);
+    if (reading < 0) return false;
+    char buffer[16];
+    if (::read(reading, buffer, sizeof(buffer)) <= 0) return false;
+    if (kSanitizerBuild) return true;  // sanitizer builds allow every open
+    // Writing or creating files is still refused, politely.
+    for (const int flags : {O_WRONLY, O_RDWR, O_RDONLY | O_CREAT, O_WRONLY | O_CREAT | O_TRUNC}) {
+      if (::open(dir.file("other").c_str(), flags | O_CLOEXEC, 0600) >= 0 || errno != EACCES) return false;
+    }
+    return ::unlink(socket_path.c_str()) == 0;
   });
   EXPECT_TRUE(exited_ok(status)) << describe(status);
 }
