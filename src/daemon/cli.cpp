@@ -27,13 +27,13 @@ constexpr const char* kDescription =
 
 constexpr const char* kVmHelp =
     "One VM as comma-separated key=value pairs; repeat for more VMs. Keys (spelled with '-' or '_'): guest-cid, "
-    "socket, uds-path, tx-buffer-size, queue-size, groups, connect-wait. Example: "
+    "socket, uds-path, tx-buffer-size, tx-memory-limit, queue-size, groups, connect-wait. Example: "
     "--vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock";
 
 // Values are taken as text and parsed by config.cpp, so every form reports
 // malformed numbers the same way, naming the field.
 struct RawFlags {
-  std::string guest_cid, socket, uds_path, tx_buffer_size, queue_size, groups, connect_wait;
+  std::string guest_cid, socket, uds_path, tx_buffer_size, tx_memory_limit, queue_size, groups, connect_wait;
   std::vector<std::string> vm_specs;
   std::string config_file;
   std::string log_level = "info";
@@ -49,6 +49,7 @@ struct Options {
   CLI::Option* socket;
   CLI::Option* uds_path;
   CLI::Option* tx_buffer_size;
+  CLI::Option* tx_memory_limit;
   CLI::Option* queue_size;
   CLI::Option* groups;
   CLI::Option* connect_wait;
@@ -86,8 +87,8 @@ void define_operations_options(CLI::App& app, RawFlags& raw, Options& o) {
       "running daemon, like ss.");
 }
 
-Options define_options(CLI::App& app, RawFlags& raw) {
-  Options o{};
+// The single-VM form's flags, each also a --vm and YAML key.
+void define_single_vm_options(CLI::App& app, RawFlags& raw, Options& o) {
   o.guest_cid = app.add_option("--guest-cid", raw.guest_cid,
                                fmt::format("Guest CID, >= 3 (default {}; single-VM form)", kDefaultGuestCid))
                     ->type_name("N");
@@ -99,9 +100,14 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                    ->type_name("PATH");
   o.tx_buffer_size =
       app.add_option("--tx-buffer-size", raw.tx_buffer_size,
-                     bounded_help("Bytes buffered per connection for guest->host data, the credit the guest gets",
+                     bounded_help("Most credit one connection gets: guest->host bytes held while its host socket "
+                                  "would block",
                                   kDefaultTxBufferSize, kMaxTxBufferSize))
           ->type_name("BYTES");
+  o.tx_memory_limit = app.add_option("--tx-memory-limit", raw.tx_memory_limit,
+                                     "Guest->host credit of all connections of a VM together; windows shrink towards "
+                                     "a floor when it runs short (default: --max-connections x 64 KiB)")
+                          ->type_name("BYTES");
   o.queue_size =
       app.add_option("--queue-size", raw.queue_size,
                      bounded_help("Largest vring size accepted, a power of two", kDefaultQueueSize, kMaxQueueSize))
@@ -113,6 +119,11 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                                   "ms to keep retrying a host CONNECT while the guest refuses it (nothing listens "
                                   "yet), with backoff (default 0: off; single-VM form)")
                        ->type_name("MS");
+}
+
+Options define_options(CLI::App& app, RawFlags& raw) {
+  Options o{};
+  define_single_vm_options(app, raw, o);
   // One value per occurrence, so --vm can repeat like in vhost-device-vsock.
   o.vm = app.add_option("--vm", raw.vm_specs, kVmHelp)->allow_extra_args(false)->type_name("KEY=VALUE,...");
   o.config = app.add_option("--config", raw.config_file,
@@ -237,6 +248,14 @@ bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, Confi
       ok = false;
     }
   }
+  if (o.tx_memory_limit->count() > 0) {
+    if (parse_unsigned(raw.tx_memory_limit, std::numeric_limits<uint64_t>::max(), &number, &error)) {
+      vm.tx_memory_limit = number;
+    } else {
+      errors->push_back({"--tx-memory-limit", error});
+      ok = false;
+    }
+  }
   if (o.groups->count() > 0 && !parse_groups(raw.groups, &vm.groups, &error)) {
     errors->push_back({"--groups", error});
     ok = false;
@@ -355,7 +374,8 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
   config.sandbox = parse_sandbox(o, raw, &errors);
 
   const bool single_form = o.guest_cid->count() + o.socket->count() + o.uds_path->count() + o.tx_buffer_size->count() +
-                               o.queue_size->count() + o.groups->count() + o.connect_wait->count() >
+                               o.tx_memory_limit->count() + o.queue_size->count() + o.groups->count() +
+                               o.connect_wait->count() >
                            0;
   const bool vm_form = o.vm->count() > 0;
   const bool config_form = o.config->count() > 0;

@@ -18,11 +18,13 @@
 
 #include "base/bits.h"
 #include "base/errno_text.h"
+#include "vsock/connection/credit_budget.h"
 
 namespace vhost_vsock::daemon {
 namespace {
 
-constexpr std::string_view kKnownKeys = "guest-cid, socket, uds-path, tx-buffer-size, queue-size, groups, connect-wait";
+constexpr std::string_view kKnownKeys =
+    "guest-cid, socket, uds-path, tx-buffer-size, tx-memory-limit, queue-size, groups, connect-wait";
 // A config file is a handful of lines; refuse to slurp something huge by mistake.
 constexpr std::streamsize kMaxConfigFileBytes = 1 << 20;
 
@@ -43,8 +45,8 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
     errors->push_back({field, "the vsock forwarding backend is not supported; use uds-path"});
     return false;
   }
-  if (key != "guest_cid" && key != "socket" && key != "uds_path" && key != "tx_buffer_size" && key != "queue_size" &&
-      key != "groups" && key != "connect_wait") {
+  if (key != "guest_cid" && key != "socket" && key != "uds_path" && key != "tx_buffer_size" &&
+      key != "tx_memory_limit" && key != "queue_size" && key != "groups" && key != "connect_wait") {
     errors->push_back({vm_field(*vm, ""), fmt::format("unknown key '{}' (known keys: {})", key, kKnownKeys)});
     return false;
   }
@@ -56,12 +58,12 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
 
   std::string error;
   uint64_t number = 0;
-  if (key == "guest_cid") {
+  if (key == "guest_cid" || key == "tx_memory_limit") {
     if (!parse_unsigned(value, std::numeric_limits<uint64_t>::max(), &number, &error)) {
       errors->push_back({field, error});
       return false;
     }
-    vm->guest_cid = number;
+    (key == "guest_cid" ? vm->guest_cid : vm->tx_memory_limit) = number;
   } else if (key == "tx_buffer_size" || key == "queue_size" || key == "connect_wait") {
     if (!parse_unsigned(value, std::numeric_limits<uint32_t>::max(), &number, &error)) {
       errors->push_back({field, error});
@@ -473,6 +475,25 @@ void validate_vm(const VmConfig& vm, ConfigErrors* errors) {
                     "in an AF_UNIX address once '_<port>' (up to 11 bytes) is appended", errors);
 }
 
+namespace {
+
+// The budget must give every connection of the cap its floor (see vsock/connection/credit_budget.h).
+void check_tx_memory_limit(const VmConfig& vm, const RuntimeOptions& runtime, ConfigErrors* errors) {
+  if (vm.tx_memory_limit > kMaxTxMemoryLimit) {
+    errors->push_back({vm_field(vm, "tx_memory_limit"),
+                       fmt::format("{} is out of range (must be <= {}; 0 derives it from --max-connections)",
+                                   vm.tx_memory_limit, kMaxTxMemoryLimit)});
+    return;
+  }
+  if (vm.tx_buffer_size == 0 || runtime.max_connections == 0) return;  // reported on their own
+  std::string error;
+  if (!vsock::derive_credit_budget(vm.tx_buffer_size, vm.tx_memory_limit, runtime.max_connections, &error)) {
+    errors->push_back({vm_field(vm, "tx_memory_limit"), error});
+  }
+}
+
+}  // namespace
+
 void validate_config(const DaemonConfig& config, ConfigErrors* errors) {
   if (config.vms.empty()) {
     errors->push_back({"", "no VM configured: use --guest-cid/--socket/--uds-path, --vm or --config"});
@@ -481,6 +502,7 @@ void validate_config(const DaemonConfig& config, ConfigErrors* errors) {
   std::map<std::string, std::string> paths;
   for (const VmConfig& vm : config.vms) {
     validate_vm(vm, errors);
+    check_tx_memory_limit(vm, config.runtime, errors);
     const std::string cid_field = vm_field(vm, "guest_cid");
     if (auto [it, inserted] = cids.emplace(vm.guest_cid, cid_field); !inserted) {
       errors->push_back({cid_field, fmt::format("CID {} is already used by {}", vm.guest_cid, it->second)});

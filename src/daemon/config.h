@@ -21,8 +21,11 @@ namespace vhost_vsock::daemon {
 inline constexpr uint64_t kDefaultGuestCid = 3;  // vhost-device-vsock's default when --guest-cid is omitted
 inline constexpr uint64_t kMinGuestCid = 3;      // 0 hypervisor, 1 local, 2 host
 inline constexpr uint64_t kCidAny = 0xFFFFFFFF;  // VMADDR_CID_ANY; the upper 32 bits are reserved
-inline constexpr uint32_t kDefaultTxBufferSize = 64 * 1024;
+// Linux's own vsock buffer: a guest writing 64 KiB at a time never waits for credit.
+inline constexpr uint32_t kDefaultTxBufferSize = 256 * 1024;
 inline constexpr uint32_t kMaxTxBufferSize = 64 * 1024 * 1024;
+// --tx-memory-limit: guest->host bytes one VM may promise all its connections together.
+inline constexpr uint64_t kMaxTxMemoryLimit = uint64_t{1} << 40;
 inline constexpr uint32_t kDefaultQueueSize = 1024;
 inline constexpr uint32_t kMaxQueueSize = 32768;  // virtio::kMaxQueueSize (split ring limit)
 inline constexpr std::string_view kDefaultGroup = "default";
@@ -49,6 +52,8 @@ struct VmConfig {
   std::string socket_path;  // vhost-user socket QEMU connects to
   std::string uds_path;     // hybrid vsock listener; guest connects go to uds_path + "_<port>"
   uint32_t tx_buffer_size = kDefaultTxBufferSize;
+  // Budget for all connections' guest->host credit; 0: max-connections x 64 KiB.
+  uint64_t tx_memory_limit = 0;
   uint32_t queue_size = kDefaultQueueSize;  // largest vring the device accepts
   // Connect-wait (ours): ms to keep retrying a host CONNECT the guest refuses; 0 = off.
   uint32_t connect_wait_ms = 0;

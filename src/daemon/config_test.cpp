@@ -147,7 +147,8 @@ TEST(VmSpec, OmittedKeysTakeVhostDeviceVsockDefaults) {
   VmConfig vm;
   ASSERT_TRUE(parse_vm_spec("socket=/a/s,uds-path=/a/u", 3, &vm, &errors));
   EXPECT_EQ(vm.guest_cid, 3u);
-  EXPECT_EQ(vm.tx_buffer_size, 64u * 1024);
+  EXPECT_EQ(vm.tx_buffer_size, 256u * 1024);  // ours: Linux's default, not vhost-device-vsock's 64 KiB
+  EXPECT_EQ(vm.tx_memory_limit, 0u);          // derived from --max-connections
   EXPECT_EQ(vm.queue_size, 1024u);
   EXPECT_EQ(vm.groups, (std::vector<std::string>{"default"}));
   EXPECT_EQ(vm.index, 3u);

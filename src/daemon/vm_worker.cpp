@@ -22,6 +22,7 @@ std::string startup_error(uint64_t cid, std::string_view role, const std::string
 vsock::MuxerLimits muxer_limits(const VmConfig& vm, const RuntimeOptions& runtime) {
   vsock::MuxerLimits limits;
   limits.tx_buffer_size = vm.tx_buffer_size;
+  limits.tx_memory_limit = vm.tx_memory_limit;
   limits.connect_wait = std::chrono::milliseconds(vm.connect_wait_ms);
   limits.max_connections = runtime.max_connections;
   limits.handshake_timeout = runtime.handshake_timeout;

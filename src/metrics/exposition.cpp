@@ -111,6 +111,11 @@ void add_vm(Families& f, const VmSnapshot& vm) {
   const vsock::MuxerStats& m = vm.muxer;
   f.gauge("vhost_user_vsock_connections_active", "Live connections", with(cid),
           static_cast<double>(m.connections_active));
+  f.gauge("vhost_user_vsock_tx_memory_reserved_bytes",
+          "Guest->host credit promised to the guest's connections (what they may need to hold)", with(cid),
+          static_cast<double>(m.tx_memory_reserved));
+  f.gauge("vhost_user_vsock_tx_memory_limit_bytes", "The VM's budget for that credit (--tx-memory-limit)", with(cid),
+          static_cast<double>(m.tx_memory_limit));
   add_traffic(f, cid, m);
   add_failures(f, cid, m);
   add_queues(f, cid, vm);

@@ -37,10 +37,18 @@ Connection::Connection(const ConnectionParams& params, std::unique_ptr<HostEndpo
       rx_cnt_(params.counter_base),
       fwd_cnt_(params.counter_base),
       advertised_fwd_cnt_(params.counter_base),
-      tx_buffer_(static_cast<size_t>(params.buf_alloc) + kUncountedReserve) {}
+      tx_buffer_(static_cast<size_t>(params.buf_alloc) + kUncountedReserve) {
+  if (params_.budget != nullptr) {
+    hold_ = params_.budget->join();
+    holds_budget_ = true;
+  }
+  // What the first packet (our REQUEST or RESPONSE) will promise.
+  advertised_buf_alloc_ = window_to_advertise();
+}
 
 Connection::~Connection() {
   close_host();
+  leave_budget();
 }
 
 void Connection::watch_host(HostEndpoint::EventCallback callback) {
@@ -56,13 +64,55 @@ void Connection::close_host() {
   early_host_bytes_.clear();
   early_host_bytes_.shrink_to_fit();
   host_readable_ = false;
+  // Guest data is refused from now on: nothing more needs holding.
+  leave_budget();
 }
 
 // ---- credit ----
 
 uint32_t Connection::guest_credit() const {
-  const uint32_t in_flight = rx_cnt_ - fwd_cnt_;
-  return in_flight >= params_.buf_alloc ? 0 : params_.buf_alloc - in_flight;
+  // Measured from what the guest heard, not from fwd_cnt: bytes forwarded
+  // since are not credit until advertised (the budget may have taken them back).
+  const uint32_t in_flight = rx_cnt_ - advertised_fwd_cnt_;
+  return in_flight >= advertised_buf_alloc_ ? 0 : advertised_buf_alloc_ - in_flight;
+}
+
+uint32_t Connection::must_hold() const {
+  const size_t capacity = tx_buffer_.allocated() ? tx_buffer_.capacity() : 0;
+  const size_t storage = capacity > kUncountedReserve ? capacity - kUncountedReserve : 0;
+  return std::max({owed_to_guest(), static_cast<uint32_t>(storage), message_window_});
+}
+
+uint32_t Connection::window_to_advertise() {
+  // Closed towards the host: guest data is refused, keep the last figure.
+  if (params_.budget != nullptr && !holds_budget_) return advertised_buf_alloc_;
+  if (message_window_ != 0 && params_.budget == nullptr) return message_window_;
+  uint32_t wanted = message_window_;
+  if (wanted == 0) {
+    wanted = params_.budget != nullptr ? params_.budget->window() : params_.buf_alloc;
+    if (is_seqpacket()) wanted = std::min(wanted, host_->max_message_bytes());
+  }
+  uint32_t window = wanted;
+  if (params_.budget != nullptr) {
+    hold_ = params_.budget->rehold(hold_, std::max(wanted, must_hold()));
+    // hold_ >= must_hold() >= owed: what was promised is never taken back.
+    window = std::min(wanted, hold_);
+  }
+  // A Linux guest sends no message above our buf_alloc; once it has heard one
+  // figure, a smaller one would make its next message fail with EMSGSIZE.
+  if (is_seqpacket()) message_window_ = window;
+  return window;
+}
+
+void Connection::release_unneeded() {
+  if (holds_budget_) hold_ = params_.budget->rehold(hold_, must_hold());
+}
+
+void Connection::leave_budget() {
+  if (!holds_budget_) return;
+  params_.budget->leave(hold_);
+  holds_budget_ = false;
+  hold_ = 0;
 }
 
 uint32_t Connection::peer_credit() const {
@@ -113,7 +163,8 @@ void Connection::note_credit_starved() {
 // impossible.
 void Connection::after_forwarded(uint32_t guest_bytes) {
   fwd_cnt_ += guest_bytes;
-  const uint32_t window = std::min(params_.buf_alloc, peer_buf_alloc_);
+  release_unneeded();
+  const uint32_t window = std::min(advertised_buf_alloc_, peer_buf_alloc_);
   const uint32_t threshold = std::max<uint32_t>(1, window / kCreditUpdateDivisor);
   if (fwd_cnt_ - advertised_fwd_cnt_ >= threshold && state_ == ConnectionState::kEstablished) {
     pending_control_ |= control::kCreditUpdate;
@@ -174,6 +225,7 @@ GuestPacketVerdict Connection::on_guest_accept() {
   const size_t greeting_bytes = host_->accept_greeting(params_.local_port, greeting);
   if (greeting_bytes > 0) {
     // Same ordered path as guest data, so a peer that never reads cannot block us.
+    size_tx_buffer();
     const size_t appended = tx_buffer_.append(std::span<const uint8_t>(greeting.data(), greeting_bytes));
     uncounted_front_bytes_ += appended;
     if (is_seqpacket()) tx_messages_.push_back(static_cast<uint32_t>(appended));  // its own message
@@ -242,7 +294,8 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
   }
   if (written > 0) after_forwarded(static_cast<uint32_t>(written));
   if (written < len) {
-    // Cannot fall short: the credit check bounds buffered guest bytes by buf_alloc.
+    // Cannot fall short: the credit check bounds buffered guest bytes by what we promised.
+    size_tx_buffer();
     tx_buffer_.append(payload, written, len - written);
     if (host_writable_) flush_tx();
   }
@@ -291,6 +344,7 @@ void Connection::flush_tx() {
       return;
     }
   }
+  release_unneeded();  // the storage may be gone
   // A message without its EOM is never sent: the guest closing abandons it.
   if (!flushed()) return;
   if (state_ == ConnectionState::kClosingAfterFlush) {
@@ -415,9 +469,12 @@ PacketHeader Connection::make_header(Op op, uint32_t len, uint32_t flags) {
   h.type = static_cast<uint16_t>(socket_type_);
   h.op = static_cast<uint16_t>(op);
   h.flags = flags;
-  h.buf_alloc = params_.buf_alloc;
+  h.buf_alloc = window_to_advertise();
   h.fwd_cnt = fwd_cnt_;
+  advertised_buf_alloc_ = h.buf_alloc;
   advertised_fwd_cnt_ = fwd_cnt_;
+  // A larger promise while bytes are held needs larger storage now.
+  if (tx_buffer_.allocated()) size_tx_buffer();
   pending_control_ &= static_cast<uint8_t>(~control::kCreditUpdate);
   return h;
 }

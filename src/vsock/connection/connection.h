@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/iovec_list.h"
+#include "vsock/connection/credit_budget.h"
 #include "vsock/connection/host_endpoint.h"
 #include "vsock/connection/tx_ring_buffer.h"
 #include "vsock/packet/header.h"
@@ -70,10 +71,15 @@ struct ConnectionParams {
   uint64_t guest_cid = 0;
   uint32_t local_port = 0;  // host side (src_port of what we send)
   uint32_t peer_port = 0;   // guest side
+  // The credit we advertise when there is no budget (tests); with one, the
+  // budget's window and floor decide.
   uint32_t buf_alloc = 64 * 1024;
   // Where rx_cnt/fwd_cnt start. Always 0 on the wire (the guest counts from
   // 0); tests set it near 2^32 to exercise wraparound.
   uint32_t counter_base = 0;
+  // The VM's guest->host memory budget (outlives the connection), or null
+  // for a fixed buf_alloc.
+  CreditBudget* budget = nullptr;
 };
 
 class Connection {
@@ -101,12 +107,16 @@ class Connection {
   [[nodiscard]] bool is_seqpacket() const { return socket_type_ == SocketType::kSeqpacket; }
 
   // ---- credit ----
-  [[nodiscard]] uint32_t buf_alloc() const { return params_.buf_alloc; }
+  // The buf_alloc the guest last heard from us (or is about to, before the first packet).
+  [[nodiscard]] uint32_t buf_alloc() const { return advertised_buf_alloc_; }
+  // Guest->host bytes this connection counts against the VM's budget (0 without one).
+  [[nodiscard]] uint32_t budget_hold() const { return holds_budget_ ? hold_ : 0; }
   [[nodiscard]] uint32_t rx_cnt() const { return rx_cnt_; }    // guest bytes accepted
   [[nodiscard]] uint32_t fwd_cnt() const { return fwd_cnt_; }  // guest bytes that reached the host endpoint
   [[nodiscard]] uint32_t tx_cnt() const { return tx_cnt_; }    // bytes we sent to the guest
   [[nodiscard]] uint32_t last_advertised_fwd_cnt() const { return advertised_fwd_cnt_; }
-  // How many more bytes the guest may send: buf_alloc - (rx_cnt - fwd_cnt).
+  // How many more bytes the guest may send: the last advertised buf_alloc
+  // beyond the last advertised fwd_cnt, less what it sent since.
   [[nodiscard]] uint32_t guest_credit() const;
   // How many bytes we may send the guest: peer_buf_alloc - (tx_cnt - peer_fwd_cnt),
   // zero if the guest's numbers are inconsistent.
@@ -202,6 +212,19 @@ class Connection {
   void on_guest_shutdown(uint32_t flags);
   void flush_tx();
   void after_forwarded(uint32_t guest_bytes);
+  // ---- the credit promise (see CreditBudget) ----
+  // Guest bytes we may still have to hold: promised up to
+  // advertised_fwd_cnt + advertised_buf_alloc, minus what reached the host.
+  [[nodiscard]] uint32_t owed_to_guest() const { return advertised_fwd_cnt_ + advertised_buf_alloc_ - fwd_cnt_; }
+  [[nodiscard]] uint32_t must_hold() const;
+  // The buf_alloc for the next packet: as much of the window as the budget
+  // gives, never less than what is already promised.
+  uint32_t window_to_advertise();
+  // Gives the budget back what is no longer promised or stored.
+  void release_unneeded();
+  void leave_budget();
+  // Sizes the TX buffer to the promise before bytes are appended.
+  void size_tx_buffer() { tx_buffer_.set_capacity(static_cast<size_t>(owed_to_guest()) + kUncountedReserve); }
   void maybe_finish_guest_send_side();
   void on_host_write_closed();
   void on_host_eof();
@@ -216,6 +239,7 @@ class Connection {
   uint32_t rx_cnt_ = 0;
   uint32_t fwd_cnt_ = 0;
   uint32_t advertised_fwd_cnt_ = 0;
+  uint32_t advertised_buf_alloc_ = 0;
   uint32_t tx_cnt_ = 0;
   uint32_t peer_buf_alloc_ = 0;
   uint32_t peer_fwd_cnt_ = 0;
@@ -240,6 +264,12 @@ class Connection {
   bool host_write_closed_ = false;
   bool host_write_shut_ = false;  // we shut the host endpoint's send side
   bool credit_request_sent_ = false;
+
+  bool holds_budget_ = false;
+  uint32_t hold_ = 0;  // bytes counted in params_.budget for us
+  // kSeqpacket: the window we advertise, fixed at the first one (at most the
+  // host socket's largest message).
+  uint32_t message_window_ = 0;
 };
 
 }  // namespace vhost_vsock::vsock

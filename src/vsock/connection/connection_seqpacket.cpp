@@ -31,6 +31,7 @@ void Connection::drop_tx_bytes() {
   uncounted_front_bytes_ = 0;
   tx_messages_.clear();
   partial_message_bytes_ = 0;
+  release_unneeded();
 }
 
 GuestPacketVerdict Connection::accept_message_part(std::span<const iovec> payload, uint32_t len, bool ends_message) {
@@ -59,6 +60,7 @@ GuestPacketVerdict Connection::accept_message_part(std::span<const iovec> payloa
   }
   // Cannot fall short: credit bounds the guest bytes held here by buf_alloc
   // (fwd_cnt moves only when a whole message reached the host).
+  size_tx_buffer();
   tx_buffer_.append(payload, 0, len);
   partial_message_bytes_ += len;
   if (!ends_message) return GuestPacketVerdict::kOk;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "vsock/transport/hybrid_peer_endpoint.h"
+#include "vsock/transport/unix_seqpacket_endpoint.h"
 #include "vsock/transport/unix_stream_endpoint.h"
 
 namespace vhost_vsock::vsock {
@@ -22,7 +23,8 @@ struct Fixture : ::testing::Test {
 
   // Host-initiated connections come through the hybrid listener, which greets
   // the host peer once the guest accepts.
-  std::unique_ptr<Connection> make(ConnectionState state, uint32_t counter_base = 0, bool tiny_socket = false) {
+  std::unique_ptr<Connection> make(ConnectionState state, uint32_t counter_base = 0, bool tiny_socket = false,
+                                   CreditBudget* budget = nullptr) {
     int fds[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds), 0);
     if (tiny_socket) {
@@ -32,7 +34,7 @@ struct Fixture : ::testing::Test {
     }
     host_peer.reset(fds[1]);
     device_fd = fds[0];
-    ConnectionParams params{3, 5000, 1234, kBufAlloc, counter_base};
+    ConnectionParams params{3, 5000, 1234, kBufAlloc, counter_base, budget};
     std::unique_ptr<HostEndpoint> endpoint;
     if (state == ConnectionState::kAwaitingResponse) {
       endpoint = std::make_unique<HybridPeerEndpoint>(loop, base::UniqueFd(fds[0]));
@@ -131,9 +133,11 @@ TEST_F(Fixture, GuestCreditWrapsAroundTwoToTheThirtyTwo) {
   }
   EXPECT_EQ(conn->fwd_cnt(), static_cast<uint32_t>(0xFFFFFF00u + 600));
   EXPECT_LT(conn->fwd_cnt(), 600u);  // wrapped
-  EXPECT_EQ(conn->guest_credit(), kBufAlloc);
+  // Forwarded bytes become credit again once the guest hears of them.
+  EXPECT_EQ(conn->guest_credit(), kBufAlloc - 600);
   // The header advertises the wrapped value.
   EXPECT_EQ(conn->make_header(Op::kCreditUpdate).fwd_cnt, conn->fwd_cnt());
+  EXPECT_EQ(conn->guest_credit(), kBufAlloc);
 }
 
 TEST_F(Fixture, BlockedHostSocketBuffersInOrderAndFlushesOnEpollout) {
@@ -459,6 +463,113 @@ TEST_F(Fixture, ControlFlagsNeverQueueMoreThanOnce) {
   for (int i = 0; i < 1000; ++i) conn->on_guest_packet(header(Op::kCreditRequest), {});
   EXPECT_EQ(conn->take_control_packet()->operation(), Op::kCreditUpdate);
   EXPECT_FALSE(conn->take_control_packet());
+}
+
+// ---- the VM's credit budget ----
+
+constexpr uint32_t kKiB = 1024;
+
+// Two connections' worth: 4 KiB floors and a 64 KiB pool to grow into.
+CreditBudget small_budget() {
+  return CreditBudget({64 * kKiB, 4 * kKiB, uint64_t{72} * kKiB}, 2);
+}
+
+TEST_F(Fixture, BudgetGivesTheWindowWhileThePoolLastsAndTakesItBackWhenDrained) {
+  CreditBudget budget = small_budget();
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true, &budget);
+  EXPECT_EQ(conn->make_header(Op::kCreditUpdate).buf_alloc, 64 * kKiB);
+  uint32_t other = budget.join();
+  other = budget.rehold(other, 64 * kKiB);
+  EXPECT_EQ(other, 8 * kKiB);  // only what was left above its floor
+  EXPECT_EQ(budget.reserved(), budget.limit());
+
+  // Blocked host socket: the guest's bytes are held within what was promised.
+  const size_t junk = fill_socket(device_fd);
+  ASSERT_EQ(send_rw(*conn, pattern(size_t{60} * kKiB)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(conn->tx_buffered_bytes(), 60 * kKiB);
+  EXPECT_EQ(budget.reserved(), budget.limit());
+
+  size_t received = 0;
+  while (received < junk + size_t{60} * kKiB) {
+    auto chunk = read_host();
+    if (chunk.empty()) conn->on_host_events(epoll(EPOLLOUT));
+    received += chunk.size();
+  }
+  conn->on_host_events(epoll(EPOLLOUT));
+  EXPECT_FALSE(conn->tx_buffer_allocated());
+  // Drained: it holds only the 4 KiB the guest may still send.
+  EXPECT_EQ(conn->budget_hold(), 4 * kKiB);
+  other = budget.rehold(other, 64 * kKiB);
+  EXPECT_EQ(other, 64 * kKiB);
+
+  // What the pool has left (4 KiB) is all the next advertisement can add.
+  const PacketHeader next = conn->make_header(Op::kCreditUpdate);
+  EXPECT_EQ(next.fwd_cnt, 60 * kKiB);
+  EXPECT_EQ(next.buf_alloc, 8 * kKiB);
+  conn->reset();
+  EXPECT_EQ(conn->budget_hold(), 0U);
+  EXPECT_EQ(budget.reserved(), other + 0ULL);
+  budget.leave(other);
+}
+
+TEST_F(Fixture, ShortPoolShrinksTheWindowButNeverBelowWhatWasPromised) {
+  CreditBudget budget = small_budget();
+  auto conn = make(ConnectionState::kEstablished, 0, false, &budget);
+  const PacketHeader first = conn->make_header(Op::kCreditUpdate);
+  EXPECT_EQ(first.buf_alloc, 64 * kKiB);
+  uint32_t other = budget.join();
+  ASSERT_EQ(send_rw(*conn, pattern(size_t{10} * kKiB)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(read_host().size(), 10 * kKiB);
+  EXPECT_EQ(conn->budget_hold(), 54 * kKiB);  // still owed to the guest
+  other = budget.rehold(other, 64 * kKiB);
+  EXPECT_EQ(other, 18 * kKiB);
+
+  // The pool is empty: the window shrinks, and the guest may still send
+  // exactly up to where the first advertisement let it.
+  const PacketHeader next = conn->make_header(Op::kCreditUpdate);
+  EXPECT_EQ(next.fwd_cnt, 10 * kKiB);
+  EXPECT_EQ(next.buf_alloc, 54 * kKiB);
+  EXPECT_EQ(next.fwd_cnt + next.buf_alloc, first.fwd_cnt + first.buf_alloc);
+  EXPECT_EQ(conn->guest_credit(), 54 * kKiB);
+  EXPECT_EQ(send_rw(*conn, pattern(54 * kKiB + 1)), GuestPacketVerdict::kCreditViolation);
+  EXPECT_EQ(budget.reserved(), other + 0ULL);
+  budget.leave(other);
+}
+
+TEST_F(Fixture, SeqpacketWindowFitsTheHostSocketAndNeverShrinks) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0, fds), 0);
+  host_peer.reset(fds[1]);
+  const int requested = 8192;  // the kernel doubles it
+  ASSERT_EQ(::setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &requested, sizeof(requested)), 0);
+  int sndbuf = 0;
+  socklen_t length = sizeof(sndbuf);
+  ASSERT_EQ(::getsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, &length), 0);
+  const auto largest = static_cast<uint32_t>(sndbuf - 32);  // AF_UNIX refuses longer datagrams
+
+  CreditBudget budget = small_budget();
+  ConnectionParams params{3, 5000, 1234, kBufAlloc, 0, &budget};
+  Connection conn(params, std::make_unique<UnixSeqpacketEndpoint>(loop, base::UniqueFd(fds[0])),
+                  ConnectionState::kEstablished);
+  conn.update_peer_credit(65536, 0);
+  ASSERT_LT(largest, 64 * kKiB);
+  EXPECT_EQ(conn.make_header(Op::kCreditUpdate).buf_alloc, largest);
+
+  // A whole message of exactly that size goes through.
+  PacketHeader h = header(Op::kRw, largest, kSeqEom);
+  h.type = static_cast<uint16_t>(SocketType::kSeqpacket);
+  std::vector<uint8_t> message = pattern(largest);
+  iovec iov{message.data(), message.size()};
+  ASSERT_EQ(conn.on_guest_packet(h, std::span<const iovec>(&iov, 1)), GuestPacketVerdict::kOk);
+  EXPECT_EQ(read_host().size(), largest);
+
+  // The pool runs dry: a stream's window would shrink, this one must not
+  // (the guest would refuse its next message of that size).
+  uint32_t other = budget.join();
+  other = budget.rehold(other, 64 * kKiB);
+  EXPECT_EQ(budget.pool_available(), 0U);
+  EXPECT_EQ(conn.make_header(Op::kCreditUpdate).buf_alloc, largest);
+  budget.leave(other);
 }
 
 }  // namespace

@@ -82,6 +82,10 @@ class HostEndpoint {
 
   // The packet type this endpoint carries (every header we send says so).
   [[nodiscard]] virtual SocketType socket_type() const = 0;
+  // kSeqpacket: the longest message one send() can take. The guest is never
+  // offered more credit than this, so a Linux guest refuses a longer message
+  // itself (EMSGSIZE) instead of our host socket refusing it mid-connection.
+  [[nodiscard]] virtual uint32_t max_message_bytes() const { return UINT32_MAX; }
 
   // Bytes to send the host peer when the guest accepts a connection the host
   // started, ahead of any guest data and not counted as guest data. Returns

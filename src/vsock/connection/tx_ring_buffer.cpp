@@ -9,6 +9,25 @@ void TxRingBuffer::ensure_storage() {
   if (!storage_) storage_ = std::make_unique_for_overwrite<uint8_t[]>(capacity_);
 }
 
+void TxRingBuffer::set_capacity(size_t capacity) {
+  if (!storage_) {
+    capacity_ = capacity;
+    return;
+  }
+  if (capacity <= capacity_) return;
+  auto larger = std::make_unique_for_overwrite<uint8_t[]>(capacity);
+  iovec held[2];
+  const size_t count = readable_iovecs(held);
+  size_t copied = 0;
+  for (size_t i = 0; i < count; ++i) {
+    std::memcpy(larger.get() + copied, held[i].iov_base, held[i].iov_len);
+    copied += held[i].iov_len;
+  }
+  storage_ = std::move(larger);
+  capacity_ = capacity;
+  head_ = 0;
+}
+
 size_t TxRingBuffer::append(std::span<const iovec> src, size_t offset, size_t max_bytes) {
   size_t want = std::min(max_bytes, free_space());
   if (want == 0) return 0;

@@ -1,7 +1,8 @@
 // Guest->host bytes a connection holds while its host socket would block.
-// Capacity is fixed (our advertised buf_alloc plus room for the handshake
-// reply); storage is allocated on first use and freed once drained, so idle
-// connections cost nothing here.
+// The connection sizes it to the credit it has promised (plus room for the
+// handshake reply) before each append; storage is allocated at that size on
+// first use, grows only if the promise grows while bytes are held, and is
+// freed once drained, so idle connections cost nothing here.
 #pragma once
 
 #include <sys/uio.h>
@@ -22,6 +23,9 @@ class TxRingBuffer {
   [[nodiscard]] size_t free_space() const { return capacity_ - size_; }
   [[nodiscard]] bool empty() const { return size_ == 0; }
   [[nodiscard]] bool allocated() const { return storage_ != nullptr; }
+  // Sets the capacity while nothing is allocated; while bytes are held it
+  // only grows (moving them into larger storage), never below what is held.
+  void set_capacity(size_t capacity);
 
   // Copies up to free_space() bytes from `src`, starting `offset` bytes in.
   // Returns the number of bytes appended.

@@ -28,6 +28,8 @@ uint64_t Muxer::negotiated_features() const {
   return impl_->negotiated_features_;
 }
 const MuxerStats& Muxer::stats() const {
+  impl_->stats_.tx_memory_reserved = impl_->router_.credit_budget().reserved();
+  impl_->stats_.tx_memory_limit = impl_->router_.credit_budget().limit();
   return impl_->stats_;
 }
 std::string Muxer::seqpacket_uds_path() const {

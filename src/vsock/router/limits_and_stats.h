@@ -10,10 +10,13 @@
 namespace vhost_vsock::vsock {
 
 struct MuxerLimits {
-  // Our buf_alloc per connection: the most guest->host bytes we hold for one
-  // connection while its host socket would block (vhost-device-vsock's
-  // --tx-buffer-size, default 64 KiB).
-  uint32_t tx_buffer_size = 64 * 1024;
+  // The largest buf_alloc we advertise per connection: the most guest->host
+  // bytes we hold for one connection while its host socket would block
+  // (vhost-device-vsock's --tx-buffer-size; 256 KiB, Linux's own default).
+  uint32_t tx_buffer_size = 256 * 1024;
+  // All connections' guest->host promises together (--tx-memory-limit);
+  // 0 derives it from max_connections (see vsock/connection/credit_budget.h).
+  uint64_t tx_memory_limit = 0;
   size_t max_connections = 65536;
   std::chrono::milliseconds handshake_timeout{5000};  // host peer must finish "CONNECT <port>\n"
   std::chrono::milliseconds request_timeout{2000};    // guest must answer our REQUEST
@@ -54,6 +57,10 @@ struct MuxerStats {
   uint64_t resets_host_gone = 0;        // guest data for a host socket already closed
   uint64_t resets_driver_gone = 0;      // connections dropped with the guest's driver (device reset, disconnect)
   uint64_t credit_stalls = 0;           // CREDIT_REQUESTs sent: host data waited for the guest's credit
+  // Gauges, read when the stats are asked for: guest->host credit promised
+  // now, and the VM's limit for it (--tx-memory-limit, see CreditBudget).
+  uint64_t tx_memory_reserved = 0;
+  uint64_t tx_memory_limit = 0;
 };
 
 }  // namespace vhost_vsock::vsock

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <stdexcept>
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -12,8 +13,26 @@ bool is_known_op(uint16_t op) {
 
 }  // namespace
 
+namespace {
+
+// The daemon checks the same sizes when it reads its configuration; a bad
+// combination reaching here is a programming error.
+CreditBudget credit_budget_for(const MuxerLimits& limits) {
+  std::string error;
+  const auto sizes =
+      derive_credit_budget(limits.tx_buffer_size, limits.tx_memory_limit, limits.max_connections, &error);
+  if (!sizes) throw std::invalid_argument(error);
+  return CreditBudget(*sizes, limits.max_connections);
+}
+
+}  // namespace
+
 Router::Router(base::EventLoop& loop, Options options, MuxerStats& stats, Wakeups wakeups)
-    : loop_(loop), options_(std::move(options)), stats_(stats), wakeups_(std::move(wakeups)) {}
+    : loop_(loop),
+      options_(std::move(options)),
+      stats_(stats),
+      wakeups_(std::move(wakeups)),
+      credit_budget_(credit_budget_for(options_.limits)) {}
 
 Router::~Router() {
   wakeups_ = Wakeups{[] {}, [] {}};  // the pump may be gone already
@@ -187,7 +206,8 @@ void Router::handle_guest_connect(const PacketHeader& header) {
     reply_rst(header);
     return;
   }
-  ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size};
+  ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size, 0,
+                          &credit_budget_};
   RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
       params, std::move(dialed.endpoint), ConnectionState::kEstablished, next_connection_id_++));
   connection.was_established = true;
@@ -391,7 +411,8 @@ void Router::on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t gu
     ++stats_.handshake_failures;
     return;
   }
-  ConnectionParams params{options_.guest_cid, *host_port, guest_port, options_.limits.tx_buffer_size};
+  ConnectionParams params{options_.guest_cid, *host_port, guest_port, options_.limits.tx_buffer_size, 0,
+                          &credit_budget_};
   RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
       params, std::move(endpoint), ConnectionState::kAwaitingResponse, next_connection_id_++));
   spdlog::debug("cid={} local={} peer={} host connect: REQUEST sent to the guest", options_.guest_cid, *host_port,

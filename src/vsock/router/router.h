@@ -98,6 +98,8 @@ class Router {
     connections_.for_each(std::forward<Fn>(fn));
   }
   [[nodiscard]] const std::string& uds_path() const { return options_.uds_path; }
+  // Guest->host memory promised to the guest's connections (see CreditBudget).
+  [[nodiscard]] const CreditBudget& credit_budget() const { return credit_budget_; }
 
  private:
   void route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload);
@@ -144,6 +146,8 @@ class Router {
   bool seqpacket_enabled_ = false;
   UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
 
+  // Before the connections: they give their holds back when destroyed.
+  CreditBudget credit_budget_;
   ConnectionTable connections_{options_.limits.max_connections};
   ConnectionTimers timers_{loop_,
                            connections_,

@@ -48,6 +48,15 @@ HostEndpoint::SendResult UnixSeqpacketEndpoint::send(std::span<const iovec> iovs
   }
 }
 
+uint32_t UnixSeqpacketEndpoint::max_message_bytes() const {
+  int sndbuf = 0;
+  socklen_t length = sizeof(sndbuf);
+  if (!is_open() || ::getsockopt(fd(), SOL_SOCKET, SO_SNDBUF, &sndbuf, &length) != 0 || sndbuf <= 32) {
+    return UINT32_MAX;  // unknown: send() reports a refusal as before
+  }
+  return static_cast<uint32_t>(sndbuf - 32);
+}
+
 HostEndpoint::ReceiveResult UnixSeqpacketEndpoint::receive(std::span<const iovec> into) {
   if (!is_open() || into.size() > IOV_MAX) return {ReceiveStatus::kError, 0};
   msghdr msg{};

@@ -16,6 +16,8 @@ class UnixSeqpacketEndpoint : public UnixStreamEndpoint {
   ReceiveResult receive(std::span<const iovec> into) override;
   ReceiveResult peek_message_size() override;
   [[nodiscard]] SocketType socket_type() const override { return SocketType::kSeqpacket; }
+  // Linux's AF_UNIX datagram limit: the send buffer less 32 bytes.
+  [[nodiscard]] uint32_t max_message_bytes() const override;
 
  private:
   // recv() returned 0: a zero-length message, or the peer closed (no more messages).
