@@ -10,7 +10,6 @@
 #include <sys/uio.h>
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -19,6 +18,7 @@
 #include "base/iovec_list.h"
 #include "vsock/connection/credit_budget.h"
 #include "vsock/connection/host_endpoint.h"
+#include "vsock/connection/message_lengths.h"
 #include "vsock/connection/tx_ring_buffer.h"
 #include "vsock/packet/header.h"
 
@@ -248,7 +248,7 @@ class Connection {
   size_t uncounted_front_bytes_ = 0;  // accept greeting bytes at the front of tx_buffer_
   // kSeqpacket: lengths of the whole messages in tx_buffer_ (the greeting is
   // one), oldest first; the bytes after them are a message still without EOM.
-  std::deque<uint32_t> tx_messages_;
+  MessageLengths tx_messages_;
   uint32_t partial_message_bytes_ = 0;
   std::optional<uint32_t> next_message_bytes_;  // kSeqpacket: peeked size of the host's next message
   std::vector<uint8_t> early_host_bytes_;
