@@ -143,11 +143,15 @@ def wait_for_socket(path, proc, timeout, what):
 class Daemon:
     """One vhost-user-vsock process serving one VM."""
 
-    def __init__(self, binary, workdir, cid=GUEST_CID, extra_args=()):
+    def __init__(self, binary, workdir, cid=GUEST_CID, extra_args=(), groups="default", siblings=()):
         self.binary = binary
         self.cid = cid
+        self.workdir = workdir
         self.socket = os.path.join(workdir, "vhost.sock")
         self.uds_path = os.path.join(workdir, "vsock")
+        # Sibling VMs of the same daemon: [(cid, groups)]; then every VM is a --vm.
+        self.groups = groups
+        self.siblings = list(siblings)
         self.log_path = os.path.join(workdir, "daemon.log")
         self.extra_args = list(extra_args) + shlex.split(os.environ.get("VUV_DAEMON_EXTRA_ARGS", ""))
         self.proc = None
@@ -156,12 +160,23 @@ class Daemon:
         if not os.access(self.binary, os.X_OK):
             raise VmError(f"daemon binary {self.binary} not found; build it: ninja -C build vhost-user-vsock")
         args = [self.binary, "--guest-cid", str(self.cid), "--socket", self.socket, "--uds-path", self.uds_path]
+        if self.siblings:
+            args = [self.binary, "--vm", f"guest-cid={self.cid},socket={self.socket},uds-path={self.uds_path},"
+                    f"groups={self.groups}"]
+            for cid, groups in self.siblings:
+                args += ["--vm", f"guest-cid={cid},socket={self.sibling_socket(cid)},"
+                         f"uds-path={os.path.join(self.workdir, f'vsock{cid}')},groups={groups}"]
         args += self.extra_args
         with open(self.log_path, "ab") as log:
             log.write(("$ " + " ".join(args) + "\n").encode())
             log.flush()
             self.proc = spawn(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         wait_for_socket(self.socket, self.proc, timeout, "the daemon")
+        for cid, _ in self.siblings:
+            wait_for_socket(self.sibling_socket(cid), self.proc, timeout, "the daemon")
+
+    def sibling_socket(self, cid):
+        return os.path.join(self.workdir, f"vhost{cid}.sock")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -436,13 +451,23 @@ class Qemu:
 class Vm:
     """A daemon plus a QEMU guest, in a short temporary directory."""
 
-    def __init__(self, daemon_binary=None, image_dir=None, daemon_args=(), memory_mib=256, console_on_stdio=False):
+    def __init__(self, daemon_binary=None, image_dir=None, daemon_args=(), memory_mib=256, console_on_stdio=False,
+                 groups="default", siblings=()):
+        """siblings: [(cid, groups, boot)]: more VMs of the same daemon; those
+        with boot=True get a QEMU of their own (sibling_qemus[cid])."""
         # AF_UNIX paths are limited to 107 bytes and the device appends _<port>.
         self.workdir = tempfile.mkdtemp(prefix="vuv", dir="/tmp")
         self.image_dir = image_dir or guest_image_dir()
-        self.daemon = Daemon(daemon_binary or default_daemon(), self.workdir, extra_args=daemon_args)
+        self.daemon = Daemon(daemon_binary or default_daemon(), self.workdir, extra_args=daemon_args, groups=groups,
+                             siblings=[(cid, g) for cid, g, _ in siblings])
         self.qemu = Qemu(self.image_dir, self.workdir, self.daemon.socket, memory_mib,
                          console_on_stdio=console_on_stdio)
+        self.sibling_qemus = {}
+        for cid, _, boot in siblings:
+            if boot:
+                subdir = os.path.join(self.workdir, f"g{cid}")
+                os.mkdir(subdir)
+                self.sibling_qemus[cid] = Qemu(self.image_dir, subdir, self.daemon.sibling_socket(cid), memory_mib)
         self.boot_id = None
 
     @property
@@ -460,6 +485,8 @@ class Vm:
         start = time.monotonic()
         self.daemon.start()
         self.boot_id = self.qemu.start()
+        for qemu in self.sibling_qemus.values():
+            qemu.start()
         return time.monotonic() - start
 
     def restart_qemu(self):
@@ -482,9 +509,15 @@ class Vm:
             w = self.workdir
             parts += [f"--- QEMU log #{g}", tail(os.path.join(w, f"qemu{g}.log"), lines),
                       f"--- guest console #{g}, last {lines} lines", tail(os.path.join(w, f"console{g}.log"), lines)]
+        for cid, qemu in self.sibling_qemus.items():
+            g = qemu.generation
+            parts += [f"--- sibling VM cid={cid}: QEMU log", tail(os.path.join(qemu.workdir, f"qemu{g}.log"), lines),
+                      f"--- sibling VM cid={cid}: console", tail(os.path.join(qemu.workdir, f"console{g}.log"), lines)]
         return "\n".join(parts)
 
     def stop(self):
+        for qemu in self.sibling_qemus.values():
+            qemu.kill(signal.SIGKILL)
         self.qemu.kill(signal.SIGKILL)
         self.daemon.stop()
         if os.environ.get("VUV_KEEP") == "1":

@@ -113,7 +113,7 @@ void define_single_vm_options(CLI::App& app, RawFlags& raw, Options& o) {
                      bounded_help("Largest vring size accepted, a power of two", kDefaultQueueSize, kMaxQueueSize))
           ->type_name("N");
   o.groups = app.add_option("--groups", raw.groups,
-                            "Sibling-VM groups joined by '+' (default \"default\"; stored, routing not implemented)")
+                            "Sibling-VM groups joined by '+' (default \"default\"); VMs sharing one reach each other")
                  ->type_name("NAME[+NAME...]");
   o.connect_wait = app.add_option("--connect-wait", raw.connect_wait,
                                   "ms to keep retrying a host CONNECT while the guest refuses it (nothing listens "

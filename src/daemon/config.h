@@ -57,7 +57,7 @@ struct VmConfig {
   uint32_t queue_size = kDefaultQueueSize;  // largest vring the device accepts
   // Connect-wait (ours): ms to keep retrying a host CONNECT the guest refuses; 0 = off.
   uint32_t connect_wait_ms = 0;
-  // Sibling-VM routing groups (vhost-device-vsock's "a+b"); stored only, routing is future work.
+  // Sibling-VM routing groups (vhost-device-vsock's "a+b"): VMs sharing one reach each other by CID.
   std::vector<std::string> groups{std::string(kDefaultGroup)};
 
   VmSource source = VmSource::kFlags;

@@ -28,7 +28,7 @@ std::unique_ptr<VmWorker> ServedVms::bind(const VmConfig& vm, size_t vm_count) c
     runtime.max_connections = connection_cap_for_open_files(open_file_limit_, vm_count, runtime.max_connections);
   }
   try {
-    return std::make_unique<VmWorker>(vm, runtime, on_failure_);
+    return std::make_unique<VmWorker>(vm, runtime, on_failure_, siblings_);
   } catch (const std::exception& e) {
     spdlog::error("{}; vm cid={} is not served, the other VMs are", e.what(), vm.guest_cid);
     return nullptr;
@@ -37,6 +37,19 @@ std::unique_ptr<VmWorker> ServedVms::bind(const VmConfig& vm, size_t vm_count) c
 
 void ServedVms::bind_all(const std::vector<VmConfig>& vms) {
   const std::lock_guard lock(mutex_);
+  // Sibling routing between the VMs that share a group, fixed at start: a VM
+  // that does not bind stays in it unreachable (its siblings get an RST); a
+  // reload that restarts a VM of the same CID takes its place again, with the
+  // groups of the start; a VM a reload adds under a new CID is outside it.
+  std::vector<vsock::SiblingVm> sibling_vms;
+  for (const VmConfig& vm : vms) {
+    RuntimeOptions runtime = runtime_;
+    if (open_file_limit_ != 0) {
+      runtime.max_connections = connection_cap_for_open_files(open_file_limit_, vms.size(), runtime.max_connections);
+    }
+    sibling_vms.push_back({vm.guest_cid, vm.groups, runtime.max_connections});
+  }
+  siblings_ = vsock::make_sibling_hub(sibling_vms);
   for (const VmConfig& vm : vms) {
     if (auto worker = bind(vm, vms.size())) workers_.push_back(std::move(worker));
   }

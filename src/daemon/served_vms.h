@@ -52,6 +52,9 @@ class ServedVms {
   std::unique_ptr<VmWorker> bind(const VmConfig& vm, size_t vm_count) const;
   void remove(uint64_t cid);  // caller holds mutex_
 
+  // Sibling routing among the VMs of the start (see bind_all).
+  std::shared_ptr<vsock::SiblingHub> siblings_;
+
   RuntimeOptions runtime_;
   uint64_t open_file_limit_;
   VmWorker::FailureCallback on_failure_;

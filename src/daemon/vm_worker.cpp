@@ -31,11 +31,12 @@ vsock::MuxerLimits muxer_limits(const VmConfig& vm, const RuntimeOptions& runtim
   return limits;
 }
 
-VmWorker::VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCallback on_failure)
+VmWorker::VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCallback on_failure,
+                   std::shared_ptr<vsock::SiblingHub> siblings)
     : vm_(vm), on_failure_(std::move(on_failure)) {
   try {
     muxer_ = std::make_unique<vsock::Muxer>(
-        loop_, vsock::MuxerOptions{vm_.guest_cid, vm_.uds_path, muxer_limits(vm_, runtime)});
+        loop_, vsock::MuxerOptions{vm_.guest_cid, vm_.uds_path, muxer_limits(vm_, runtime), std::move(siblings)});
   } catch (const std::exception& e) {
     throw std::runtime_error(startup_error(vm_.guest_cid, "uds-path", vm_.uds_path, e.what()));
   }
@@ -120,11 +121,13 @@ void VmWorker::log_stats() const {
       "connect_wait_retries={} packets from_guest={} to_guest={} bytes from_guest={} to_guest={} dropped "
       "bad_address={} malformed={} "
       "resets_sent={} credit_violations={} protocol_violations={} rx_chains_too_small={} orphan_rsts_dropped={} "
-      "rx_passes={} seqpacket_messages_refused={}",
+      "rx_passes={} seqpacket_messages_refused={} sibling connections={} packets out={} in={} refused={} "
+      "tx_stalls={} resets_peer_gone={}",
       vm_.guest_cid, m.connections_opened, m.connections_active, m.host_connects_refused, m.handshake_failures,
       m.connect_wait_retries, m.packets_from_guest, m.packets_to_guest, m.bytes_from_guest, m.bytes_to_guest,
       m.dropped_bad_address, m.dropped_malformed, m.resets_sent, m.credit_violations, m.protocol_violations,
-      m.rx_chains_too_small, m.orphan_rsts_dropped, m.rx_passes, m.messages_refused);
+      m.rx_chains_too_small, m.orphan_rsts_dropped, m.rx_passes, m.messages_refused, m.sibling_connections_opened,
+      m.sibling_packets_out, m.sibling_packets_in, m.sibling_refused, m.sibling_tx_stalls, m.sibling_resets_peer_gone);
   const vhost_user::ServerStats& s = server_->stats();
   spdlog::info(
       "vm cid={} vhost-user stats: frontends_accepted={} frontend_disconnects={} protocol_errors={} "

@@ -29,7 +29,10 @@ class VmWorker {
 
   // Binds uds-path and the vhost-user socket. Throws std::runtime_error
   // naming the VM and the path on failure (nothing is left bound then).
-  VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCallback on_failure);
+  // `siblings` (may be null) routes packets between the daemon's VMs; it is
+  // shared by every worker and outlives them.
+  VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCallback on_failure,
+           std::shared_ptr<vsock::SiblingHub> siblings = nullptr);
   // Stops and joins the thread if needed, then tears down in dependency
   // order: server, device, muxer (which unlink their socket files).
   ~VmWorker();

@@ -97,9 +97,10 @@ class BasicVsockDevice final : public vhost_user::Device {
 
   void on_frontend_disconnected() override {
     detach_all_queues();
+    // No driver first: a sibling told of the reset below must already find this VM unreachable.
+    muxer_.set_negotiated_features(0);
     muxer_.reset_all_connections();
     stopped_since_running_ = false;
-    muxer_.set_negotiated_features(0);
   }
 
   // Before the server (which owns the queues) goes away.

@@ -4,16 +4,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "vsock/packet/header.h"
+
 namespace vhost_vsock::metrics {
 namespace {
 
 nlohmann::json connection_object(uint64_t cid, const vsock::ConnectionInfo& c) {
   return {
       {"cid", cid},
+      {"peer_cid", c.peer_cid},
       {"guest_port", c.guest_port},
       {"host_port", c.host_port},
       {"host_path", c.host_path},
-      {"direction", c.guest_initiated ? "guest_to_host" : "host_to_guest"},
+      {"direction", c.peer_cid == vsock::kCidHost ? (c.guest_initiated ? "guest_to_host" : "host_to_guest")
+                                                  : (c.guest_initiated ? "guest_to_sibling" : "sibling_to_guest")},
       {"type", c.type},
       {"state", c.state},
       {"age_ms", c.age.count()},
@@ -35,10 +39,18 @@ std::string age_text(uint64_t ms) {
 constexpr const char* kRowFormat = "{:<8} {:<5} {:<9} {:<18} {:>10} {:<36} {:>8} {:>12} {:>12} {:>9} {:>9}\n";
 
 std::string row(const nlohmann::json& c) {
-  const bool from_guest = c.at("direction").get<std::string>() == "guest_to_host";
-  return fmt::format(kRowFormat, c.at("cid").get<uint64_t>(), from_guest ? "g->h" : "h->g",
-                     c.at("type").get<std::string>(), c.at("state").get<std::string>(),
-                     c.at("guest_port").get<uint32_t>(), c.at("host_path").get<std::string>(),
+  const std::string direction = c.at("direction").get<std::string>();
+  const char* arrow = direction == "guest_to_host"      ? "g->h"
+                      : direction == "host_to_guest"    ? "h->g"
+                      : direction == "guest_to_sibling" ? "g->s"
+                                                        : "s->g";
+  // A sibling connection has no host path: its peer is "cid <CID>:<port>".
+  const uint64_t peer_cid = c.value("peer_cid", uint64_t{vsock::kCidHost});
+  const std::string peer = peer_cid == vsock::kCidHost
+                               ? c.at("host_path").get<std::string>()
+                               : fmt::format("cid {}:{}", peer_cid, c.at("host_port").get<uint32_t>());
+  return fmt::format(kRowFormat, c.at("cid").get<uint64_t>(), arrow, c.at("type").get<std::string>(),
+                     c.at("state").get<std::string>(), c.at("guest_port").get<uint32_t>(), peer,
                      age_text(c.at("age_ms").get<uint64_t>()), c.at("bytes_from_guest").get<uint64_t>(),
                      c.at("bytes_to_guest").get<uint64_t>(), c.at("buffered_to_host").get<uint64_t>(),
                      c.at("peer_credit").get<uint64_t>());

@@ -66,14 +66,40 @@ void add_traffic(Families& f, const std::string& cid, const vsock::MuxerStats& m
   f.counter(packets, packets_help, with(cid, "direction", "host_to_guest"), m.packets_to_guest);
 }
 
+void add_siblings(Families& f, const std::string& cid, const vsock::MuxerStats& m) {
+  f.gauge("vhost_user_vsock_sibling_connections_active", "Live connections to sibling VMs of this daemon", with(cid),
+          static_cast<double>(m.sibling_connections_active));
+  f.counter("vhost_user_vsock_sibling_connections_total", "Sibling connections established", with(cid),
+            m.sibling_connections_opened);
+  const std::string packets = "vhost_user_vsock_sibling_packets_total";
+  const char* packets_help = "Packets relayed between this guest and sibling VMs";
+  f.counter(packets, packets_help, with(cid, "direction", "guest_to_sibling"), m.sibling_packets_out);
+  f.counter(packets, packets_help, with(cid, "direction", "sibling_to_guest"), m.sibling_packets_in);
+  const std::string bytes = "vhost_user_vsock_sibling_bytes_total";
+  const char* bytes_help = "Payload bytes relayed between this guest and sibling VMs";
+  f.counter(bytes, bytes_help, with(cid, "direction", "guest_to_sibling"), m.sibling_bytes_out);
+  f.counter(bytes, bytes_help, with(cid, "direction", "sibling_to_guest"), m.sibling_bytes_in);
+  f.counter("vhost_user_vsock_sibling_refused_total",
+            "Guest packets for another CID refused with an RST (unknown CID, no shared group, sibling down, cap)",
+            with(cid), m.sibling_refused);
+  f.counter("vhost_user_vsock_sibling_tx_stalls_total",
+            "Times the guest's TX queue stopped because a sibling's inbound channel was full", with(cid),
+            m.sibling_tx_stalls);
+}
+
 void add_failures(Families& f, const std::string& cid, const vsock::MuxerStats& m) {
   const std::string resets = "vhost_user_vsock_resets_total";
   const char* resets_help = "Connections reset or refused, by reason";
   const std::pair<const char*, uint64_t> reasons[] = {
-      {"refused", m.host_connects_refused},   {"cap", m.resets_cap},
-      {"timeout", m.resets_timeout},          {"credit_violation", m.credit_violations},
-      {"protocol", m.protocol_violations},    {"peer_closed", m.resets_host_gone},
-      {"driver_reset", m.resets_driver_gone}, {"message_too_large", m.messages_refused},
+      {"refused", m.host_connects_refused},
+      {"cap", m.resets_cap},
+      {"timeout", m.resets_timeout},
+      {"credit_violation", m.credit_violations},
+      {"protocol", m.protocol_violations},
+      {"peer_closed", m.resets_host_gone},
+      {"driver_reset", m.resets_driver_gone},
+      {"message_too_large", m.messages_refused},
+      {"sibling_gone", m.sibling_resets_peer_gone},
   };
   for (const auto& [reason, value] : reasons) f.counter(resets, resets_help, with(cid, "reason", reason), value);
   f.counter("vhost_user_vsock_rst_packets_sent_total", "RST packets sent to the guest", with(cid), m.resets_sent);
@@ -118,6 +144,7 @@ void add_vm(Families& f, const VmSnapshot& vm) {
           static_cast<double>(m.tx_memory_limit));
   add_traffic(f, cid, m);
   add_failures(f, cid, m);
+  add_siblings(f, cid, m);
   add_queues(f, cid, vm);
   f.gauge("vhost_user_vsock_frontend_connected", "1 while a vhost-user front-end (QEMU) is connected", with(cid),
           vm.frontend_connected() ? 1 : 0);

@@ -50,11 +50,30 @@ DaemonProcess::DaemonProcess(DaemonOptions options) {
   std::vector<std::string> args = {binary_path(), "--guest-cid", std::to_string(options.guest_cid),
                                    "--socket",    socket_path_,  "--uds-path",
                                    uds_path_,     "--log-level", daemon_log_level(options.log_level)};
+  std::vector<std::string> sockets{socket_path_};
+  if (!options.extra_vms.empty()) {
+    auto vm_spec = [](uint64_t cid, const std::string& socket, const std::string& uds, const std::string& groups) {
+      return "guest-cid=" + std::to_string(cid) + ",socket=" + socket + ",uds-path=" + uds + ",groups=" + groups;
+    };
+    args = {binary_path(), "--log-level", daemon_log_level(options.log_level), "--vm",
+            vm_spec(options.guest_cid, socket_path_, uds_path_, options.groups)};
+    for (const ExtraVm& vm : options.extra_vms) {
+      args.insert(args.end(),
+                  {"--vm", vm_spec(vm.guest_cid, socket_path_of(vm.guest_cid), uds_path_of(vm.guest_cid), vm.groups)});
+      sockets.push_back(socket_path_of(vm.guest_cid));
+    }
+  }
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
   process_.emplace(std::move(args), dir_ + "/daemon.log");
 
   const auto deadline = Clock::now() + options.startup_timeout;
-  while (!is_socket(socket_path_)) {
+  auto all_bound = [&] {
+    for (const auto& socket : sockets) {
+      if (!is_socket(socket)) return false;
+    }
+    return true;
+  };
+  while (!all_bound()) {
     if (!running()) {
       throw std::runtime_error("daemon exited during startup (status " + std::to_string(exit_status()) + "); log:\n" +
                                log());

@@ -23,8 +23,18 @@ std::string daemon_log_level(const std::string& fallback);
 // True if `path` is a socket file (the daemon has bound it).
 bool is_socket(const std::string& path);
 
+// Another VM of the same daemon (sibling routing tests).
+struct ExtraVm {
+  uint64_t guest_cid = 0;
+  std::string groups = "default";  // as --vm's groups=, e.g. "a+b"
+};
+
 struct DaemonOptions {
   uint64_t guest_cid = 3;
+  // With extra VMs the daemon gets one --vm per VM (guest_cid first, with
+  // `groups`); each extra VM's sockets are socket_path_of(cid)/uds_path_of(cid).
+  std::string groups = "default";
+  std::vector<ExtraVm> extra_vms;
   std::vector<std::string> extra_args;  // e.g. {"--handshake-timeout", "300"}
   // --log-level; the env var VUV_DAEMON_LOG_LEVEL overrides it.
   std::string log_level = "info";
@@ -48,6 +58,11 @@ class DaemonProcess {
   [[nodiscard]] const std::string& uds_path() const { return uds_path_; }
   // "<uds>_<port>": where a host program listens for guest connects to `port`.
   [[nodiscard]] std::string uds_port_path(uint32_t port) const { return uds_path_ + "_" + std::to_string(port); }
+  // An extra VM's sockets (DaemonOptions::extra_vms).
+  [[nodiscard]] std::string socket_path_of(uint64_t cid) const {
+    return dir_ + "/vhost-" + std::to_string(cid) + ".sock";
+  }
+  [[nodiscard]] std::string uds_path_of(uint64_t cid) const { return dir_ + "/vsock-" + std::to_string(cid); }
   [[nodiscard]] pid_t pid() const { return process_->pid(); }
   [[nodiscard]] const std::vector<std::string>& args() const { return process_->args(); }
 

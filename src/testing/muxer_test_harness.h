@@ -12,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -41,8 +42,10 @@ class MuxerHarness {
 
   // `temp_base`: where the socket directory goes (short: AF_UNIX paths are
   // limited to 107 bytes; a tmpfs such as /dev/shm makes fuzzing faster).
+  // `customize` may change the muxer's options last (e.g. another CID and a sibling hub).
   explicit MuxerHarness(MuxerLimits limits = {}, uint16_t queue_size = 256, size_t ram_bytes = 64 << 20,
-                        bool with_listener = true, const std::string& temp_base = "/tmp", bool event_idx = false)
+                        bool with_listener = true, const std::string& temp_base = "/tmp", bool event_idx = false,
+                        const std::function<void(MuxerOptions&)>& customize = {})
       : ram_(ram_bytes), rx_ring_(ram_, queue_size, event_idx), tx_ring_(ram_, queue_size, event_idx) {
     std::string dir_template = temp_base + "/vmxXXXXXX";
     if (::mkdtemp(dir_template.data()) == nullptr) throw std::runtime_error("mkdtemp in " + temp_base);
@@ -62,6 +65,7 @@ class MuxerHarness {
     options.guest_cid = kGuestCid;
     options.uds_path = with_listener ? uds_path_ : "";
     options.limits = limits;
+    if (customize) customize(options);
     muxer_ = std::make_unique<Muxer>(loop_, options);
     muxer_->attach_queue(Muxer::kRxQueue, rx_queue_);
     muxer_->attach_queue(Muxer::kTxQueue, tx_queue_);

@@ -4,7 +4,7 @@ its vhost-user-vsock device, and real guest programs (socat, vsock_tool) talk
 to real host programs through it.
 
   run_e2e.py                       every group (one VM boot per group)
-  run_e2e.py --group basic         one group: basic, bulk, lifecycle or seqpacket
+  run_e2e.py --group basic         one group: basic, bulk, lifecycle, seqpacket or sibling
   run_e2e.py --test seed_host_to_guest --test half_close_guest_to_host
   run_e2e.py --list
 
@@ -25,9 +25,13 @@ import cases_basic  # noqa: E402,F401  (registers tests)
 import cases_bulk  # noqa: E402,F401
 import cases_lifecycle  # noqa: E402,F401
 import cases_seqpacket  # noqa: E402,F401
+import cases_sibling  # noqa: E402,F401
 from e2e_lib import E2E, TESTS, TestFailure, expect, vmlib  # noqa: E402
 
-GROUPS = ["basic", "bulk", "lifecycle", "seqpacket"]
+GROUPS = ["basic", "bulk", "lifecycle", "seqpacket", "sibling"]
+# Groups whose boot is not one VM: sibling boots two guests on one daemon
+# (CID 3 in g1, CID 4 in g1+g2) and configures CID 5 in g2 without a guest.
+VM_OPTIONS = {"sibling": {"groups": "g1", "siblings": [(4, "g1+g2", True), (5, "g2", False)]}}
 RSS_LIMIT_MIB = 64
 
 
@@ -67,8 +71,8 @@ class Runner:
         else:
             print(f"{progress} FAIL {name} ({seconds:.1f}s): {detail}", flush=True)
 
-    def boot(self):
-        vm = vmlib.Vm(self.daemon, self.image_dir)
+    def boot(self, group=None):
+        vm = vmlib.Vm(self.daemon, self.image_dir, **VM_OPTIONS.get(group, {}))
         try:
             seconds = vm.start()
         except BaseException:
@@ -116,7 +120,7 @@ class Runner:
     def run_group(self, group, tests):
         print(f"=== group {group}: {', '.join(name for name, _ in tests)}", flush=True)
         try:
-            vm = self.boot()
+            vm = self.boot(group)
         except Exception as e:  # noqa: BLE001
             for name, _ in tests:
                 self.record(name, False, 0, f"the VM did not start: {e}")

@@ -83,7 +83,9 @@ HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
                                    testing::daemon_log_level("info")};
   for (int vm = 0; vm < spec_.vms; ++vm) {
     args.push_back("--vm");
-    args.push_back("guest-cid=" + std::to_string(cid(vm)) + ",socket=" + socket_path(vm) + ",uds-path=" + uds_path(vm));
+    // A group of its own: a VM's guest cannot reach its siblings (sibling routing is tested elsewhere).
+    args.push_back("guest-cid=" + std::to_string(cid(vm)) + ",socket=" + socket_path(vm) + ",uds-path=" + uds_path(vm) +
+                   ",groups=vm" + std::to_string(vm));
   }
   args.insert(args.end(), spec_.extra_args.begin(), spec_.extra_args.end());
   process_.emplace(std::move(args), dir_ + "/daemon.log", spec_.env);

@@ -41,11 +41,19 @@ TEST_P(HostileTest, SpoofedSourceCidIsDroppedWithoutReply) {
   auto header = guest().make_header(Op::kRequest, 40000, 1234);
   header.src_cid = 99;  // another VM's CID
   ASSERT_TRUE(guest().send_raw(header));
-  header.src_cid = kGuestCid;
-  header.dst_cid = 7;  // not the host
-  ASSERT_TRUE(guest().send_raw(header));
+  // Not the host, and no VM of this daemon: refused at once, from that CID.
+  auto to_nobody = guest().make_header(Op::kRequest, 40010, 1234);
+  to_nobody.dst_cid = 7;
+  ASSERT_TRUE(guest().send_raw(to_nobody));
   EXPECT_FALSE(listener.accept(Millis(300)).valid()) << "spoofed REQUEST was forwarded to the host";
   EXPECT_FALSE(packet_to(40000, Millis(100)).has_value()) << "spoofed packets must not be answered";
+  auto refused = packet_to(40010, Millis(1000));
+  ASSERT_TRUE(refused.has_value()) << "a connect to an unknown CID must be reset at once";
+  EXPECT_EQ(refused->header.operation(), Op::kRst);
+  EXPECT_EQ(refused->header.src_cid, 7u);
+  // The simulated driver expects packets from CID 2 only: that RST is its one complaint.
+  expect_no_violations_ = false;
+  for (const auto& v : guest().violations()) EXPECT_NE(v.find("RST 7:1234 -> 3:40010"), std::string::npos) << v;
   expect_healthy(1235);
 }
 

@@ -23,6 +23,7 @@ void Muxer::reset_all_connections() {
 void Muxer::set_negotiated_features(uint64_t features) {
   impl_->negotiated_features_ = features;
   impl_->router_.set_seqpacket_enabled((features & kFeatureSeqpacket) != 0);
+  impl_->router_.set_guest_reachable(features != 0);
 }
 uint64_t Muxer::negotiated_features() const {
   return impl_->negotiated_features_;
@@ -60,13 +61,32 @@ void Muxer::list_connections(std::vector<ConnectionInfo>* out) const {
     info.peer_credit = conn.peer_credit();
     out->push_back(std::move(info));
   });
+  impl_->router_.for_each_sibling_connection([&](const ConnectionKey& key, const SiblingConnection& entry) {
+    ConnectionInfo info;
+    info.peer_cid = key.peer_cid;
+    info.guest_port = key.local_port;
+    info.host_port = key.peer_port;
+    info.guest_initiated = entry.from_our_guest;
+    info.type = entry.type == SocketType::kStream ? "stream" : "seqpacket";
+    info.state = entry.established ? "established" : "awaiting-response";
+    info.age = std::chrono::duration_cast<std::chrono::milliseconds>(now - entry.created);
+    info.bytes_from_guest = entry.bytes_from_guest;
+    info.bytes_to_guest = entry.bytes_to_guest;
+    out->push_back(std::move(info));
+  });
+}
+
+std::shared_ptr<SiblingHub> make_sibling_hub(const std::vector<SiblingVm>& vms) {
+  std::vector<SiblingHub::VmSpec> specs;
+  for (const SiblingVm& vm : vms) specs.push_back({vm.cid, vm.groups, vm.max_connections});
+  return std::make_shared<SiblingHub>(specs);
 }
 
 Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
     : loop_(loop),
       options_(std::move(options)),
-      router_(loop, Router::Options{options_.guest_cid, options_.uds_path, options_.limits}, stats_,
-              Router::Wakeups{[this] { pump_.schedule_rx(); }, [this] { pump_.schedule_tx(); }}) {
+      router_(loop, Router::Options{options_.guest_cid, options_.uds_path, options_.limits, options_.siblings.get()},
+              stats_, Router::Wakeups{[this] { pump_.schedule_rx(); }, [this] { pump_.schedule_tx(); }}) {
   router_.set_pending_host_peers([this] { return pending_host_peers(); });
   if (!options_.uds_path.empty()) {
     open_listener();

@@ -16,20 +16,35 @@
 
 namespace vhost_vsock::vsock {
 
+class SiblingHub;
+
+// One VM of the daemon as sibling routing sees it.
+struct SiblingVm {
+  uint64_t cid = 0;
+  std::vector<std::string> groups;  // vhost-device-vsock's groups ("default" unless given)
+  size_t max_connections = 0;       // its cap; a sibling connection counts against both VMs'
+};
+// Shared by the muxers of one daemon: a guest reaches another VM's guest when
+// the two share a group. Build it before the muxers; it must outlive them.
+std::shared_ptr<SiblingHub> make_sibling_hub(const std::vector<SiblingVm>& vms);
+
 struct MuxerOptions {
   uint64_t guest_cid = 0;
   // Host listener; guest connects go to uds_path + "_" + port. Empty: no
   // listener (host-initiated connections disabled), for tests.
   std::string uds_path;
   MuxerLimits limits;
+  std::shared_ptr<SiblingHub> siblings;  // null: no sibling routing (packets for other CIDs get an RST)
 };
 
 // One live connection as the metrics listing shows it (a copy, taken on the
 // muxer's thread). The byte counts are the virtio counters, modulo 2^32.
 struct ConnectionInfo {
+  uint64_t peer_cid = 2;  // the host (2), or the sibling VM at the other end
   uint32_t guest_port = 0;
   uint32_t host_port = 0;  // our side's port (the <uds-path>_<port> suffix for guest connects)
-  std::string host_path;   // guest connects: <uds-path>_<port>; host connects: uds-path (or <uds-path>_seqpacket)
+  std::string host_path;   // guest connects: <uds-path>_<port>; host connects: uds-path (or <uds-path>_seqpacket); ""
+                           // for siblings
   bool guest_initiated = false;
   const char* type = "";   // "stream" or "seqpacket"
   const char* state = "";  // ConnectionState spelled out

@@ -321,15 +321,24 @@ TEST_F(MuxerTest, SlowButSteadyHostReaderGetsEverythingAfterGuestClose) {
   EXPECT_TRUE(rst);  // the normal end of a guest close
 }
 
-TEST_F(MuxerTest, SpoofedAddressesAreDroppedWithoutReply) {
+TEST_F(MuxerTest, SpoofedSourceIsDroppedWithoutReplyAndUnknownDestinationGetsRst) {
   auto spoofed = h->guest_header(Op::kRequest, kGuestPort, kHostPort);
   spoofed.src_cid = 4;
   h->send(spoofed);
+  EXPECT_TRUE(drain().empty());
+  EXPECT_EQ(h->stats().dropped_bad_address, 1u);
+  // No sibling has CID 5: the guest's connect fails at once, not after its timeout.
   auto wrong_dst = h->guest_header(Op::kRequest, kGuestPort, kHostPort);
   wrong_dst.dst_cid = 5;
   h->send(wrong_dst);
-  EXPECT_TRUE(drain().empty());
-  EXPECT_EQ(h->stats().dropped_bad_address, 2u);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(packets[0].header.src_cid, 5u);
+  EXPECT_EQ(packets[0].header.dst_cid, MuxerHarness::kGuestCid);
+  EXPECT_EQ(packets[0].header.src_port, kHostPort);
+  EXPECT_EQ(packets[0].header.dst_port, kGuestPort);
+  EXPECT_EQ(h->stats().sibling_refused, 1u);
   h->reclaim_tx();
   EXPECT_EQ(h->tx_ring().in_flight(), 0u);  // TX buffers still returned
 }

@@ -85,7 +85,10 @@ QueuePump::TxRound QueuePump::drain_tx_round(virtio::Queue& queue, uint64_t walk
       router_.note_invalid_tx_chain();
       continue;
     }
-    router_.route_guest_packet(tx_chain_.readable(), tx_chain_.readable_bytes());
+    if (!router_.route_guest_packet(tx_chain_.readable(), tx_chain_.readable_bytes())) {
+      queue.unpop(1);  // a sibling's channel is full: the packet waits in the ring
+      return TxRound::kBackpressure;
+    }
     queue.add_used(tx_chain_.id(), 0);
     if (queues_[kTxQueue] != &queue) return TxRound::kDetached;
   }
@@ -106,13 +109,17 @@ void QueuePump::process_rx() {
   while (!pass.rx_empty && !pass.yielded) {
     send_control_packets(pass);
     if (pass.rx_empty || pass.yielded) break;
+    // Packets from sibling VMs, a batch per turn, between the host's data turns.
+    const bool more_from_siblings = deliver_sibling_packets(pass);
+    if (pass.rx_empty || pass.yielded) break;
     // Data, one quantum per connection per turn.
-    if (!router_.has_data()) break;
+    if (!router_.has_data() && !more_from_siblings) break;
     if (pass.turns >= kMaxTurnsPerPass || pass.out_of_budget()) {
       pass.yielded = true;
       break;
     }
     ++pass.turns;
+    if (!router_.has_data()) continue;
     const bool served =
         router_.serve_next_data([&](Connection& conn) { return serve_data(*queue, conn) != DataTurn::kRxEmpty; });
     if (!served) pass.rx_empty = true;

@@ -71,6 +71,10 @@ class QueuePump {
   void finish_rx_pass(RxPass& pass);
   bool acquire_rx_chain(virtio::Queue& queue, virtio::DescriptorChain& chain);
   void put_control(virtio::Queue& queue, const PacketHeader& header);
+  // Packets siblings sent our guest (queue_pump_sibling.cpp): up to a batch;
+  // true if the batch ended with more waiting.
+  bool deliver_sibling_packets(RxPass& pass);
+  bool write_sibling_packet(RxPass& pass, SiblingHub::Channel& channel);
   DataTurn serve_data(virtio::Queue& queue, Connection& conn);
   // kSeqpacket: one whole message per turn, or none (queue_pump_message.cpp).
   DataTurn serve_message(virtio::Queue& queue, Connection& conn);

@@ -61,6 +61,16 @@ struct MuxerStats {
   // now, and the VM's limit for it (--tx-memory-limit, see CreditBudget).
   uint64_t tx_memory_reserved = 0;
   uint64_t tx_memory_limit = 0;
+  // Sibling VMs of the same daemon (a shared group); packets relayed guest to guest.
+  uint64_t sibling_connections_active = 0;  // tracked connections to siblings (count against the cap)
+  uint64_t sibling_connections_opened = 0;  // a sibling connection's RESPONSE went through
+  uint64_t sibling_packets_out = 0;         // from our guest to a sibling
+  uint64_t sibling_packets_in = 0;          // from a sibling to our guest
+  uint64_t sibling_bytes_out = 0;
+  uint64_t sibling_bytes_in = 0;
+  uint64_t sibling_refused = 0;           // RST at once: unknown CID, no shared group, sibling down, cap
+  uint64_t sibling_tx_stalls = 0;         // the TX pass stopped at a sibling's full channel
+  uint64_t sibling_resets_peer_gone = 0;  // RSTs to our guest: the sibling's guest went away
 };
 
 }  // namespace vhost_vsock::vsock

@@ -21,13 +21,14 @@ class OrphanRstQueue {
   [[nodiscard]] size_t size() const { return count_; }
 
   // The RST answering `to` (addresses swapped, same socket type: Linux matches
-  // the RST to its socket by type too). False, and nothing queued, if full.
+  // the RST to its socket by type too; from the CID `to` was sent to, the
+  // host or a sibling VM). False, and nothing queued, if full.
   bool push_reply_to(const PacketHeader& to, uint64_t guest_cid) {
     if (full()) return false;
     if (ring_.empty()) ring_.resize(kCapacity);  // allocated on first need
     PacketHeader& rst = ring_[(head_ + count_) % kCapacity];
     rst = PacketHeader{};
-    rst.src_cid = kCidHost;
+    rst.src_cid = to.dst_cid;
     rst.dst_cid = guest_cid;
     rst.src_port = to.dst_port;
     rst.dst_port = to.src_port;

@@ -32,11 +32,14 @@ Router::Router(base::EventLoop& loop, Options options, MuxerStats& stats, Wakeup
       options_(std::move(options)),
       stats_(stats),
       wakeups_(std::move(wakeups)),
-      credit_budget_(credit_budget_for(options_.limits)) {}
+      credit_budget_(credit_budget_for(options_.limits)) {
+  if (options_.siblings != nullptr) attach_siblings();
+}
 
 Router::~Router() {
   wakeups_ = Wakeups{[] {}, [] {}};  // the pump may be gone already
   reset_all_connections();
+  detach_siblings();
 }
 
 // ---------------------------------------------------------------------------
@@ -52,20 +55,21 @@ void Router::note_invalid_tx_chain() {
   warn_guest("invalid TX descriptor chain");
 }
 
-void Router::route_guest_packet(std::span<const iovec> readable, size_t readable_bytes) {
+bool Router::route_guest_packet(std::span<const iovec> readable, size_t readable_bytes) {
   const TxParseStatus status = parse_tx_packet(readable, tx_packet_);
   const PacketHeader& header = tx_packet_.header;
   if (status == TxParseStatus::kShortHeader) {
     ++stats_.dropped_malformed;
     warn_guest("TX chain with {} readable bytes, no room for a header", readable_bytes);
-    return;
+    return true;
   }
-  // Invariant 2: only packets from the guest itself to the host.
-  if (header.src_cid != options_.guest_cid || header.dst_cid != kCidHost) {
+  // Invariant 2: only packets from the guest itself (never forwarded under another CID).
+  if (header.src_cid != options_.guest_cid) {
     ++stats_.dropped_bad_address;
     warn_guest("dropped packet with bad address: {}", describe(header));
-    return;
+    return true;
   }
+  if (header.dst_cid != kCidHost) return route_to_sibling(status, header);
   ++stats_.packets_from_guest;
   if (status != TxParseStatus::kOk) {
     ++stats_.dropped_malformed;
@@ -75,9 +79,10 @@ void Router::route_guest_packet(std::span<const iovec> readable, size_t readable
     } else if (header.operation() != Op::kRst) {
       reply_rst(header);
     }
-    return;
+    return true;
   }
   route_parsed_packet(header, tx_packet_.payload.span());
+  return true;
 }
 
 void Router::route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload) {
@@ -256,7 +261,7 @@ bool Router::has_control_packet() {
     }
     return true;
   }
-  return !orphan_rsts_.empty();
+  return !sibling_rsts_.empty() || !orphan_rsts_.empty();
 }
 
 // ---------------------------------------------------------------------------
@@ -270,6 +275,7 @@ RoutedConnection& Router::insert(std::unique_ptr<RoutedConnection> owned) {
   if (RoutedConnection* old = connections_.find(owned->key())) erase(*old);  // callers check first
   RoutedConnection& connection = connections_.insert(std::move(owned));
   stats_.connections_active = connections_.size();
+  publish_connection_count();
   return connection;
 }
 
@@ -280,6 +286,7 @@ void Router::erase(RoutedConnection& connection) {
   }
   connections_.erase(connection);  // destroys it, closing its host socket
   stats_.connections_active = connections_.size();
+  publish_connection_count();
 }
 
 void Router::watch(RoutedConnection& connection) {
@@ -387,6 +394,7 @@ void Router::reset_all_connections() {
   orphan_rsts_.clear();
   wake_tx_if_waiting();
   stats_.connections_active = 0;
+  reset_sibling_connections();
 }
 
 bool Router::admit_host_peer() {
@@ -398,7 +406,7 @@ bool Router::admit_host_peer() {
 
 void Router::on_host_connect(std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port,
                              std::span<const uint8_t> early_bytes) {
-  if (!connections_.has_room()) {
+  if (!connections_.has_room(sibling_table_.size())) {
     ++stats_.handshake_failures;
     log_info("connection limit {} reached; refusing host connect to port {}", options_.limits.max_connections,
              guest_port);

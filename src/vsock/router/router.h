@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <deque>
 #include <functional>
 #include <memory>
 #include <span>
@@ -25,6 +26,8 @@
 #include "vsock/router/limits_and_stats.h"
 #include "vsock/router/orphan_rsts.h"
 #include "vsock/router/port_allocator.h"
+#include "vsock/router/sibling_hub.h"
+#include "vsock/router/sibling_table.h"
 #include "vsock/transport/unix_stream_dialer.h"
 
 namespace vhost_vsock::vsock {
@@ -35,6 +38,8 @@ class Router {
     uint64_t guest_cid = 0;
     std::string uds_path;  // guest connects dial <uds_path>_<port>
     MuxerLimits limits;
+    // The daemon's sibling VMs (null: none). Must outlive the router.
+    SiblingHub* siblings = nullptr;
   };
   // How the router asks for queue passes (the pump's deferred tasks).
   struct Wakeups {
@@ -49,7 +54,9 @@ class Router {
 
   // VIRTIO_VSOCK_F_SEQPACKET was negotiated: seqpacket packets are routed
   // (otherwise each gets an RST, and streams are unaffected).
-  void set_seqpacket_enabled(bool enabled) { seqpacket_enabled_ = enabled; }
+  void set_seqpacket_enabled(bool enabled);
+  // A guest driver is up (features negotiated): siblings may reach it.
+  void set_guest_reachable(bool reachable);
 
   // Host peers still in their handshake count against the connection cap.
   void set_pending_host_peers(std::function<size_t()> pending) { pending_host_peers_ = std::move(pending); }
@@ -62,8 +69,10 @@ class Router {
     // Each guest packet owes at most one RST: room for one is enough.
     return !orphan_rsts_.full() || wait_for_rst_room();
   }
-  // One TX chain's device-readable buffers.
-  void route_guest_packet(std::span<const iovec> readable, size_t readable_bytes);
+  // One TX chain's device-readable buffers. False when the packet was not
+  // taken (its sibling's channel is full): the pump gives the chain back and
+  // stops; Wakeups::tx comes once the sibling made room.
+  [[nodiscard]] bool route_guest_packet(std::span<const iovec> readable, size_t readable_bytes);
   void note_invalid_tx_chain();
 
   // ---- host -> guest (the RX pass) ----
@@ -75,6 +84,11 @@ class Router {
   template <typename Put>
   void send_control_packet(Put&& put);
   [[nodiscard]] bool has_data() const { return !data_list_.empty(); }
+  // The next packet a sibling sent our guest (the channel's head, with how
+  // much of its payload was written already), or null. The pump writes it
+  // into RX chains and calls finish_sibling_packet() once all of it went out.
+  [[nodiscard]] SiblingHub::Channel* next_sibling_packet();
+  void finish_sibling_packet(SiblingHub::Channel& channel);
   // Runs one data turn for the next connection in the round-robin: `serve`
   // moves host bytes into RX buffers and returns false if it found none (the
   // connection then keeps its place). Returns that result; true if the
@@ -97,12 +111,37 @@ class Router {
   void for_each_connection(Fn&& fn) const {
     connections_.for_each(std::forward<Fn>(fn));
   }
+  template <typename Fn>
+  void for_each_sibling_connection(Fn&& fn) const {
+    sibling_table_.for_each(std::forward<Fn>(fn));
+  }
   [[nodiscard]] const std::string& uds_path() const { return options_.uds_path; }
   // Guest->host memory promised to the guest's connections (see CreditBudget).
   [[nodiscard]] const CreditBudget& credit_budget() const { return credit_budget_; }
 
  private:
   void route_parsed_packet(const PacketHeader& header, std::span<const iovec> payload);
+  // ---- siblings (router_sibling.cpp) ----
+  void attach_siblings();
+  void detach_siblings();
+  bool route_to_sibling(TxParseStatus status, const PacketHeader& header);
+  // Why a packet for a sibling is refused before it is forwarded, or null.
+  const char* sibling_refusal(const PacketHeader& header, const SiblingHub::Channel* channel);
+  void refuse_sibling_packet(const PacketHeader& header, const char* why);
+  void forward_to_sibling(SiblingHub::Channel& channel, const PacketHeader& header);
+  void track_sibling_packet(const PacketHeader& header, bool from_our_guest);
+  void open_sibling_entry(const PacketHeader& request, bool from_our_guest);
+  void close_sibling_entry(const ConnectionKey& key);
+  void on_sibling_wake();
+  void on_sibling_request_timeout(const ConnectionKey& key, uint64_t id);
+  // A sibling's guest is gone: RST our guest's connections to it.
+  void reset_connections_to(uint64_t sibling_cid);
+  // Our guest is gone: forget its sibling connections, drop what waits for
+  // it, and tell the siblings (their routers RST their ends).
+  void reset_sibling_connections();
+  void discard_inbound();
+  void publish_connection_count();
+  [[nodiscard]] size_t live_connections() const { return connections_.size() + sibling_table_.size(); }
   [[nodiscard]] bool routable_type(uint16_t type) const {
     return type == static_cast<uint16_t>(SocketType::kStream) ||
            (seqpacket_enabled_ && type == static_cast<uint16_t>(SocketType::kSeqpacket));
@@ -132,7 +171,10 @@ class Router {
   void on_timer_expired(RoutedConnection& connection);
   void on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events);
   void watch(RoutedConnection& connection);
-  [[nodiscard]] size_t pending_host_peers() const { return pending_host_peers_ ? pending_host_peers_() : 0; }
+  // Host peers still handshaking, plus sibling connections: both count against the cap.
+  [[nodiscard]] size_t pending_host_peers() const {
+    return (pending_host_peers_ ? pending_host_peers_() : 0) + sibling_table_.size();
+  }
   template <typename... Args>
   void warn_guest(fmt::format_string<Args...> format, Args&&... args);
   template <typename... Args>
@@ -164,6 +206,14 @@ class Router {
   bool tx_waits_for_rx_ = false;
 
   TxPacket tx_packet_;  // reused for every guest packet: the data path does not allocate
+
+  // Sibling VMs (null self: none configured).
+  SiblingHub::Member* sibling_self_ = nullptr;
+  SiblingTable sibling_table_;
+  std::deque<PacketHeader> sibling_rsts_;  // RSTs owed to our guest for a sibling gone (bounded by the table)
+  size_t next_inbound_ = 0;                // round-robin over the inbound channels
+  bool tx_waits_for_sibling_ = false;      // the TX pass stopped at a full channel
+  base::LogLimiter sibling_limiter_{"sibling refusals", 20};
   base::LogLimiter warn_limiter_{"guest warnings", 20};
   base::LogLimiter info_limiter_{"connection messages", 200};  // lifecycle, refusals, handshake failures
 };
@@ -186,6 +236,11 @@ void Router::send_control_packet(Put&& put) {
       put(*conn.take_control_packet());
       if (conn.pending_control() == 0) control_list_.pop_front();
     });
+    return;
+  }
+  if (!sibling_rsts_.empty()) {
+    put(sibling_rsts_.front());
+    sibling_rsts_.pop_front();
     return;
   }
   if (orphan_rsts_.empty()) return;
