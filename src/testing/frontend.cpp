@@ -297,6 +297,7 @@ uint64_t VhostUserFrontend::start(GuestRam& ram, GuestRing& rx, GuestRing& tx) {
   if (options_.event_idx) features |= kVirtioFeatureEventIdx;
   if (options_.indirect_desc) features |= kVirtioFeatureIndirectDesc;
   if (rx.packed()) features |= kVirtioFeatureRingPacked;
+  if (options_.seqpacket) features |= offered & kVsockFeatureSeqpacket;
   set_features(features);
   set_mem_table(ram);
   setup_vring(0, ram, rx);

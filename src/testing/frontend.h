@@ -53,6 +53,7 @@ inline constexpr uint64_t kVirtioFeatureEventIdx = 1ULL << 29;
 inline constexpr uint64_t kVirtioFeatureVersion1 = 1ULL << 32;
 inline constexpr uint64_t kVirtioFeatureRingPacked = 1ULL << 34;
 inline constexpr uint64_t kVsockFeatureStream = 1ULL << 0;
+inline constexpr uint64_t kVsockFeatureSeqpacket = 1ULL << 1;
 // SET_VRING_KICK/CALL/ERR payload bit: no fd attached (polling mode).
 inline constexpr uint64_t kVringNoFdFlag = 1ULL << 8;
 inline constexpr size_t kVhostUserHeaderSize = 12;
@@ -67,6 +68,7 @@ struct VhostUserReply {
 struct FrontendOptions {
   bool event_idx = true;
   bool indirect_desc = true;
+  bool seqpacket = true;  // ack VIRTIO_VSOCK_F_SEQPACKET if offered
   // Describe the GuestRam as two regions (second at a non-zero mmap offset).
   bool split_memory_regions = false;
   // With REPLY_ACK negotiated, ask for an ack on every request that has no

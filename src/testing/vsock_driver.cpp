@@ -107,11 +107,13 @@ GuestVsockDriver::GuestVsockDriver(const std::string& vhost_socket, GuestOptions
   frontend_options.event_idx = options_.event_idx;
   frontend_options.indirect_desc = options_.indirect;
   frontend_options.split_memory_regions = options_.split_memory_regions;
+  frontend_options.seqpacket = options_.seqpacket;
   frontend_options.reply_timeout = options_.setup_timeout;
   frontend_ = std::make_unique<VhostUserFrontend>(vhost_socket, frontend_options, options_.setup_timeout);
   s.frontend = frontend_.get();
   guest_cid_ = frontend_->start(*s.ram, *s.rx_ring, *s.tx_ring);
   s.guest_cid = guest_cid_;
+  s.seqpacket_negotiated = (frontend_->acked_features() & kVsockFeatureSeqpacket) != 0;
 
   std::unique_lock lock(s.mu);
   s.refill_rx();
@@ -162,6 +164,11 @@ void GuestVsockDriver::disconnect() {
   s.connections.clear();
   s.listeners.clear();
   s.cv.notify_all();
+}
+
+bool GuestVsockDriver::seqpacket_negotiated() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->seqpacket_negotiated;
 }
 
 bool GuestVsockDriver::connected() const {

@@ -50,7 +50,9 @@ struct GuestOptions {
   uint32_t rx_buffer_size = 4096;       // payload bytes per RX buffer (Linux: 4 KiB)
   uint32_t tx_max_payload = 64 * 1024;  // Linux: VIRTIO_VSOCK_MAX_PKT_BUF_SIZE
   uint32_t buf_alloc = 256 * 1024;      // our receive buffer per stream (Linux default)
-  bool split_memory_regions = false;    // see FrontendOptions
+  // Ack VIRTIO_VSOCK_F_SEQPACKET when the device offers it (Linux >= 5.14).
+  bool seqpacket = true;
+  bool split_memory_regions = false;  // see FrontendOptions
   // Linux answers a full SHUTDOWN from the peer with RST once nothing is left
   // to read. Turn off to test the device's shutdown timeout.
   bool reset_on_peer_shutdown = true;
@@ -89,14 +91,26 @@ enum class StreamState { kConnecting, kEstablished, kClosing, kClosed };
 class GuestVsockDriver;
 struct Connection;
 
-// A guest stream socket handle. Copies share one connection; a Stream must
-// not outlive the GuestVsockDriver that made it.
+// A guest socket handle, stream or seqpacket (type()). Copies share one
+// connection; a Stream must not outlive the GuestVsockDriver that made it.
 class Stream {
  public:
   Stream() = default;
   [[nodiscard]] bool valid() const { return conn_ != nullptr; }
   [[nodiscard]] uint32_t local_port() const;
   [[nodiscard]] uint32_t peer_port() const;
+  [[nodiscard]] vsock::SocketType type() const;
+
+  // Seqpacket: one message, in RW packets within the peer's credit, the last
+  // with EOM (and EOR if `eor`). False, having sent nothing, for a message
+  // larger than the peer's buf_alloc (Linux: EMSGSIZE); false on timeout,
+  // reset or shutdown.
+  bool send_message(std::span<const uint8_t> data, bool eor = true, Millis timeout = Millis(10000));
+  bool send_message(std::string_view data, bool eor = true, Millis timeout = Millis(10000));
+  // Seqpacket: the next whole message; nullopt on timeout, EOF or reset.
+  // `eor` (optional) tells whether its last packet carried EOR.
+  std::optional<std::string> recv_message(Millis timeout = Millis(10000), bool* eor = nullptr);
+  [[nodiscard]] size_t messages_readable() const;
 
   // Sends all of `data` in RW packets within the peer's credit. False (having
   // sent a prefix) on timeout, reset, local SHUT_WR or peer SHUTDOWN(RCV).
@@ -151,13 +165,15 @@ class GuestVsockDriver {
   GuestVsockDriver& operator=(const GuestVsockDriver&) = delete;
 
   [[nodiscard]] uint64_t guest_cid() const { return guest_cid_; }
+  [[nodiscard]] bool seqpacket_negotiated() const;
   [[nodiscard]] const GuestOptions& options() const { return options_; }
 
   // Guest -> host CID 2. connect() waits for RESPONSE or RST (check
   // established()/refused()); connect_async() only sends the REQUEST.
-  Stream connect(uint32_t port, Millis timeout = Millis(5000));
-  Stream connect_async(uint32_t port);
-  void listen(uint32_t port);
+  Stream connect(uint32_t port, Millis timeout = Millis(5000), vsock::SocketType type = vsock::SocketType::kStream);
+  Stream connect_async(uint32_t port, vsock::SocketType type = vsock::SocketType::kStream);
+  // A REQUEST of the other type is refused with RST, as Linux does.
+  void listen(uint32_t port, vsock::SocketType type = vsock::SocketType::kStream);
   void unlisten(uint32_t port);
   // The next connection the host made to a listening port.
   std::optional<Stream> accept(uint32_t port, Millis timeout = Millis(5000));

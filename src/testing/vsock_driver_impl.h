@@ -49,17 +49,28 @@ class ByteQueue {
   size_t begin_ = 0;
 };
 
+// A whole seqpacket message, as received (EOR: the sender marked a record end).
+struct ReceivedMessage {
+  std::vector<uint8_t> bytes;
+  bool eor = false;
+};
+
 struct Connection {
   uint32_t local_port = 0;
   uint32_t peer_port = 0;
+  uint16_t type = static_cast<uint16_t>(vsock::SocketType::kStream);  // every packet carries it
   StreamState state = StreamState::kConnecting;
   bool reset_received = false;
   bool refused = false;
   bool in_table = true;
   uint32_t peer_shutdown = 0;   // SHUTDOWN flags the peer sent
   uint32_t local_shutdown = 0;  // SHUTDOWN flags we sent
-  // Receive side: our credit.
+  // Receive side: our credit. A stream's bytes queue in `rx`; a seqpacket's
+  // whole messages in `messages`, the one still missing its EOM in `partial`.
   ByteQueue rx;
+  std::deque<ReceivedMessage> messages;
+  std::vector<uint8_t> partial;
+  size_t message_bytes = 0;        // in `messages` and `partial`
   uint32_t rx_cnt = 0;             // payload bytes received, wrapping
   uint32_t fwd_cnt = 0;            // payload bytes the application consumed, wrapping
   uint32_t last_fwd_cnt_sent = 0;  // fwd_cnt in the last packet we sent
@@ -107,6 +118,8 @@ struct GuestVsockDriver::Impl {
 
   std::map<std::pair<uint32_t, uint32_t>, std::shared_ptr<Connection>> connections;  // (local, peer)
   std::map<uint32_t, std::deque<std::shared_ptr<Connection>>> listeners;
+  std::map<uint32_t, uint16_t> listener_types;  // by port
+  bool seqpacket_negotiated = false;            // VIRTIO_VSOCK_F_SEQPACKET acked
   uint32_t next_local_port = 49152;
 
   DriverStats stats;
@@ -135,6 +148,16 @@ struct GuestVsockDriver::Impl {
   void handle_packet_without_connection(const vsock::PacketHeader& header, vsock::Op op);
   void handle_packet_while_connecting(Connection& conn, const vsock::PacketHeader& header, vsock::Op op);
   void receive_data(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  void receive_message_part(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  // Sends `data` in RW packets within the peer's credit; a message (even an
+  // empty one) ends with a packet carrying `last_flags`. False on timeout,
+  // reset or shutdown.
+  bool send_data(Connection& conn, std::span<const uint8_t> data, bool message, uint32_t last_flags,
+                 std::unique_lock<std::mutex>& lock, Clock::time_point deadline);
+  // Nothing queued for the application (stream bytes or message bytes).
+  [[nodiscard]] static bool nothing_to_read(const Connection& conn) {
+    return conn.rx.empty() && conn.message_bytes == 0;
+  }
   void receive_shutdown(Connection& conn, const vsock::PacketHeader& header);
   void reset_unexpected(Connection& conn, const vsock::PacketHeader& header, const char* where);
   [[nodiscard]] vsock::PacketHeader header_for(Connection& conn, vsock::Op op, uint32_t len = 0,

@@ -30,6 +30,7 @@ uint32_t GuestVsockDriver::Impl::peer_free_credit(const Connection& conn) {
 
 PacketHeader GuestVsockDriver::Impl::header_for(Connection& conn, Op op, uint32_t len, uint32_t flags) const {
   PacketHeader h = owner.make_header(op, conn.local_port, conn.peer_port, len, flags);
+  h.type = conn.type;
   h.fwd_cnt = conn.fwd_cnt;
   conn.last_fwd_cnt_sent = conn.fwd_cnt;
   return h;
@@ -49,6 +50,7 @@ void GuestVsockDriver::Impl::send_control(Connection& conn, Op op, uint32_t flag
 
 void GuestVsockDriver::Impl::send_orphan_reset(const PacketHeader& to) {
   PacketHeader h = owner.make_header(Op::kRst, to.dst_port, to.src_port);
+  h.type = to.type;
   ++stats.resets_sent;
   if (pending.empty() && publish_tx(h, {})) {
     flush_tx_kick();
@@ -87,7 +89,7 @@ void GuestVsockDriver::Impl::mark_closed(Connection& conn) {
 // Linux: once the peer has shut down both ways and nothing is left to read,
 // reset and close (virtio_transport_recv_connected, SHUTDOWN case).
 void GuestVsockDriver::Impl::maybe_finish_peer_shutdown(Connection& conn) {
-  if (!options.reset_on_peer_shutdown || conn.peer_shutdown != kShutdownBoth || !conn.rx.empty()) return;
+  if (!options.reset_on_peer_shutdown || conn.peer_shutdown != kShutdownBoth || !nothing_to_read(conn)) return;
   if (conn.state == StreamState::kClosed) return;
   send_control(conn, Op::kRst);
   mark_closed(conn);
@@ -130,6 +132,10 @@ void GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span
     return;
   }
   std::shared_ptr<Connection> conn = it->second;  // keeps it alive past mark_closed
+  if (header.type != conn->type) {
+    reset_unexpected(*conn, header, "of the other socket type");  // Linux resets on a type mismatch
+    return;
+  }
   update_peer_credit(*conn, header);
   if (conn->state == StreamState::kConnecting) {
     handle_packet_while_connecting(*conn, header, op);
@@ -165,7 +171,11 @@ bool GuestVsockDriver::Impl::addressed_to_us(const PacketHeader& header) {
     violation("packet not from host to this guest: " + vsock::describe(header));
     return false;
   }
-  if (header.type != static_cast<uint16_t>(vsock::SocketType::kStream)) {
+  const bool stream = header.type == static_cast<uint16_t>(vsock::SocketType::kStream);
+  // Without the feature the device may still answer our type-2 REQUEST: with RST.
+  const bool seqpacket = header.type == static_cast<uint16_t>(vsock::SocketType::kSeqpacket) &&
+                         (seqpacket_negotiated || header.operation() == vsock::Op::kRst);
+  if (!stream && !seqpacket) {
     violation("packet of a socket type we never used: " + vsock::describe(header));
     return false;
   }
@@ -176,10 +186,11 @@ bool GuestVsockDriver::Impl::addressed_to_us(const PacketHeader& header) {
 // anything else is an orphan, answered with RST unless it is one.
 void GuestVsockDriver::Impl::handle_packet_without_connection(const PacketHeader& header, Op op) {
   auto listener = listeners.find(header.dst_port);
-  if (op == Op::kRequest && listener != listeners.end()) {
+  if (op == Op::kRequest && listener != listeners.end() && listener_types[header.dst_port] == header.type) {
     auto conn = std::make_shared<Connection>();
     conn->local_port = header.dst_port;
     conn->peer_port = header.src_port;
+    conn->type = header.type;
     conn->state = StreamState::kEstablished;
     update_peer_credit(*conn, header);
     connections[{conn->local_port, conn->peer_port}] = conn;
@@ -212,6 +223,9 @@ void GuestVsockDriver::Impl::receive_data(Connection& conn, const PacketHeader& 
                                           std::span<const uint8_t> payload) {
   conn.rx_cnt += header.len;
   stats.bytes_received += header.len;
+  if (conn.type == static_cast<uint16_t>(vsock::SocketType::kStream) && header.flags != 0) {
+    violation("stream RW with flags: " + vsock::describe(header));
+  }
   if (conn.rx_cnt - conn.last_fwd_cnt_sent > options.buf_alloc) {
     violation("credit overrun: " + std::to_string(conn.rx_cnt - conn.last_fwd_cnt_sent) +
               " bytes unacknowledged, buf_alloc " + std::to_string(options.buf_alloc) + ": " + vsock::describe(header));
@@ -222,6 +236,8 @@ void GuestVsockDriver::Impl::receive_data(Connection& conn, const PacketHeader& 
   // Data for a closing socket is dropped, but still counted as consumed.
   if (conn.state == StreamState::kClosing || (conn.local_shutdown & vsock::kShutdownRcv)) {
     conn.fwd_cnt += header.len;
+  } else if (conn.type == static_cast<uint16_t>(vsock::SocketType::kSeqpacket)) {
+    receive_message_part(conn, header, payload);
   } else {
     conn.rx.append(payload);
   }
@@ -248,11 +264,12 @@ void GuestVsockDriver::Impl::reset_unexpected(Connection& conn, const PacketHead
 // ---------------------------------------------------------------------------
 // Driver-level socket calls
 
-Stream GuestVsockDriver::connect_async(uint32_t port) {
+Stream GuestVsockDriver::connect_async(uint32_t port, vsock::SocketType type) {
   std::unique_lock lock(impl_->mu);
   Impl& s = *impl_;
   auto conn = std::make_shared<Connection>();
   conn->peer_port = port;
+  conn->type = static_cast<uint16_t>(type);
   if (!s.running) {
     conn->state = StreamState::kClosed;
     conn->in_table = false;
@@ -264,20 +281,22 @@ Stream GuestVsockDriver::connect_async(uint32_t port) {
   return Stream(this, conn);
 }
 
-Stream GuestVsockDriver::connect(uint32_t port, Millis timeout) {
-  Stream stream = connect_async(port);
+Stream GuestVsockDriver::connect(uint32_t port, Millis timeout, vsock::SocketType type) {
+  Stream stream = connect_async(port, type);
   stream.wait_established(timeout);
   return stream;
 }
 
-void GuestVsockDriver::listen(uint32_t port) {
+void GuestVsockDriver::listen(uint32_t port, vsock::SocketType type) {
   std::lock_guard lock(impl_->mu);
   impl_->listeners[port];
+  impl_->listener_types[port] = static_cast<uint16_t>(type);
 }
 
 void GuestVsockDriver::unlisten(uint32_t port) {
   std::lock_guard lock(impl_->mu);
   impl_->listeners.erase(port);
+  impl_->listener_types.erase(port);
 }
 
 std::optional<Stream> GuestVsockDriver::accept(uint32_t port, Millis timeout) {
@@ -310,31 +329,39 @@ bool Stream::send(std::string_view data, Millis timeout) {
 bool Stream::send(std::span<const uint8_t> data, Millis timeout) {
   if (!conn_) return false;
   auto& s = *driver_->impl_;
-  Connection& c = *conn_;
   std::unique_lock lock(s.mu);
-  const auto deadline = Clock::now() + timeout;
+  return s.send_data(*conn_, data, false, 0, lock, Clock::now() + timeout);
+}
+
+bool GuestVsockDriver::Impl::send_data(Connection& c, std::span<const uint8_t> data, bool message, uint32_t last_flags,
+                                       std::unique_lock<std::mutex>& lock, Clock::time_point deadline) {
   size_t offset = 0;
-  while (offset < data.size()) {
+  bool done = data.empty() && !message;
+  while (!done) {
     if (c.state != StreamState::kEstablished || (c.local_shutdown & vsock::kShutdownSend) ||
-        (c.peer_shutdown & vsock::kShutdownRcv) || !s.running) {
+        (c.peer_shutdown & vsock::kShutdownRcv) || !running) {
       break;
     }
-    const uint32_t credit = GuestVsockDriver::Impl::peer_free_credit(c);
-    if (credit > 0 && s.pending.empty() && s.tx_buffer_available()) {
-      const size_t chunk = std::min<size_t>({data.size() - offset, credit, s.options.tx_max_payload});
-      const PacketHeader h = s.header_for(c, Op::kRw, static_cast<uint32_t>(chunk));
-      if (s.publish_tx(h, data.subspan(offset, chunk))) {
+    const uint32_t credit = peer_free_credit(c);
+    const size_t left = data.size() - offset;
+    // An empty message still takes one (empty) packet to carry its EOM.
+    if ((credit > 0 || left == 0) && pending.empty() && tx_buffer_available()) {
+      const size_t chunk = std::min<size_t>({left, credit, options.tx_max_payload});
+      const bool last = chunk == left;
+      const PacketHeader h = header_for(c, Op::kRw, static_cast<uint32_t>(chunk), message && last ? last_flags : 0);
+      if (publish_tx(h, data.subspan(offset, chunk))) {
         c.tx_cnt += static_cast<uint32_t>(chunk);
-        s.stats.bytes_sent += chunk;
+        stats.bytes_sent += chunk;
         offset += chunk;
+        done = last;
         continue;
       }
     }
-    s.flush_tx_kick();
-    if (s.cv.wait_until(lock, deadline) == std::cv_status::timeout && Clock::now() >= deadline) break;
+    flush_tx_kick();
+    if (cv.wait_until(lock, deadline) == std::cv_status::timeout && Clock::now() >= deadline) break;
   }
-  s.flush_tx_kick();
-  return offset == data.size();
+  flush_tx_kick();
+  return done;
 }
 
 size_t Stream::recv_into(std::span<uint8_t> out, Millis timeout) {
@@ -421,6 +448,10 @@ void Stream::close() {
     // Unread data is discarded; the peer is told it was consumed.
     std::vector<uint8_t> sink(c.rx.size());
     c.fwd_cnt += static_cast<uint32_t>(c.rx.pop(sink));
+    c.fwd_cnt += static_cast<uint32_t>(c.message_bytes);
+    c.message_bytes = 0;
+    c.messages.clear();
+    c.partial.clear();
     if (c.peer_shutdown == kShutdownBoth) {
       s.send_control(c, Op::kRst);
       s.mark_closed(c);
@@ -454,7 +485,8 @@ VUV_STREAM_GETTER(StreamState, state, c.state)
 VUV_STREAM_GETTER(bool, reset_received, c.reset_received)
 VUV_STREAM_GETTER(bool, refused, c.refused)
 VUV_STREAM_GETTER(uint32_t, peer_shutdown_flags, c.peer_shutdown)
-VUV_STREAM_GETTER(bool, eof, c.rx.empty() && ((c.peer_shutdown & vsock::kShutdownSend) != 0))
+VUV_STREAM_GETTER(bool, eof,
+                  GuestVsockDriver::Impl::nothing_to_read(c) && (c.peer_shutdown & vsock::kShutdownSend) != 0)
 VUV_STREAM_GETTER(size_t, readable_bytes, c.rx.size())
 VUV_STREAM_GETTER(uint32_t, peer_free_credit, GuestVsockDriver::Impl::peer_free_credit(c))
 VUV_STREAM_GETTER(uint32_t, peer_buf_alloc, c.peer_buf_alloc)

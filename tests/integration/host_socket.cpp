@@ -44,8 +44,8 @@ uint64_t splitmix64(uint64_t x) {
 
 }  // namespace
 
-HostListener::HostListener(std::string path, int backlog) : path_(std::move(path)) {
-  fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+HostListener::HostListener(std::string path, int backlog, int type) : path_(std::move(path)) {
+  fd_.reset(::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   const sockaddr_un addr = base::unix_socket_address(path_);
   ::unlink(path_.c_str());
   if (!fd_ || ::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 ||
@@ -68,11 +68,11 @@ UniqueFd HostListener::accept(Millis timeout) {
   }
 }
 
-UniqueFd unix_connect(const std::string& path, Millis timeout) {
+UniqueFd unix_connect(const std::string& path, Millis timeout, int type) {
   const auto deadline = Clock::now() + timeout;
   const sockaddr_un addr = base::unix_socket_address(path);
   for (;;) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
       const int flags = ::fcntl(fd.get(), F_GETFL);
       ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK);
@@ -218,6 +218,48 @@ void Checksum::update(std::span<const uint8_t> data) {
 
 uint64_t Checksum::value() const {
   return state_ ^ bytes_;
+}
+
+bool send_message(int fd, std::string_view message, Millis timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    const ssize_t n = ::send(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return static_cast<size_t>(n) == message.size();
+    if (errno != EAGAIN && errno != EINTR) return false;
+    if (!wait_fd(fd, POLLOUT, deadline)) return false;
+  }
+}
+
+std::optional<std::string> receive_message(int fd, Millis timeout, bool* eof, size_t max) {
+  const auto deadline = Clock::now() + timeout;
+  if (eof != nullptr) *eof = false;
+  std::string out(max, '\0');
+  for (;;) {
+    iovec iov{out.data(), out.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    const ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n > 0 || (n == 0 && (msg.msg_flags & MSG_EOR) != 0)) {
+      if (msg.msg_flags & MSG_TRUNC) return std::nullopt;
+      out.resize(static_cast<size_t>(n));
+      return out;
+    }
+    if (n == 0) {
+      // A zero-length message and EOF look alike: tell them apart by POLLHUP.
+      pollfd pfd{fd, POLLIN, 0};
+      if (::poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLHUP) != 0) {
+        if (eof != nullptr) *eof = true;
+        return std::nullopt;
+      }
+      return std::string();
+    }
+    if (errno != EAGAIN && errno != EINTR) {
+      if (eof != nullptr) *eof = errno == ECONNRESET;
+      return std::nullopt;
+    }
+    if (!wait_fd(fd, POLLIN, deadline)) return std::nullopt;
+  }
 }
 
 }  // namespace vhost_vsock::integration

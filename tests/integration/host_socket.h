@@ -3,6 +3,8 @@
 // test instead of hanging it.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -17,10 +19,11 @@ namespace vhost_vsock::integration {
 using Millis = std::chrono::milliseconds;
 using base::UniqueFd;
 
-// A listening socket at `path` (e.g. "<uds>_1234" for guest connects).
+// A listening socket at `path` (e.g. "<uds>_1234" for guest connects);
+// `type` SOCK_STREAM or SOCK_SEQPACKET.
 class HostListener {
  public:
-  explicit HostListener(std::string path, int backlog = 4096);
+  explicit HostListener(std::string path, int backlog = 4096, int type = SOCK_STREAM);
   ~HostListener();
   UniqueFd accept(Millis timeout = Millis(5000));
   [[nodiscard]] int fd() const { return fd_.get(); }
@@ -32,7 +35,12 @@ class HostListener {
 };
 
 // Connects to a Unix socket; invalid fd on failure.
-UniqueFd unix_connect(const std::string& path, Millis timeout = Millis(5000));
+UniqueFd unix_connect(const std::string& path, Millis timeout = Millis(5000), int type = SOCK_STREAM);
+// SOCK_SEQPACKET: one whole message each. send_message: false on timeout or
+// error. receive_message: nullopt on timeout, EOF (*eof set) or error; a
+// message cut short by `max` is an error (MSG_TRUNC), never returned.
+bool send_message(int fd, std::string_view message, Millis timeout = Millis(10000));
+std::optional<std::string> receive_message(int fd, Millis timeout, bool* eof = nullptr, size_t max = 1 << 20);
 // Connects to the hybrid listener and completes "CONNECT <port>\n" / "OK <n>\n".
 // Returns the fd and sets *ok_line (without the newline); invalid fd if the
 // daemon closes the socket or sends something else.

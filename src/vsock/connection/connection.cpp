@@ -169,6 +169,19 @@ void Connection::after_forwarded(uint32_t guest_bytes) {
   if (fwd_cnt_ - advertised_fwd_cnt_ >= threshold && state_ == ConnectionState::kEstablished) {
     pending_control_ |= control::kCreditUpdate;
   }
+  advertise_if_guest_out_of_credit();
+}
+
+// A guest whose view of our credit is zero waits for a CREDIT_UPDATE (Linux
+// never asks). On a stream the threshold above always fires first, but a
+// seqpacket's unfinished message holds bytes we cannot forward: with the rest
+// of the window forwarded below the threshold, both sides would wait forever.
+void Connection::advertise_if_guest_out_of_credit() {
+  const uint32_t window = std::min(advertised_buf_alloc_, peer_buf_alloc_);
+  if (rx_cnt_ - advertised_fwd_cnt_ >= window && fwd_cnt_ != advertised_fwd_cnt_ &&
+      state_ == ConnectionState::kEstablished) {
+    pending_control_ |= control::kCreditUpdate;
+  }
 }
 
 size_t Connection::host_backlog() const {

@@ -225,6 +225,7 @@ class Connection {
   void leave_budget();
   // Sizes the TX buffer to the promise before bytes are appended.
   void size_tx_buffer() { tx_buffer_.set_capacity(static_cast<size_t>(owed_to_guest()) + kUncountedReserve); }
+  void advertise_if_guest_out_of_credit();
   void maybe_finish_guest_send_side();
   void on_host_write_closed();
   void on_host_eof();

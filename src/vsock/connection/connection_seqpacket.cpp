@@ -63,7 +63,10 @@ GuestPacketVerdict Connection::accept_message_part(std::span<const iovec> payloa
   size_tx_buffer();
   tx_buffer_.append(payload, 0, len);
   partial_message_bytes_ += len;
-  if (!ends_message) return GuestPacketVerdict::kOk;
+  if (!ends_message) {
+    advertise_if_guest_out_of_credit();
+    return GuestPacketVerdict::kOk;
+  }
   tx_messages_.push_back(partial_message_bytes_);
   partial_message_bytes_ = 0;
   if (host_writable_) flush_tx();
