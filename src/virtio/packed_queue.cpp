@@ -108,7 +108,8 @@ bool PackedQueue::configure(std::shared_ptr<const memory::GuestMemory> memory, u
   if (configured() && !broken_) flush_used();  // entries added under the old map must not be lost
   if (size != size_) {
     // New positions come with set_ring_state(); until then start as a fresh ring.
-    next_avail_ = next_used_ = published_used_ = last_notified_used_ = 0;
+    next_avail_ = next_used_ = published_used_ = 0;
+    notify_tracker_.restart(0);
     batch_size_ = 0;
     in_flight_.assign(size, 0);
     popped_.assign(size, Popped{});
@@ -118,7 +119,7 @@ bool PackedQueue::configure(std::shared_ptr<const memory::GuestMemory> memory, u
   ring_ = ring;
   driver_event_ = driver_event;
   device_event_ = device_event;
-  notified_once_ = false;
+  notify_tracker_.forget_decisions();
   returnable_ = 0;
   write_device_event(event_idx_ ? kEventFlagDesc : kEventFlagEnable);
   return true;
@@ -135,9 +136,9 @@ void PackedQueue::reset() {
   size_ = 0;
   ring_ = driver_event_ = device_event_ = nullptr;
   broken_ = false;
-  next_avail_ = next_used_ = published_used_ = last_notified_used_ = 0;
+  next_avail_ = next_used_ = published_used_ = 0;
   batch_size_ = 0;
-  notified_once_ = false;
+  notify_tracker_.restart(0);
   in_flight_.clear();
   popped_.clear();
   pops_ = 0;
@@ -166,9 +167,9 @@ void PackedQueue::set_ring_state(uint32_t state) {
     return;
   }
   next_avail_ = avail;
-  next_used_ = published_used_ = last_notified_used_ = used;
+  next_used_ = published_used_ = used;
   batch_size_ = 0;
-  notified_once_ = false;
+  notify_tracker_.restart(used);
   returnable_ = 0;
   std::fill(in_flight_.begin(), in_flight_.end(), uint16_t{0});
   write_device_event(event_idx_ ? kEventFlagDesc : kEventFlagEnable);
@@ -379,19 +380,14 @@ void PackedQueue::flush_used() {
 
 bool PackedQueue::should_notify() {
   if (!configured() || broken_) return false;
-  // The used flags must be visible before we read the driver's suppression
-  // state, or we could miss the driver re-enabling interrupts.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  const uint32_t new_used = published_used_;
-  const uint32_t old_used = last_notified_used_;
-  if (new_used == old_used) return false;  // nothing published since the last decision
-  const bool old_valid = notified_once_;
-  last_notified_used_ = new_used;
-  notified_once_ = true;
+  const auto window = notify_tracker_.begin(published_used_);
+  if (!window) return false;  // nothing published since the last decision
+  const uint32_t new_used = window->new_position;
+  const uint32_t old_used = window->old_position;
 
   const uint16_t flags = load_le16(driver_event_ + 2, __ATOMIC_RELAXED);
   bool notify = flags != kEventFlagDisable;  // ENABLE, or a reserved value: rather one interrupt too many
-  if (flags == kEventFlagDesc && event_idx_ && old_valid) {
+  if (flags == kEventFlagDesc && event_idx_ && window->old_valid) {
     // §2.7.10: interrupt when the used descriptor at off_wrap was written in
     // (old, new], counted on the 2 * size circle our counters live on.
     const uint16_t off_wrap = load_le16(driver_event_, __ATOMIC_RELAXED);

@@ -114,8 +114,7 @@ class PackedQueue final : public Queue {
   uint16_t batch_flags_ = 0;         // the flags it gets when published
   uint32_t batch_size_ = 0;          // used descriptors written but not yet published
   uint32_t published_used_ = 0;      // next_used_ at the last flush
-  uint32_t last_notified_used_ = 0;  // published_used_ at the last should_notify()
-  bool notified_once_ = false;
+  NotifyTracker notify_tracker_;     // published_used_ at the last should_notify()
   std::vector<uint16_t> in_flight_;  // ring descriptors of each popped chain, by buffer id (0: none)
   struct Popped {
     uint32_t start;  // next_avail_ before the pop

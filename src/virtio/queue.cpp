@@ -3,12 +3,22 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <bit>
 #include <cerrno>
 
 #include "base/errno_text.h"
 
 namespace vhost_vsock::virtio {
+
+std::optional<NotifyTracker::Window> NotifyTracker::begin(uint32_t published) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (published == last_) return std::nullopt;
+  const Window window{last_, published, decided_once_};
+  last_ = published;
+  decided_once_ = true;
+  return window;
+}
 
 bool Queue::count_decision(bool wanted, bool has_call_fd, QueueStats& stats) {
   if (!wanted) {

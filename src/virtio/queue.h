@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 
@@ -67,6 +68,36 @@ struct QueueStats {
   uint64_t notifications_suppressed = 0;  // the driver did not want one
   uint64_t notifications_without_fd = 0;  // the driver wanted one, but the queue has no call fd
   uint64_t call_fd_errors = 0;            // of the sent: the eventfd write failed (not just a full counter)
+};
+
+// The bookkeeping both ring layouts keep around notification decisions
+// (should_notify()): where used entries had been published at the last
+// decision, and whether there was one since the ring (re)started. Positions
+// are the layout's own (split: used idx; packed: counter on the 2*size circle).
+class NotifyTracker {
+ public:
+  struct Window {
+    uint32_t old_position;  // published at the last decision
+    uint32_t new_position;  // published now
+    bool old_valid;         // false for the first decision: no event index to measure against
+  };
+  // Forgets earlier decisions; publication continues at `position`.
+  void restart(uint32_t position) {
+    last_ = position;
+    decided_once_ = false;
+  }
+  // Forgets that there was a decision (the driver's event index may be
+  // stale), keeping the position: what was published since still counts.
+  void forget_decisions() { decided_once_ = false; }
+  // Nullopt when nothing was published since the last decision; otherwise
+  // the window, now recorded as decided. Fences first: our used stores must be
+  // visible before the caller reads the driver's suppression state, or we
+  // could miss the driver re-enabling interrupts.
+  std::optional<Window> begin(uint32_t published);
+
+ private:
+  uint32_t last_ = 0;
+  bool decided_once_ = false;
 };
 
 class Queue {

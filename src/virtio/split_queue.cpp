@@ -113,8 +113,8 @@ bool SplitQueue::configure(std::shared_ptr<const memory::GuestMemory> memory, ui
   avail_ = avail;
   used_ = used;
   // The driver has seen exactly used->idx entries; continue from there.
-  next_used_ = published_used_ = last_notified_used_ = read_used_idx_from_ring();
-  notified_once_ = false;
+  next_used_ = published_used_ = read_used_idx_from_ring();
+  notify_tracker_.restart(published_used_);
   returnable_ = 0;
   write_used_flags(used_flags_);
   if (event_idx_) store_le16(used_ + kUsedRingOffset + kUsedElemSize * size_, next_avail_, __ATOMIC_RELAXED);
@@ -133,8 +133,8 @@ void SplitQueue::reset() {
   desc_gpa_ = 0;
   desc_ = avail_ = used_ = nullptr;
   broken_ = false;
-  next_avail_ = next_used_ = published_used_ = last_notified_used_ = 0;
-  notified_once_ = false;
+  next_avail_ = next_used_ = published_used_ = 0;
+  notify_tracker_.restart(0);
   used_flags_ = 0;
   returnable_ = 0;
   stats_ = QueueStats{};
@@ -144,8 +144,8 @@ void SplitQueue::set_next_avail(uint16_t index) {
   next_avail_ = index;
   broken_ = false;
   returnable_ = 0;
-  notified_once_ = false;
-  next_used_ = published_used_ = last_notified_used_ = configured() ? read_used_idx_from_ring() : index;
+  next_used_ = published_used_ = configured() ? read_used_idx_from_ring() : index;
+  notify_tracker_.restart(published_used_);
 }
 
 uint16_t SplitQueue::read_avail_idx() const {
@@ -302,25 +302,18 @@ void SplitQueue::flush_used() {
 
 bool SplitQueue::should_notify() {
   if (!configured() || broken_) return false;
-  // The used idx store must be visible before we read the driver's
-  // suppression state, or we could miss the driver re-enabling interrupts.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-
-  const uint16_t new_idx = published_used_;
-  const uint16_t old_idx = last_notified_used_;
-  if (new_idx == old_idx) return false;  // nothing published since the last decision
-  const bool old_valid = notified_once_;
-  last_notified_used_ = new_idx;
-  notified_once_ = true;
+  const auto window = notify_tracker_.begin(published_used_);
+  if (!window) return false;  // nothing published since the last decision
 
   bool notify;
   if (!event_idx_) {
     notify = (load_le16(avail_, __ATOMIC_RELAXED) & kAvailFlagNoInterrupt) == 0;
-  } else if (!old_valid) {
+  } else if (!window->old_valid) {
     notify = true;  // no earlier decision to measure the driver's event index against
   } else {
     const uint16_t used_event = load_le16(avail_ + kAvailRingOffset + 2 * size_t{size_}, __ATOMIC_RELAXED);
-    notify = vring_need_event(used_event, new_idx, old_idx);
+    notify = vring_need_event(used_event, static_cast<uint16_t>(window->new_position),
+                              static_cast<uint16_t>(window->old_position));
   }
   // NOTIFY_ON_EMPTY: running out of buffers overrides any suppression.
   if (!notify && notify_on_empty_ && read_avail_idx() == next_avail_) notify = true;

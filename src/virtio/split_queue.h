@@ -88,12 +88,11 @@ class SplitQueue final : public Queue {
   bool indirect_ = false;
   bool broken_ = false;
   uint16_t next_avail_ = 0;
-  uint16_t next_used_ = 0;           // shadow of used->idx including unflushed entries
-  uint16_t published_used_ = 0;      // used->idx as last stored to the ring
-  uint16_t last_notified_used_ = 0;  // used idx at the last should_notify()
-  bool notified_once_ = false;
-  uint16_t used_flags_ = 0;  // our copy of used->flags (never read back from the guest)
-  uint16_t returnable_ = 0;  // chains unpop() may give back
+  uint16_t next_used_ = 0;        // shadow of used->idx including unflushed entries
+  uint16_t published_used_ = 0;   // used->idx as last stored to the ring
+  NotifyTracker notify_tracker_;  // published_used_ at the last should_notify()
+  uint16_t used_flags_ = 0;       // our copy of used->flags (never read back from the guest)
+  uint16_t returnable_ = 0;       // chains unpop() may give back
   std::string log_name_ = "virtqueue";
   base::UniqueFd call_fd_;
   QueueStats stats_;
