@@ -9,7 +9,6 @@ namespace vhost_vsock::testing {
 
 namespace {
 
-using vsock::Op;
 using vsock::PacketHeader;
 
 constexpr uint32_t kMessageFlags = vsock::kSeqEom | vsock::kSeqEor;

@@ -78,6 +78,7 @@ void Muxer::list_connections(std::vector<ConnectionInfo>* out) const {
 
 std::shared_ptr<SiblingHub> make_sibling_hub(const std::vector<SiblingVm>& vms) {
   std::vector<SiblingHub::VmSpec> specs;
+  specs.reserve(vms.size());
   for (const SiblingVm& vm : vms) specs.push_back({vm.cid, vm.groups, vm.max_connections});
   return std::make_shared<SiblingHub>(specs);
 }
