@@ -157,9 +157,31 @@ def local_goals(pins: list[str]) -> list[Goal]:
                                   f"sim.{direction}.{tag}.8.{pin}", f"ceiling.tput.{tag}.8.{pin}"))
         goals.append(Goal(f"sim 1-byte round trip ÷ ceiling round trip [{where}] (lower is better)",
                           f"sim.rtt.{pin}", f"ceiling.rtt.{pin}", None, False))
+    goals += packed_goals(pins)
     goals.append(Goal("sim host-initiated connects per second [unpinned]", "sim.connect.host.free", None,
                       20000, True, "≥ 20,000/s"))
     goals.append(Goal("sim guest-initiated connects per second [unpinned]", "sim.connect.guest.free", None))
+    return goals
+
+
+def packed_goals(pins: list[str]) -> list[Goal]:
+    """Packed ÷ split virtqueues, sim and callgrind, same run (no target: where
+    each layout wins is the finding)."""
+    goals: list[Goal] = []
+    for pin in pins:
+        where = report.PIN_TEXT[pin]
+        for direction, name in local_suite.DIRECTIONS:
+            for tag, size in (("64k", "64 KiB"), ("4k", "4 KiB")):
+                goals.append(Goal(f"sim packed ÷ split virtqueues, {name} {size} writes, 1 stream [{where}]",
+                                  f"sim.{direction}.{tag}.1.{pin}.packed", f"sim.{direction}.{tag}.1.{pin}"))
+        goals.append(Goal(f"sim packed ÷ split virtqueues, 1-byte round trip [{where}] (lower is better)",
+                          f"sim.rtt.{pin}.packed", f"sim.rtt.{pin}", None, False))
+    for direction, name in local_suite.DIRECTIONS:
+        for tag, size in (("64k", "64 KiB"), ("4k", "4 KiB")):
+            for per, unit in (("", "per MiB"), (".per_packet", "per packet")):
+                goals.append(Goal(f"callgrind packed ÷ split, daemon instructions {unit}, {name} {size} writes "
+                                  "(lower is better)", f"profile.{direction}.{tag}.packed{per}",
+                                  f"profile.{direction}.{tag}{per}", None, False))
     return goals
 
 
@@ -206,6 +228,8 @@ METHOD = [
     "or `--build-dir DIR`); `bench/run --smoke` is the few-seconds check CI runs (one small run per",
     "figure, data verified, nothing under docs/ touched, non-zero exit only when something is broken);",
     "`bench/run --only ceiling,sim` (groups: ceiling, sim, vm, profile), `--runs N`, `--pin one,free`.",
+    "Sections under a `" + report.HAND_WRITTEN_MARK.split(":")[0] + "` line are written by hand",
+    "(separate experiments); `bench/run` keeps them after the results until they are deleted.",
     "`--peer PATH` adds the same sim figures for another backend with vhost-device-vsock's command line",
     "(`--guest-cid`, `--socket`, `--uds-path` only), measured in the same rounds, and reports ours ÷ peer.",
     "",
@@ -226,6 +250,10 @@ METHOD = [
     "  growth over the RSS before them divided by N (user-space memory only: the kernel's socket",
     "  buffers are not in VmRSS).",
     "  The daemon runs with `--log-level warn` (no per-connection info lines).",
+    "  **Packed virtqueues**: the 1-stream throughput rows and the round trip run a second time with",
+    "  the simulator driving packed rings (`bench_sim --ring packed`: VIRTIO_F_RING_PACKED negotiated",
+    "  as QEMU's `packed=on` does), right after the split row in each round; packed ÷ split is",
+    "  reported with the goals, without a target.",
     "- **vm** (`bench/vm_suite.py`): the e2e guest (`scripts/guest-image.sh`: Debian's 6.1 kernel, busybox",
     "  initramfs) booted by `scripts/vm.py` under QEMU with the daemon as `vhost-user-vsock-pci`, 1 vCPU.",
     "  The **alternatives** run on the same VM in the same rounds: virtio-net with QEMU user networking",
@@ -236,7 +264,8 @@ METHOD = [
     "  last byte verified (host→guest). Round trip: 1 byte echoed by the guest, mean of 2,000.",
     "  Connects: the host connects, reads the 1-byte greeting the guest sends on accept, closes (500).",
     "  The serial port has no connections, so no connect figure.",
-    "- **profile** (`bench/profile_suite.py`): callgrind instruction counts of the daemon per MiB;",
+    "- **profile** (`bench/profile_suite.py`): callgrind instruction counts of the daemon per MiB and",
+    "  per packet, split and packed rings;",
     "  details and the function tables in [profile.md](profile.md).",
     "- **Pinning**: *all on CPU 0* runs every process of a figure (`taskset -c 0`) on one CPU, so",
     "  throughput is the inverse of the total CPU cost per byte (steady, compares work done);",

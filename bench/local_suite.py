@@ -16,6 +16,10 @@ DIRECTIONS = [("g2h", "guest→host"), ("h2g", "host→guest")]
 # our buf_alloc per connection, which bounds the bytes in flight per stream.
 # The default is 256K; 64K is vhost-device-vsock's default (and ours before 2026-12).
 TX_BUFFER_ROWS = [("tx64k", "64K", 64 * 1024), ("tx1m", "1M", 1024 * 1024)]
+# Virtqueue layouts: the 1-stream throughput rows and the round trip run once
+# per layout, packed right after split in each round so their ratio is paired
+# in time. Split keeps the plain ids; packed rows end in ".packed".
+RINGS = [("", "split"), (".packed", "packed")]
 
 
 def stream_bytes(ctx: Context, write_size: str, streams: int) -> str:
@@ -53,12 +57,15 @@ def sim_measurements(ctx: Context) -> list[Measurement]:
         for direction, name in DIRECTIONS:
             for tag, size in WRITE_SIZES:
                 for streams in STREAM_COUNTS:
-                    out.append(Measurement(
-                        id=f"sim.{direction}.{tag}.{streams}.{pin}", group="sim",
-                        label=f"sim {name}, {size} writes, {streams} stream{'s' if streams > 1 else ''}",
-                        unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
-                        argv=[exe, "stream", "--direction", direction, "--write-size", size,
-                              "--streams", str(streams), "--bytes", stream_bytes(ctx, size, streams)] + common))
+                    for suffix, ring in (RINGS if streams == 1 else RINGS[:1]):
+                        out.append(Measurement(
+                            id=f"sim.{direction}.{tag}.{streams}.{pin}{suffix}", group="sim",
+                            label=f"sim {name}, {size} writes, {streams} stream{'s' if streams > 1 else ''}"
+                            + (", PACKED virtqueues" if suffix else ""),
+                            unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
+                            argv=[exe, "stream", "--direction", direction, "--write-size", size,
+                                  "--streams", str(streams), "--bytes", stream_bytes(ctx, size, streams),
+                                  "--ring", ring] + common))
         for tag, size in WRITE_SIZES:
             for suffix, text, value in TX_BUFFER_ROWS:
                 out.append(Measurement(
@@ -68,10 +75,12 @@ def sim_measurements(ctx: Context) -> list[Measurement]:
                     argv=[exe, "stream", "--direction", "g2h", "--write-size", size, "--streams", "1",
                           "--bytes", stream_bytes(ctx, size, 1), "--daemon-args", f"--tx-buffer-size {value}"]
                     + common))
-        out.append(Measurement(
-            id=f"sim.rtt.{pin}", group="sim", label="sim 1-byte round trip (host→guest→host)",
-            unit="µs", higher_is_better=False, pin=pin, key="mean_us",
-            argv=[exe, "rtt", "--count", "2000" if ctx.smoke else "20000"] + common))
+        for suffix, ring in RINGS:
+            out.append(Measurement(
+                id=f"sim.rtt.{pin}{suffix}", group="sim",
+                label="sim 1-byte round trip (host→guest→host)" + (", PACKED virtqueues" if suffix else ""),
+                unit="µs", higher_is_better=False, pin=pin, key="mean_us",
+                argv=[exe, "rtt", "--count", "2000" if ctx.smoke else "20000", "--ring", ring] + common))
     # Connection setup and memory are about the daemon's bookkeeping, not
     # scheduling: measured unpinned only.
     count = "1000" if ctx.smoke else "20000"

@@ -9,6 +9,8 @@
 //   bench_sim connect-guest --count N  guest connect -> close per second
 //   bench_sim idle --conns N           daemon VmRSS with N idle connections
 // Common: --daemon PATH --dir DIR [--daemon-wrapper "valgrind --tool=..."]
+//         [--ring split|packed]   the guest's virtqueue layout (packed: as
+//                                 QEMU's packed=on, VIRTIO_F_RING_PACKED)
 //         [--daemon-args "--tx-buffer-size 262144"]
 //         [--daemon-cli compat]   only vhost-device-vsock's flags (--guest-cid,
 //                                 --socket, --uds-path): for a peer backend
@@ -23,14 +25,12 @@
 #include <sys/wait.h>
 
 #include <atomic>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <sstream>
-#include <system_error>
 #include <thread>
 
+#include "process_stats.h"
 #include "sim_host_peer.h"
 #include "testing/vsock_driver.h"
 
@@ -77,59 +77,6 @@ pid_t spawn(const std::vector<std::string>& args, int keep_fd = -1) {
     _exit(127);
   }
   return pid;
-}
-
-// utime + stime of another process, from /proc/<pid>/stat.
-double process_cpu_seconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto close_paren = text.rfind(')');
-  if (close_paren == std::string::npos) return 0;
-  std::istringstream fields(text.substr(close_paren + 2));
-  std::string field;
-  unsigned long long utime = 0, stime = 0;
-  for (int i = 3; fields >> field; ++i) {  // field 3 is the state
-    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
-    if (i == 15) {
-      stime = std::strtoull(field.c_str(), nullptr, 10);
-      break;
-    }
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// Read-type and write-type syscalls (read/readv/recvmsg..., write/writev/
-// sendmsg...) of a whole process, from /proc/<pid>/io; eventfd kicks and
-// interrupts count too.
-std::pair<uint64_t, uint64_t> process_syscalls(pid_t pid) {
-  std::ifstream io("/proc/" + std::to_string(pid) + "/io");
-  uint64_t reads = 0, writes = 0;
-  for (std::string line; std::getline(io, line);) {
-    if (line.rfind("syscr:", 0) == 0) reads = std::strtoull(line.c_str() + 6, nullptr, 10);
-    if (line.rfind("syscw:", 0) == 0) writes = std::strtoull(line.c_str() + 6, nullptr, 10);
-  }
-  return {reads, writes};
-}
-
-// Context switches summed over a process's threads: each voluntary one is a
-// sleep in epoll_wait (or a blocking call) followed by a wake-up.
-uint64_t process_voluntary_switches(pid_t pid) {
-  uint64_t total = 0;
-  const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
-  std::error_code error;  // no such process: no tasks, 0
-  for (const auto& task : std::filesystem::directory_iterator(task_dir, error)) {
-    std::ifstream status(task.path() / "status");
-    for (std::string line; std::getline(status, line);)
-      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::strtoull(line.c_str() + 24, nullptr, 10);
-  }
-  return total;
-}
-
-uint64_t vm_rss_kib(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
-  return 0;
 }
 
 pid_t g_daemon_pid = -1;
@@ -394,6 +341,7 @@ struct Bench {
     JsonLine out;
     out.add("bench", "sim_stream")
         .add("direction", direction)
+        .add("ring", options.text("ring", "split"))
         .add("write_size", uint64_t{write_size})
         .add("streams", streams)
         .add("bytes", total)
@@ -566,6 +514,9 @@ int run(const std::string& mode, const Options& options) {
       testing::GuestOptions guest_options;
       guest_options.queue_size = static_cast<uint16_t>(options.integer("queue-size", guest_options.queue_size));
       guest_options.event_idx = options.integer("event-idx", 1) != 0;
+      const std::string ring = options.text("ring", "split");
+      if (ring != "split" && ring != "packed") fail("--ring takes split or packed, not " + ring);
+      guest_options.packed_ring = ring == "packed";
       guest_options.buf_alloc = static_cast<uint32_t>(options.size("buf-alloc", guest_options.buf_alloc));
       GuestVsockDriver guest(daemon.socket_path(), guest_options);
       Bench bench{options, self, daemon, guest};
