@@ -2,14 +2,16 @@
 # Builds the end-to-end test guest, or reuses the cached one:
 #   vmlinux            Debian 12's 6.1 kernel, unpacked from its bzImage to a plain ELF
 #   initramfs.cpio.gz  busybox-static, socat (+ its libraries), our vsock_tool,
-#                      the virtio/vsock modules and tests/e2e/guest/init
+#                      the kernel's own vsock_test, the virtio/vsock/virtio_net
+#                      modules and tests/e2e/guest/init
 #   vsock_tool         the same static test tool, for use on the host
+#   vsock_test.missing only when vsock_test could not be built: the reason
 #
 # The image lives in ${VUV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vhost-user-vsock}/guest-<hash>,
 # where <hash> covers this script, the guest sources and the package versions
-# used, so it is rebuilt only when one of them changes. The kernel .deb is
-# fetched with `apt-get download` and unpacked with `dpkg-deb -x` into the
-# cache; nothing is installed into /boot.
+# used, so it is rebuilt only when one of them changes. The kernel .deb (and
+# linux-source-6.1, for tools/testing/vsock) is fetched with `apt-get download`
+# and unpacked into the cache; nothing is installed into /boot or /usr/src.
 #
 # usage: scripts/guest-image.sh [--force]
 # The last line printed is the image directory.
@@ -70,9 +72,17 @@ if [[ -z $kernel_pkg || -z $kernel_version || $kernel_version == "(none)" ]]; th
   die "cannot resolve the Debian 6.1 kernel package (apt-cache depends linux-image-amd64)"
 fi
 
+# The kernel's own tools/testing/vsock, from the same kernel release. Missing
+# (offline, no candidate) is not fatal: the image says why and the vsock_test
+# cases report SKIPPED with that reason.
+source_pkg=linux-source-6.1
+source_version=$({ apt-cache policy "$source_pkg" 2>/dev/null || true; } | sed -n 's/^ *Candidate: //p')
+[[ $source_version == "(none)" ]] && source_version=""
+
 inputs=$(
   cat "$0" "$guest_src"/* "$image_tools"/*
   echo "kernel $kernel_pkg $kernel_version"
+  echo "source $source_pkg ${source_version:-none}"
   echo "busybox-static $(installed_version busybox-static)"
   echo "socat $(installed_version socat)"
   echo "libc6 $(installed_version libc6)"
@@ -80,7 +90,9 @@ inputs=$(
 )
 hash=$(sha256sum <<<"$inputs" | cut -c1-16)
 out=$cache/guest-$hash
-if [[ $force -eq 0 && -f $out/stamp ]]; then
+# An image whose linux-source download failed is built again (the failure may
+# have been transient); one whose vsock_test did not compile is not.
+if [[ $force -eq 0 && -f $out/stamp ]] && ! grep -qs '^apt-get download' "$out/vsock_test.missing"; then
   log "cached: $out"
   echo "$out"
   exit 0
@@ -90,16 +102,20 @@ log "building $out ($kernel_pkg $kernel_version)"
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
+# Prints the cached .deb of package $1 at version $2, downloading it once.
+cached_deb() {
+  local debs=("$cache/debs/${1}_${2//:/%3a}_"*.deb)
+  if ((${#debs[@]} == 0)); then
+    (cd "$cache/debs" && apt-get download "$1=$2" >&2) || return 1
+    debs=("$cache/debs/${1}_${2//:/%3a}_"*.deb)
+    ((${#debs[@]} > 0)) || return 1
+  fi
+  echo "${debs[0]}"
+}
+
 # Kernel: download once per version, unpack, resolve module dependencies.
 shopt -s nullglob
-debs=("$cache/debs/${kernel_pkg}_${kernel_version//:/%3a}_"*.deb)
-if ((${#debs[@]} == 0)); then
-  (cd "$cache/debs" && apt-get download "$kernel_pkg=$kernel_version" >&2) ||
-    die "apt-get download $kernel_pkg=$kernel_version failed"
-  debs=("$cache/debs/${kernel_pkg}_${kernel_version//:/%3a}_"*.deb)
-  ((${#debs[@]} > 0)) || die "apt-get download left no ${kernel_pkg} .deb in $cache/debs"
-fi
-deb=${debs[0]}
+deb=$(cached_deb "$kernel_pkg" "$kernel_version") || die "apt-get download $kernel_pkg=$kernel_version failed"
 dpkg-deb -x "$deb" "$work/kernel"
 module_dirs=("$work/kernel/lib/modules"/*)
 ((${#module_dirs[@]} > 0)) || die "no lib/modules in $deb"
@@ -107,11 +123,36 @@ kver=$(basename "${module_dirs[0]}")
 [[ -n $kver && -f $work/kernel/boot/vmlinuz-$kver ]] || die "no kernel found in $deb"
 depmod -b "$work/kernel" "$kver"
 
+# Builds the kernel's tools/testing/vsock/vsock_test from linux-source deb $1
+# into $2: only that folder is unpacked, the objects its Makefile links are
+# compiled statically against the system's linux-libc-dev headers, and
+# ARRAY_SIZE (from the kernel's tools/include) is defined here.
+build_vsock_test() {
+  local dir=$work/vsock-src tarball objects sources=()
+  mkdir -p "$dir"
+  dpkg-deb --fsys-tarfile "$1" | tar -x -C "$dir" --wildcards '*/linux-source-*.tar.xz' || return 1
+  tarball=$(find "$dir" -name 'linux-source-*.tar.xz' | head -1)
+  [[ -n $tarball ]] || return 1
+  xz -dc "$tarball" | tar -x -C "$dir" --wildcards '*/tools/testing/vsock/*' || return 1
+  rm -f "$tarball"
+  dir=$(find "$dir" -type d -path '*/tools/testing/vsock' | head -1)
+  objects=$(sed -n 's/^vsock_test: *//p' "$dir/Makefile")
+  for obj in $objects; do sources+=("$dir/${obj%.o}.c"); done
+  ((${#sources[@]} > 0)) || return 1
+  # (ld's warning that a static getaddrinfo needs NSS at runtime is kept in
+  # the log only: the control channel uses numeric addresses.)
+  gcc -static -O2 -Wall -Wno-pointer-sign -fno-strict-overflow -fno-strict-aliasing -fno-common -D_GNU_SOURCE \
+    '-DARRAY_SIZE(a)=(sizeof(a) / sizeof((a)[0]))' -I"$dir" -o "$2" "${sources[@]}" >"$work/vsock_test.log" 2>&1 ||
+    { cat "$work/vsock_test.log"; return 1; }
+  # --list exits with status 1 by design.
+  { "$2" --list || true; } | grep -q 'SOCK_SEQPACKET'
+}
+
 stage=$work/initramfs
 mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,lib/modules}
 # Bus drivers first so the device exists when the vsock transport loads.
 modules=()
-for top in virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev vmw_vsock_virtio_transport; do
+for top in virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev vmw_vsock_virtio_transport virtio_net; do
   while read -r _ path; do
     rel=${path#"$work/kernel/lib/modules/"}
     [[ " ${modules[*]} " == *" $rel "* ]] || modules+=("$rel")
@@ -140,6 +181,19 @@ done < <(ldd "$socat_bin" | grep -oE '/[^ ]+\.so[^ ]*')
 gcc -static -O2 -Wall -Wextra -Werror -o "$work/vsock_tool" "$guest_src/vsock_tool.c"
 "$work/vsock_tool" selftest >&2
 cp "$work/vsock_tool" "$stage/bin/vsock_tool"
+source_deb=""
+vsock_test_missing=""
+if [[ -z $source_version ]]; then
+  vsock_test_missing="apt-cache has no candidate for $source_pkg"
+elif ! source_deb=$(cached_deb "$source_pkg" "$source_version"); then
+  vsock_test_missing="apt-get download $source_pkg=$source_version failed"
+  source_deb=""
+elif ! build_vsock_test "$source_deb" "$work/vsock_test" >&2; then
+  vsock_test_missing="building tools/testing/vsock/vsock_test from $source_pkg $source_version failed"
+else
+  cp "$work/vsock_test" "$stage/bin/vsock_test"
+fi
+[[ -z $vsock_test_missing ]] || log "warning: no vsock_test in the guest: $vsock_test_missing"
 cp "$guest_src/init" "$stage/init"
 chmod 0755 "$stage/init"
 echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
@@ -148,10 +202,12 @@ python3 "$image_tools/mkinitramfs.py" "$stage" "$work/initramfs.cpio.gz" >&2
 
 mkdir -p "$work/image"
 mv "$work/vmlinux" "$work/initramfs.cpio.gz" "$work/vsock_tool" "$work/image/"
+[[ -z $vsock_test_missing ]] || echo "$vsock_test_missing" >"$work/image/vsock_test.missing"
 cat >"$work/image/stamp" <<EOF
 kernel $kernel_pkg $kernel_version ($kver)
 busybox-static $(installed_version busybox-static)
 socat $(installed_version socat)
+vsock_test ${vsock_test_missing:-$source_pkg $source_version}
 built $(date -u +%Y-%m-%dT%H:%M:%SZ)
 EOF
 rm -rf "$out"
@@ -161,7 +217,7 @@ for old in "$cache"/guest-*; do
   [[ $old == "$out" || ! -d $old ]] || rm -rf "$old"
 done
 for old in "$cache"/debs/*.deb; do
-  [[ $old == "$deb" ]] || rm -f "$old"
+  [[ $old == "$deb" || $old == "$source_deb" ]] || rm -f "$old"
 done
 log "done: $(du -sh "$out" | cut -f1) in $out"
 echo "$out"

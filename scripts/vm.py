@@ -36,6 +36,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_CID = 3
 HOST_CID = 2
+# With user_net, the guest is 10.0.2.15 behind QEMU's user networking, reaches
+# the host's 127.0.0.1 at 10.0.2.2, and the host reaches this guest TCP port
+# at 127.0.0.1:<Qemu.forward_port> (a free port chosen per QEMU start).
+GUEST_FORWARDED_TCP_PORT = 5000
 
 _started = []  # every Popen we own, so cleanup() can kill them by PID
 
@@ -354,8 +358,11 @@ class GuestShell:
 class Qemu:
     """One QEMU process; a VM may start several in turn against one daemon."""
 
-    def __init__(self, image_dir, workdir, vhost_socket, memory_mib=256, accel=None, console_on_stdio=False):
+    def __init__(self, image_dir, workdir, vhost_socket, memory_mib=256, accel=None, console_on_stdio=False,
+                 user_net=False):
         self.image_dir = image_dir
+        self.user_net = user_net
+        self.forward_port = None
         self.workdir = workdir
         self.vhost_socket = vhost_socket
         self.memory_mib = memory_mib
@@ -416,7 +423,19 @@ class Qemu:
                 "-nodefaults", "-no-user-config", "-display", "none",
                 "-serial", "mon:stdio" if self.console_on_stdio else f"file:{console}",
                 "-chardev", f"socket,id=cmd,path={cmd_sock},server=on,wait=off", "-serial", "chardev:cmd",
-                "-qmp", f"unix:{self.qmp_path()},server=on,wait=off"]
+                "-qmp", f"unix:{self.qmp_path()},server=on,wait=off", *self.network_args()]
+
+    def network_args(self):
+        """QEMU user networking with one forward to GUEST_FORWARDED_TCP_PORT
+        (virtio-net without its boot ROM: the kernel is booted directly)."""
+        if not self.user_net:
+            return []
+        if self.forward_port is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.forward_port = probe.getsockname()[1]
+        forward = f"tcp:127.0.0.1:{self.forward_port}-:{GUEST_FORWARDED_TCP_PORT}"
+        return ["-netdev", f"user,id=net0,hostfwd={forward}", "-device", "virtio-net-pci,netdev=net0,romfile="]
 
     def start(self, ready_timeout=120.0):
         self.generation += 1
@@ -452,22 +471,24 @@ class Vm:
     """A daemon plus a QEMU guest, in a short temporary directory."""
 
     def __init__(self, daemon_binary=None, image_dir=None, daemon_args=(), memory_mib=256, console_on_stdio=False,
-                 groups="default", siblings=()):
+                 groups="default", siblings=(), user_net=False):
         """siblings: [(cid, groups, boot)]: more VMs of the same daemon; those
-        with boot=True get a QEMU of their own (sibling_qemus[cid])."""
+        with boot=True get a QEMU of their own (sibling_qemus[cid]). user_net:
+        every guest also gets QEMU user networking (see GUEST_FORWARDED_TCP_PORT)."""
         # AF_UNIX paths are limited to 107 bytes and the device appends _<port>.
         self.workdir = tempfile.mkdtemp(prefix="vuv", dir="/tmp")
         self.image_dir = image_dir or guest_image_dir()
         self.daemon = Daemon(daemon_binary or default_daemon(), self.workdir, extra_args=daemon_args, groups=groups,
                              siblings=[(cid, g) for cid, g, _ in siblings])
         self.qemu = Qemu(self.image_dir, self.workdir, self.daemon.socket, memory_mib,
-                         console_on_stdio=console_on_stdio)
+                         console_on_stdio=console_on_stdio, user_net=user_net)
         self.sibling_qemus = {}
         for cid, _, boot in siblings:
             if boot:
                 subdir = os.path.join(self.workdir, f"g{cid}")
                 os.mkdir(subdir)
-                self.sibling_qemus[cid] = Qemu(self.image_dir, subdir, self.daemon.sibling_socket(cid), memory_mib)
+                self.sibling_qemus[cid] = Qemu(self.image_dir, subdir, self.daemon.sibling_socket(cid), memory_mib,
+                                               user_net=user_net)
         self.boot_id = None
 
     @property

@@ -29,6 +29,10 @@ class TestFailure(Exception):
     pass
 
 
+class TestSkipped(Exception):
+    """The test cannot run here; the runner prints SKIPPED with this reason."""
+
+
 def expect(condition, message):
     if not condition:
         raise TestFailure(message)

@@ -4,7 +4,7 @@ its vhost-user-vsock device, and real guest programs (socat, vsock_tool) talk
 to real host programs through it.
 
   run_e2e.py                       every group (one VM boot per group)
-  run_e2e.py --group basic         one group: basic, bulk, lifecycle, seqpacket or sibling
+  run_e2e.py --group basic         one group: basic, bulk, lifecycle, seqpacket, sibling or vsock_test
   run_e2e.py --test seed_host_to_guest --test half_close_guest_to_host
   run_e2e.py --list
 
@@ -26,12 +26,15 @@ import cases_bulk  # noqa: E402,F401
 import cases_lifecycle  # noqa: E402,F401
 import cases_seqpacket  # noqa: E402,F401
 import cases_sibling  # noqa: E402,F401
-from e2e_lib import E2E, TESTS, TestFailure, expect, vmlib  # noqa: E402
+import cases_vsock_test  # noqa: E402,F401
+from e2e_lib import E2E, TESTS, TestFailure, TestSkipped, expect, vmlib  # noqa: E402
 
-GROUPS = ["basic", "bulk", "lifecycle", "seqpacket", "sibling"]
+GROUPS = ["basic", "bulk", "lifecycle", "seqpacket", "sibling", "vsock_test"]
 # Groups whose boot is not one VM: sibling boots two guests on one daemon
-# (CID 3 in g1, CID 4 in g1+g2) and configures CID 5 in g2 without a guest.
-VM_OPTIONS = {"sibling": {"groups": "g1", "siblings": [(4, "g1+g2", True), (5, "g2", False)]}}
+# (CID 3 in g1, CID 4 in g1+g2) and configures CID 5 in g2 without a guest;
+# vsock_test boots CID 3 and CID 4 in g1, both with QEMU user networking.
+VM_OPTIONS = {"sibling": {"groups": "g1", "siblings": [(4, "g1+g2", True), (5, "g2", False)]},
+              "vsock_test": {"groups": "g1", "siblings": [(4, "g1", True)], "user_net": True}}
 RSS_LIMIT_MIB = 64
 
 
@@ -55,6 +58,8 @@ class Runner:
         self.daemon = daemon
         self.passed = 0
         self.failed = 0
+        self.skipped = 0
+        self.group = None  # the group running, so a VM restarted after a failure has its siblings
         self.total = total  # checks expected, for the [done/total] progress prefix
         self.started = time.monotonic()
         self.image_dir = None
@@ -64,12 +69,18 @@ class Runner:
             self.passed += 1
         else:
             self.failed += 1
-        done = self.passed + self.failed
+        done = self.passed + self.failed + self.skipped
         progress = f"[{done}/{max(done, self.total)} {time.monotonic() - self.started:.0f}s]"
         if ok:
             print(f"{progress} PASS {name} ({seconds:.1f}s){': ' + detail if detail else ''}", flush=True)
         else:
             print(f"{progress} FAIL {name} ({seconds:.1f}s): {detail}", flush=True)
+
+    def record_skip(self, name, seconds, reason):
+        self.skipped += 1
+        done = self.passed + self.failed + self.skipped
+        print(f"[{done}/{max(done, self.total)} {time.monotonic() - self.started:.0f}s] SKIPPED {name} "
+              f"({seconds:.1f}s): {reason}", flush=True)
 
     def boot(self, group=None):
         vm = vmlib.Vm(self.daemon, self.image_dir, **VM_OPTIONS.get(group, {}))
@@ -88,10 +99,12 @@ class Runner:
             print(f"--- the daemon died (status {vm.daemon.proc.returncode}); starting a new daemon and VM",
                   flush=True)
             vm.stop()
-            return self.boot()
+            return self.boot(self.group)
         try:
             if vm.qemu.proc.poll() is None:
                 vm.shell.kill_jobs()
+                for sibling in vm.sibling_qemus.values():
+                    sibling.shell.kill_jobs()
                 return vm
         except (vmlib.VmError, OSError):
             pass
@@ -109,6 +122,9 @@ class Runner:
             except (vmlib.VmError, OSError):
                 pass
             return vm
+        except TestSkipped as e:
+            self.record_skip(name, time.monotonic() - start, str(e))
+            return vm
         except TestFailure as e:
             self.record(name, False, time.monotonic() - start, str(e))
         except Exception as e:  # noqa: BLE001  (a broken test must not stop the suite)
@@ -119,6 +135,7 @@ class Runner:
 
     def run_group(self, group, tests):
         print(f"=== group {group}: {', '.join(name for name, _ in tests)}", flush=True)
+        self.group = group
         try:
             vm = self.boot(group)
         except Exception as e:  # noqa: BLE001
@@ -172,7 +189,8 @@ def main():
             runner.run_group(group, tests)
     vmlib.cleanup()
     print(f"--- e2e finished in {time.monotonic() - start:.0f}s")
-    print(f"{runner.passed} passed, {runner.failed} failed")
+    skipped = f", {runner.skipped} skipped" if runner.skipped else ""
+    print(f"{runner.passed} passed, {runner.failed} failed{skipped}")
     return 0 if runner.failed == 0 and runner.passed > 0 else 1
 
 
