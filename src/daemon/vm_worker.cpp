@@ -115,7 +115,7 @@ metrics::VmSnapshot VmWorker::snapshot() const {
 }
 
 void VmWorker::log_stats() const {
-  const vsock::MuxerStats& m = muxer_->stats();
+  const vsock::MuxerStats m = muxer_->stats();
   spdlog::info(
       "vm cid={} muxer stats: connections opened={} active={} host_connects_refused={} handshake_failures={} "
       "connect_wait_retries={} packets from_guest={} to_guest={} bytes from_guest={} to_guest={} dropped "

@@ -80,7 +80,7 @@ class MuxerHarness {
 
   Muxer& muxer() { return *muxer_; }
   base::EventLoop& loop() { return loop_; }
-  const MuxerStats& stats() { return muxer_->stats(); }
+  MuxerStats stats() { return muxer_->stats(); }
   [[nodiscard]] const virtio::SplitQueue& tx_queue() const { return tx_queue_; }
   void destroy_muxer() { muxer_.reset(); }  // as at daemon exit; the scratch directory stays
   const std::string& uds_path() const { return uds_path_; }

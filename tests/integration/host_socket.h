@@ -58,6 +58,9 @@ std::optional<std::string> read_line(int fd, size_t max, Millis timeout = Millis
 std::string read_until_eof(int fd, Millis timeout = Millis(10000), size_t max = 64 << 20);
 // True once the peer has closed (EOF or ECONNRESET), discarding any data.
 bool wait_peer_closed(int fd, Millis timeout);
+// A TCP port on 127.0.0.1 the kernel just handed out and took back: free
+// unless something races us; 0 if none could be had.
+uint16_t free_loopback_port();
 // Raises RLIMIT_NOFILE to its hard limit (children inherit it).
 void raise_fd_limit();
 

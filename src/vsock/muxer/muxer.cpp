@@ -28,10 +28,12 @@ void Muxer::set_negotiated_features(uint64_t features) {
 uint64_t Muxer::negotiated_features() const {
   return impl_->negotiated_features_;
 }
-const MuxerStats& Muxer::stats() const {
-  impl_->stats_.tx_memory_reserved = impl_->router_.credit_budget().reserved();
-  impl_->stats_.tx_memory_limit = impl_->router_.credit_budget().limit();
-  return impl_->stats_;
+MuxerStats Muxer::stats() const {
+  // The budget gauges are read now rather than kept in step on the data path.
+  MuxerStats snapshot = impl_->stats_;
+  snapshot.tx_memory_reserved = impl_->router_.credit_budget().reserved();
+  snapshot.tx_memory_limit = impl_->router_.credit_budget().limit();
+  return snapshot;
 }
 std::string Muxer::seqpacket_uds_path() const {
   return impl_->seqpacket_listener_ ? impl_->options_.uds_path + "_seqpacket" : std::string();

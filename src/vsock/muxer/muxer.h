@@ -82,7 +82,7 @@ class Muxer {
   void set_negotiated_features(uint64_t features);
   [[nodiscard]] uint64_t negotiated_features() const;
 
-  [[nodiscard]] const MuxerStats& stats() const;
+  [[nodiscard]] MuxerStats stats() const;
   // <uds-path>_seqpacket if its SOCK_SEQPACKET listener is open, else empty
   // (no uds-path, or the path could not be used: streams work regardless).
   [[nodiscard]] std::string seqpacket_uds_path() const;

@@ -69,6 +69,12 @@ bool Router::route_guest_packet(std::span<const iovec> readable, size_t readable
     warn_guest("dropped packet with bad address: {}", describe(header));
     return true;
   }
+  // A packet to itself would be answered from its own address: no peer could have sent that.
+  if (header.dst_cid == options_.guest_cid) {
+    ++stats_.dropped_bad_address;
+    warn_guest("dropped packet addressed to the guest's own CID: {}", describe(header));
+    return true;
+  }
   if (header.dst_cid != kCidHost) return route_to_sibling(status, header);
   ++stats_.packets_from_guest;
   if (status != TxParseStatus::kOk) {
