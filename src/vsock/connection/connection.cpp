@@ -14,6 +14,8 @@ const char* to_string(ConnectionState state) {
   switch (state) {
     case ConnectionState::kAwaitingResponse:
       return "awaiting-response";
+    case ConnectionState::kConnectingToHost:
+      return "connecting-to-host";
     case ConnectionState::kEstablished:
       return "established";
     case ConnectionState::kClosingAfterFlush:
@@ -205,6 +207,12 @@ GuestPacketVerdict Connection::on_guest_packet(const PacketHeader& header, std::
         return GuestPacketVerdict::kProtocolViolation;
       }
       return on_guest_accept();
+
+    case ConnectionState::kConnectingToHost:
+      // The guest waits for our RESPONSE: only credit news is valid now.
+      if (op == Op::kCreditUpdate || op == Op::kCreditRequest) return GuestPacketVerdict::kOk;
+      reset();
+      return GuestPacketVerdict::kProtocolViolation;
 
     case ConnectionState::kEstablished:
       return on_established_packet(op, header, payload);
@@ -409,8 +417,21 @@ Connection::ReadStatus Connection::read_from_host(std::span<const iovec> into, s
   return ReadStatus::kError;
 }
 
+void Connection::on_connect_finished(HostEvents events) {
+  if (!events.connected) {
+    if (events.hangup) reset();  // the connect failed: the guest gets its RST now
+    return;
+  }
+  state_ = ConnectionState::kEstablished;
+  accept_connect();
+}
+
 void Connection::on_host_events(HostEvents events) {
   if (!host_->is_open()) return;
+  if (state_ == ConnectionState::kConnectingToHost) {
+    on_connect_finished(events);
+    if (state_ != ConnectionState::kEstablished) return;
+  }
   if (events.readable) host_readable_ = true;
   if (events.hangup) host_hup_ = true;
   if (events.writable) {

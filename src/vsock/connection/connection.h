@@ -26,6 +26,7 @@ namespace vhost_vsock::vsock {
 
 enum class ConnectionState : uint8_t {
   kAwaitingResponse,   // host-initiated: our REQUEST is out, the guest has not answered
+  kConnectingToHost,   // guest-initiated: the host endpoint's connect is in progress (RESPONSE once it completes)
   kEstablished,        // data flows; half-close is tracked by the shutdown flags
   kClosingAfterFlush,  // guest sent SHUTDOWN(RCV|SEND): drain the TX buffer, then close + RST
   kAwaitingGuestRst,   // host closed; we sent SHUTDOWN(RCV|SEND) and wait for the guest's RST
@@ -103,6 +104,8 @@ class Connection {
   [[nodiscard]] uint32_t peer_port() const { return params_.peer_port; }
   [[nodiscard]] uint64_t guest_cid() const { return params_.guest_cid; }
   [[nodiscard]] bool host_open() const { return host_->is_open(); }
+  // Why the host endpoint's connect failed (errno), 0 if it did not.
+  [[nodiscard]] int host_connect_error() const { return host_->connect_error(); }
   [[nodiscard]] SocketType socket_type() const { return socket_type_; }
   [[nodiscard]] bool is_seqpacket() const { return socket_type_ == SocketType::kSeqpacket; }
 
@@ -227,6 +230,8 @@ class Connection {
   void size_tx_buffer() { tx_buffer_.set_capacity(static_cast<size_t>(owed_to_guest()) + kUncountedReserve); }
   void advertise_if_guest_out_of_credit();
   void maybe_finish_guest_send_side();
+  // kConnectingToHost: `connected` answers the guest, a failure resets.
+  void on_connect_finished(HostEvents events);
   void on_host_write_closed();
   void on_host_eof();
   void on_host_fully_closed();

@@ -79,6 +79,9 @@ class HostEndpoint {
   // An endpoint whose connect is still in progress (a non-blocking AF_VSOCK
   // forward): it reports `connected` or `hangup` through watch() later.
   [[nodiscard]] virtual bool connecting() const { return false; }
+  // Why that connect failed (errno), 0 while connecting, once connected, or
+  // for an endpoint that never connects.
+  [[nodiscard]] virtual int connect_error() const { return 0; }
 
   // The packet type this endpoint carries (every header we send says so).
   [[nodiscard]] virtual SocketType socket_type() const = 0;

@@ -1,5 +1,7 @@
 #include "vsock/muxer/muxer.h"
 
+#include <fmt/format.h>
+
 #include "vsock/muxer/muxer_impl.h"
 
 namespace vhost_vsock::vsock {
@@ -48,7 +50,11 @@ void Muxer::list_connections(std::vector<ConnectionInfo>* out) const {
     info.guest_port = conn.peer_port();
     info.host_port = conn.local_port();
     info.guest_initiated = routed.guest_initiated;
-    if (routed.guest_initiated) {
+    if (impl_->options_.forward) {
+      info.host_path = routed.guest_initiated
+                           ? fmt::format("vsock:{}:{}", impl_->options_.forward->cid, conn.local_port())
+                           : fmt::format("vsock-listen:{}", conn.peer_port());
+    } else if (routed.guest_initiated) {
       info.host_path = uds_path + "_" + std::to_string(conn.local_port());
     } else {
       info.host_path = conn.is_seqpacket() ? uds_path + "_seqpacket" : uds_path;
@@ -85,13 +91,29 @@ std::shared_ptr<SiblingHub> make_sibling_hub(const std::vector<SiblingVm>& vms) 
   return std::make_shared<SiblingHub>(specs);
 }
 
+namespace {
+
+Router::Options router_options(const MuxerOptions& options) {
+  Router::Options out{options.guest_cid, options.uds_path, options.limits, options.siblings.get(), {}};
+  if (options.forward) {
+    out.uds_path.clear();  // forwarding replaces <uds-path>_<port>, as in vhost-device-vsock
+    out.forward_to =
+        options.forward->connect_address ? options.forward->connect_address : forward_to_cid(options.forward->cid);
+  }
+  return out;
+}
+
+}  // namespace
+
 Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
     : loop_(loop),
       options_(std::move(options)),
-      router_(loop, Router::Options{options_.guest_cid, options_.uds_path, options_.limits, options_.siblings.get()},
-              stats_, Router::Wakeups{[this] { pump_.schedule_rx(); }, [this] { pump_.schedule_tx(); }}) {
+      router_(loop, router_options(options_), stats_,
+              Router::Wakeups{[this] { pump_.schedule_rx(); }, [this] { pump_.schedule_tx(); }}) {
   router_.set_pending_host_peers([this] { return pending_host_peers(); });
-  if (!options_.uds_path.empty()) {
+  if (options_.forward) {
+    open_forward_listeners();
+  } else if (!options_.uds_path.empty()) {
     open_listener();
     open_seqpacket_listener();
   }
@@ -101,6 +123,7 @@ Muxer::Impl::~Impl() {
   router_.reset_all_connections();  // while the pump it may wake still exists
   listener_.reset();                // closes host peers still in their handshake
   seqpacket_listener_.reset();
+  forward_listeners_.clear();
 }
 
 }  // namespace vhost_vsock::vsock

@@ -7,12 +7,14 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/event_loop.h"
 #include "virtio/queue.h"
 #include "vsock/router/limits_and_stats.h"
+#include "vsock/transport/vsock_forward.h"
 
 namespace vhost_vsock::vsock {
 
@@ -28,13 +30,25 @@ struct SiblingVm {
 // the two share a group. Build it before the muxers; it must outlive them.
 std::shared_ptr<SiblingHub> make_sibling_hub(const std::vector<SiblingVm>& vms);
 
+// vhost-device-vsock's vsock backend (--forward-cid, --forward-listen), used
+// instead of uds-path.
+struct VsockForwarding {
+  uint32_t cid = 0;                    // a guest connect to port P goes to AF_VSOCK (cid, P)
+  std::vector<uint32_t> listen_ports;  // host AF_VSOCK listeners (VMADDR_CID_ANY, P) -> guest port P
+  // Tests replace AF_VSOCK with stand-in families (never AF_VSOCK on the test
+  // host); empty: (cid, P) and vsock_listen_address(P).
+  ForwardAddressFor connect_address;
+  ForwardAddressFor listen_address;
+};
+
 struct MuxerOptions {
   uint64_t guest_cid = 0;
   // Host listener; guest connects go to uds_path + "_" + port. Empty: no
   // listener (host-initiated connections disabled), for tests.
   std::string uds_path;
   MuxerLimits limits;
-  std::shared_ptr<SiblingHub> siblings;  // null: no sibling routing (packets for other CIDs get an RST)
+  std::shared_ptr<SiblingHub> siblings;    // null: no sibling routing (packets for other CIDs get an RST)
+  std::optional<VsockForwarding> forward;  // set: guest connects and host listeners use it, not uds_path
 };
 
 // One live connection as the metrics listing shows it (a copy, taken on the
@@ -44,7 +58,7 @@ struct ConnectionInfo {
   uint32_t guest_port = 0;
   uint32_t host_port = 0;  // our side's port (the <uds-path>_<port> suffix for guest connects)
   std::string host_path;   // guest connects: <uds-path>_<port>; host connects: uds-path (or <uds-path>_seqpacket); ""
-                           // for siblings
+                           // for siblings; forwarding: vsock:<cid>:<port> / vsock-listen:<port>
   bool guest_initiated = false;
   const char* type = "";   // "stream" or "seqpacket"
   const char* state = "";  // ConnectionState spelled out
@@ -61,8 +75,9 @@ class Muxer {
   static constexpr uint16_t kRxQueue = 0;
   static constexpr uint16_t kTxQueue = 1;
 
-  // Creates the uds-path listener (replacing a stale socket file) on `loop`.
-  // Throws std::runtime_error naming the path if it cannot.
+  // Creates the uds-path listener (replacing a stale socket file), or the
+  // forward-listen listeners, on `loop`. Throws std::runtime_error naming the
+  // path or port if it cannot.
   Muxer(base::EventLoop& loop, MuxerOptions options);
   ~Muxer();  // resets every connection, closes and unlinks the listener
   Muxer(const Muxer&) = delete;

@@ -1,7 +1,8 @@
 // Host-initiated connections: the hybrid listeners on uds-path (streams) and
 // <uds-path>_seqpacket (SOCK_SEQPACKET) hand over host peers that finished
-// their CONNECT line, and the router makes each a connection that asks the
-// guest with a REQUEST.
+// their CONNECT line, the forward-listen listeners hand over every accepted
+// connection, and the router makes each a connection that asks the guest
+// with a REQUEST.
 #include <spdlog/spdlog.h>
 
 #include "vsock/muxer/muxer_impl.h"
@@ -39,6 +40,22 @@ void Muxer::Impl::open_seqpacket_listener() {
     return;
   }
   spdlog::info("cid={} listening for SOCK_SEQPACKET host connections on {}", options_.guest_cid, path);
+}
+
+// vhost-device-vsock's forward-listen: an accepted AF_VSOCK connection asks
+// the guest at once (no CONNECT line); the router applies the connection cap.
+void Muxer::Impl::open_forward_listeners() {
+  const VsockForwarding& forward = *options_.forward;
+  for (const uint32_t port : forward.listen_ports) {
+    const ForwardAddress address =
+        forward.listen_address ? forward.listen_address(port).value_or(ForwardAddress{}) : vsock_listen_address(port);
+    forward_listeners_.push_back(std::make_unique<ForwardListener>(
+        loop_, port, address, [this](std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port) {
+          router_.on_host_connect(std::move(endpoint), guest_port, {});
+        }));
+  }
+  spdlog::info("cid={} forwarding guest connects to vsock cid {}; listening on {} forward-listen port(s)",
+               options_.guest_cid, forward.cid, forward.listen_ports.size());
 }
 
 size_t Muxer::Impl::pending_host_peers() const {

@@ -4,11 +4,13 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "base/event_loop.h"
 #include "vsock/muxer/muxer.h"
 #include "vsock/pump/queue_pump.h"
 #include "vsock/router/router.h"
+#include "vsock/transport/forward_listener.h"
 #include "vsock/transport/hybrid_listener.h"
 
 namespace vhost_vsock::vsock {
@@ -20,6 +22,7 @@ class Muxer::Impl {
 
   void open_listener();
   void open_seqpacket_listener();
+  void open_forward_listeners();
   [[nodiscard]] size_t pending_host_peers() const;
 
   base::EventLoop& loop_;
@@ -28,8 +31,9 @@ class Muxer::Impl {
   uint64_t negotiated_features_ = 0;  // Muxer::set_negotiated_features()
   Router router_;
   QueuePump pump_{loop_, router_, stats_};
-  std::unique_ptr<HybridListener> listener_;            // null without a uds-path
-  std::unique_ptr<HybridListener> seqpacket_listener_;  // <uds-path>_seqpacket; null if it could not open
+  std::unique_ptr<HybridListener> listener_;                         // null without a uds-path
+  std::unique_ptr<HybridListener> seqpacket_listener_;               // <uds-path>_seqpacket; null if it could not open
+  std::vector<std::unique_ptr<ForwardListener>> forward_listeners_;  // --forward-listen
 };
 
 }  // namespace vhost_vsock::vsock

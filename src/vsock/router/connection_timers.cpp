@@ -13,6 +13,7 @@ void ConnectionTimers::arm_for_state(RoutedConnection& connection) {
   std::chrono::milliseconds delay{0};
   switch (connection.conn.state()) {
     case ConnectionState::kAwaitingResponse:
+    case ConnectionState::kConnectingToHost:  // a forward connect: as long as a guest has to answer
       delay = durations_.request_timeout;
       break;
     case ConnectionState::kClosingAfterFlush:

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "base/errno_text.h"
+
 namespace vhost_vsock::vsock {
 namespace {
 
@@ -34,6 +36,7 @@ Router::Router(base::EventLoop& loop, Options options, MuxerStats& stats, Wakeup
       wakeups_(std::move(wakeups)),
       credit_budget_(credit_budget_for(options_.limits)) {
   if (options_.siblings != nullptr) attach_siblings();
+  if (options_.forward_to) forward_dialer_.emplace(loop_, options_.forward_to);
 }
 
 Router::~Router() {
@@ -210,7 +213,7 @@ void Router::handle_guest_connect(const PacketHeader& header) {
     reply_rst(header);
     return;
   }
-  UnixStreamDialer::Result dialed = dialer_.dial(port, static_cast<SocketType>(header.type));
+  UnixStreamDialer::Result dialed = dial_host(header);
   if (!dialed.endpoint) {
     ++stats_.host_connects_refused;
     log_info("local={} peer={} guest connect refused: {}", port, header.src_port, dialed.failure);
@@ -219,8 +222,19 @@ void Router::handle_guest_connect(const PacketHeader& header) {
   }
   ConnectionParams params{options_.guest_cid, port, header.src_port, options_.limits.tx_buffer_size, 0,
                           &credit_budget_};
+  const bool connecting = dialed.endpoint->connecting();
   RoutedConnection& connection = insert(std::make_unique<RoutedConnection>(
-      params, std::move(dialed.endpoint), ConnectionState::kEstablished, next_connection_id_++));
+      params, std::move(dialed.endpoint),
+      connecting ? ConnectionState::kConnectingToHost : ConnectionState::kEstablished, next_connection_id_++));
+  if (connecting) {
+    // RESPONSE or RST once the connect finishes; the request timeout bounds it.
+    mutate(connection, [&](Connection& conn) {
+      conn.update_peer_credit(header.buf_alloc, header.fwd_cnt);
+      watch(connection);
+      if (conn.state() == ConnectionState::kConnectingToHost) timers_.arm_for_state(connection);
+    });
+    return;
+  }
   connection.was_established = true;
   ++stats_.connections_opened;
   ++stats_.connections_from_guest;
@@ -230,6 +244,32 @@ void Router::handle_guest_connect(const PacketHeader& header) {
     conn.accept_connect();
     watch(connection);
   });
+}
+
+UnixStreamDialer::Result Router::dial_host(const PacketHeader& request) {
+  const auto type = static_cast<SocketType>(request.type);
+  if (!forward_dialer_) return dialer_.dial(request.dst_port, type);
+  if (type != SocketType::kStream) {
+    return {nullptr, EPROTONOSUPPORT, fmt::format("port {}: forwarding carries streams only", request.dst_port)};
+  }
+  VsockForwardDialer::Result forwarded = forward_dialer_->dial(request.dst_port);
+  return {std::move(forwarded.endpoint), forwarded.error, std::move(forwarded.failure)};
+}
+
+void Router::note_connect_finished(RoutedConnection& connection, ConnectionState now) {
+  const Connection& conn = connection.conn;
+  if (now == ConnectionState::kEstablished) {
+    connection.was_established = true;
+    ++stats_.connections_opened;
+    ++stats_.connections_from_guest;
+    log_info("local={} peer={} guest connection established (forwarded)", conn.local_port(), conn.peer_port());
+    return;
+  }
+  if (conn.host_connect_error() != 0) {  // not a timeout or a guest RST: the host refused
+    ++stats_.host_connects_refused;
+    log_info("local={} peer={} guest connect refused: port {}: connect: {}", conn.local_port(), conn.peer_port(),
+             conn.local_port(), base::errno_text(conn.host_connect_error()));
+  }
 }
 
 void Router::reply_rst(const PacketHeader& to) {
@@ -317,6 +357,7 @@ bool Router::settle(RoutedConnection& connection, ConnectionState before) {
     return false;
   }
   if (now != before) {
+    if (before == ConnectionState::kConnectingToHost) note_connect_finished(connection, now);
     if (before == ConnectionState::kAwaitingResponse) {
       if (now == ConnectionState::kEstablished) {
         connection.was_established = true;
@@ -356,6 +397,10 @@ void Router::on_timer_expired(RoutedConnection& connection) {
         return;
       }
       log_info("local={} peer={} guest did not answer our REQUEST in {} ms", conn.local_port(), conn.peer_port(),
+               durations.request_timeout.count());
+      break;
+    case ConnectionState::kConnectingToHost:
+      log_info("local={} peer={} host connect did not finish in {} ms", conn.local_port(), conn.peer_port(),
                durations.request_timeout.count());
       break;
     case ConnectionState::kClosingAfterFlush:

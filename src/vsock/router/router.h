@@ -12,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -29,6 +30,7 @@
 #include "vsock/router/sibling_hub.h"
 #include "vsock/router/sibling_table.h"
 #include "vsock/transport/unix_stream_dialer.h"
+#include "vsock/transport/vsock_forward.h"
 
 namespace vhost_vsock::vsock {
 
@@ -40,6 +42,10 @@ class Router {
     MuxerLimits limits;
     // The daemon's sibling VMs (null: none). Must outlive the router.
     SiblingHub* siblings = nullptr;
+    // --forward-cid: a guest connect to port P dials this address (AF_VSOCK
+    // (cid, P) in production) without blocking, instead of <uds_path>_<P>.
+    // Empty: the hybrid dialer.
+    ForwardAddressFor forward_to;
   };
   // How the router asks for queue passes (the pump's deferred tasks).
   struct Wakeups {
@@ -116,6 +122,7 @@ class Router {
     sibling_table_.for_each(std::forward<Fn>(fn));
   }
   [[nodiscard]] const std::string& uds_path() const { return options_.uds_path; }
+  [[nodiscard]] bool forwarding() const { return forward_dialer_.has_value(); }
   // Guest->host memory promised to the guest's connections (see CreditBudget).
   [[nodiscard]] const CreditBudget& credit_budget() const { return credit_budget_; }
 
@@ -147,6 +154,10 @@ class Router {
            (seqpacket_enabled_ && type == static_cast<uint16_t>(SocketType::kSeqpacket));
   }
   void handle_guest_connect(const PacketHeader& header);
+  // The host side of a guest connect: <uds>_<port>, or the forward address.
+  UnixStreamDialer::Result dial_host(const PacketHeader& request);
+  // A forward connect finished (kConnectingToHost left for `now`).
+  void note_connect_finished(RoutedConnection& connection, ConnectionState now);
   void reply_rst(const PacketHeader& to);
   bool wait_for_rst_room();  // false: the TX pass waits for Wakeups::tx
   void wake_tx_if_waiting();
@@ -187,6 +198,7 @@ class Router {
   std::function<size_t()> pending_host_peers_;
   bool seqpacket_enabled_ = false;
   UnixStreamDialer dialer_{loop_, options_.uds_path};  // guest connects to <uds-path>_<port>
+  std::optional<VsockForwardDialer> forward_dialer_;   // --forward-cid: replaces dialer_
 
   // Before the connections: they give their holds back when destroyed.
   CreditBudget credit_budget_;

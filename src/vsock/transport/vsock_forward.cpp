@@ -37,6 +37,8 @@ HostEvents ConnectingStreamEndpoint::finish_connect(uint32_t epoll_events) {
     connecting_ = false;
     HostEvents events = host_events_from_epoll(epoll_events);
     events.connected = true;
+    // The peer may have written already; the watch below dropped that edge.
+    events.readable = true;
     return events;
   }
   if (error == 0) error = ECONNRESET;  // hung up without saying why

@@ -8,7 +8,7 @@
 // exercise the same code with AF_UNIX and AF_INET loopback stand-ins: tests
 // must never open AF_VSOCK sockets on the test host itself.
 //
-// Not wired into the router or the command line yet (see docs/configuration.md).
+// The router dials through it when Router::Options::forward_to is set.
 #pragma once
 
 #include <sys/socket.h>
@@ -50,7 +50,7 @@ class ConnectingStreamEndpoint : public UnixStreamEndpoint {
   void watch(EventCallback callback) override;
   [[nodiscard]] bool connecting() const override { return connecting_; }
   // The connect's failure (errno), 0 while connecting or once connected.
-  [[nodiscard]] int connect_error() const { return connect_error_; }
+  [[nodiscard]] int connect_error() const override { return connect_error_; }
 
  private:
   HostEvents finish_connect(uint32_t epoll_events);

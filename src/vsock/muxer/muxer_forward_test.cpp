@@ -1,0 +1,280 @@
+// --forward-cid / --forward-listen through the muxer, with stand-in address
+// families (never AF_VSOCK on the test host): AF_UNIX for connects that
+// finish at once and for the listeners, AF_INET loopback for connects that
+// are still in progress (the router's kConnectingToHost state).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "base/unix_socket_address.h"
+#include "vsock/muxer/muxer_test_fixture.h"
+
+namespace vhost_vsock::vsock::test {
+namespace {
+
+constexpr uint32_t kForwardCid = 1;
+constexpr uint32_t kListenPort = 9001;
+
+ForwardAddress unix_address(const std::string& path) {
+  ForwardAddress out;
+  const sockaddr_un un = base::unix_socket_address(path);
+  std::memcpy(&out.storage, &un, sizeof(un));
+  out.length = sizeof(un);
+  return out;
+}
+
+ForwardAddress loopback_address(uint16_t port) {
+  ForwardAddress out;
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(port);
+  std::memcpy(&out.storage, &in, sizeof(in));
+  out.length = sizeof(in);
+  return out;
+}
+
+// A loopback TCP listener; `backlog` 0 holds one unaccepted connection, after
+// which the kernel drops SYNs and a connect stays in progress.
+base::UniqueFd tcp_listener(uint16_t* port, int backlog = 16) {
+  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(in);
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof(in)), 0);
+  EXPECT_EQ(::listen(fd.get(), backlog), 0);
+  EXPECT_EQ(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&in), &length), 0);
+  *port = ntohs(in.sin_port);
+  return fd;
+}
+
+class ForwardTest : public MuxerTest {
+ protected:
+  void SetUp() override {
+    char dir_template[] = "/tmp/vmfXXXXXX";
+    ASSERT_NE(::mkdtemp(dir_template), nullptr);
+    dir = dir_template;
+  }
+  void TearDown() override {
+    h.reset();
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+
+  // Guest connects to port P go to `connect_to(P)`; kListenPort listens on an AF_UNIX stand-in.
+  void start(ForwardAddressFor connect_to, MuxerLimits limits_used) {
+    h = std::make_unique<MuxerHarness>(limits_used, 256, 64 << 20, true, "/tmp", false, [&](MuxerOptions& options) {
+      VsockForwarding forward;
+      forward.cid = kForwardCid;
+      forward.listen_ports = {kListenPort};
+      forward.connect_address = std::move(connect_to);
+      forward.listen_address = [this](uint32_t port) { return unix_address(listen_path(port)); };
+      options.forward = std::move(forward);
+    });
+    h->post_rx_buffers(64);
+  }
+  void start(ForwardAddressFor connect_to) { start(std::move(connect_to), limits()); }
+  std::string listen_path(uint32_t port) const { return dir + "/fl" + std::to_string(port); }
+
+  // Packets within `max`, stopping at the first one.
+  std::string dir;  // the stand-ins' AF_UNIX sockets
+
+  std::vector<GuestPacket> wait_for_packet(std::chrono::milliseconds max) {
+    const auto deadline = std::chrono::steady_clock::now() + max;
+    std::vector<GuestPacket> packets;
+    while (packets.empty() && std::chrono::steady_clock::now() < deadline) {
+      h->run_for(5ms);
+      packets = h->received();
+    }
+    return packets;
+  }
+};
+
+TEST_F(ForwardTest, AConnectThatFinishesAtOnceIsAnsweredWithResponse) {
+  start([&](uint32_t port) { return unix_address(dir + "/peer" + std::to_string(port)); });
+  base::UniqueFd listener = MuxerHarness::listen_unix(dir + "/peer" + std::to_string(kHostPort));
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kResponse);
+  base::UniqueFd host(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK));
+  ASSERT_TRUE(host.valid());
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 5), bytes_of("hello"));
+  drain();
+  EXPECT_EQ(read_some(host.get()), "hello");
+  EXPECT_EQ(h->stats().connections_from_guest, 1u);
+}
+
+TEST_F(ForwardTest, ForwardingReplacesTheUdsPathDialer) {
+  start([](uint32_t) { return std::optional<ForwardAddress>(); });  // refuses every port
+  auto uds_listener = MuxerHarness::listen_unix(h->port_path(kHostPort));
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  base::UniqueFd none(::accept4(uds_listener.get(), nullptr, nullptr, SOCK_NONBLOCK));
+  EXPECT_FALSE(none.valid()) << "<uds-path>_<port> was dialed although forwarding is on";
+  EXPECT_EQ(h->stats().host_connects_refused, 1u);
+}
+
+TEST_F(ForwardTest, AConnectInProgressAnswersOnceConnectedAndCarriesData) {
+  uint16_t tcp_port = 0;
+  base::UniqueFd listener = tcp_listener(&tcp_port);
+  start([&](uint32_t) { return loopback_address(tcp_port); });
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  auto packets = wait_for_packet(1000ms);
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kResponse);
+  EXPECT_EQ(packets[0].header.src_port, kHostPort);
+  EXPECT_EQ(packets[0].header.dst_port, kGuestPort);
+  EXPECT_EQ(h->stats().connections_opened, 1u);
+  EXPECT_EQ(h->stats().connections_from_guest, 1u);
+  base::UniqueFd host;
+  for (int i = 0; i < 100 && !host.valid(); ++i) {
+    host = base::UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK));
+    if (!host.valid()) h->run_for(5ms);
+  }
+  ASSERT_TRUE(host.valid());
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 4), bytes_of("ping"));
+  drain();
+  EXPECT_EQ(read_some(host.get()), "ping");
+  ASSERT_EQ(::write(host.get(), "pong", 4), 4);
+  packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRw);
+  EXPECT_EQ(text(packets[0].payload), "pong");
+}
+
+TEST_F(ForwardTest, ARefusedConnectIsAnsweredWithRst) {
+  uint16_t tcp_port = 0;
+  { base::UniqueFd closed = tcp_listener(&tcp_port); }  // nothing listens there any more
+  start([&](uint32_t) { return loopback_address(tcp_port); });
+  const auto before = std::chrono::steady_clock::now();
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  auto packets = wait_for_packet(1000ms);
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(packets[0].header.dst_port, kGuestPort);
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 250ms) << "the RST waited for the request timeout";
+  EXPECT_EQ(h->stats().host_connects_refused, 1u);
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  EXPECT_EQ(h->stats().resets_timeout, 0u);
+}
+
+TEST_F(ForwardTest, AConnectThatNeverFinishesIsResetAfterTheRequestTimeout) {
+  uint16_t tcp_port = 0;
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const ForwardAddress address = loopback_address(tcp_port);
+  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  start([&](uint32_t) { return loopback_address(tcp_port); });  // request_timeout 300 ms
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  h->run_for(150ms);
+  auto early = h->received();
+  if (!early.empty() && early[0].header.operation() == Op::kResponse) {
+    GTEST_SKIP() << "SKIPPED: the kernel accepted past a full backlog; no connect stays in progress here";
+  }
+  EXPECT_TRUE(early.empty()) << "answered before the connect finished";
+  EXPECT_EQ(h->stats().connections_active, 1u);
+  auto packets = wait_for_packet(1000ms);
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(h->stats().resets_timeout, 1u);
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  EXPECT_EQ(h->stats().connections_opened, 0u);
+}
+
+TEST_F(ForwardTest, ConnectsInProgressCountAgainstTheCap) {
+  uint16_t tcp_port = 0;
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const ForwardAddress address = loopback_address(tcp_port);
+  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  MuxerLimits capped = limits();
+  capped.max_connections = 1;
+  capped.request_timeout = 2000ms;
+  start([&](uint32_t) { return loopback_address(tcp_port); }, capped);
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  h->run_for(50ms);
+  ASSERT_TRUE(h->received().empty()) << "the first connect did not stay in progress";
+  h->send(h->guest_header(Op::kRequest, kGuestPort + 1, kHostPort));
+  auto packets = wait_for_packet(500ms);
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(packets[0].header.dst_port, kGuestPort + 1);
+  EXPECT_EQ(h->stats().resets_cap, 1u);
+  EXPECT_EQ(h->stats().connections_active, 1u);
+}
+
+TEST_F(ForwardTest, AGuestRstWhileConnectingForgetsTheConnection) {
+  uint16_t tcp_port = 0;
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const ForwardAddress address = loopback_address(tcp_port);
+  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  start([&](uint32_t) { return loopback_address(tcp_port); });
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  h->run_for(50ms);
+  ASSERT_TRUE(h->received().empty());
+  h->send(h->guest_header(Op::kRst, kGuestPort, kHostPort));
+  EXPECT_TRUE(drain(100ms).empty()) << "an RST was answered";
+  EXPECT_EQ(h->stats().connections_active, 0u);
+  h->run_for(400ms);  // past the request timeout: the cancelled timer sends nothing
+  EXPECT_TRUE(h->received().empty());
+  EXPECT_EQ(h->stats().resets_timeout, 0u);
+}
+
+TEST_F(ForwardTest, DataBeforeTheResponseIsAProtocolViolation) {
+  uint16_t tcp_port = 0;
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const ForwardAddress address = loopback_address(tcp_port);
+  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  start([&](uint32_t) { return loopback_address(tcp_port); });
+  h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
+  h->run_for(50ms);
+  ASSERT_TRUE(h->received().empty());
+  h->send(h->guest_header(Op::kCreditUpdate, kGuestPort, kHostPort));  // credit news is fine
+  h->run_for(20ms);
+  EXPECT_TRUE(h->received().empty());
+  h->send(h->guest_header(Op::kRw, kGuestPort, kHostPort, 1), bytes_of("x"));
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(h->stats().protocol_violations, 1u);
+}
+
+TEST_F(ForwardTest, ForwardListenConnectionsAskTheGuestWithoutAHandshake) {
+  start([](uint32_t) { return std::optional<ForwardAddress>(); });
+  EXPECT_FALSE(std::filesystem::exists(h->uds_path())) << "the hybrid listener opened although forwarding is on";
+  auto host = MuxerHarness::connect_unix(listen_path(kListenPort));
+  ASSERT_TRUE(host.valid());
+  auto packets = wait_for_packet(500ms);
+  ASSERT_EQ(packets.size(), 1u);
+  const PacketHeader request = packets[0].header;
+  EXPECT_EQ(request.operation(), Op::kRequest);
+  EXPECT_EQ(request.dst_port, kListenPort);
+  h->send(h->guest_header(Op::kResponse, kListenPort, request.src_port));
+  h->send(h->guest_header(Op::kRw, kListenPort, request.src_port, 3), bytes_of("abc"));
+  drain();
+  EXPECT_EQ(read_some(host.get()), "abc") << "no greeting may precede the guest's bytes";
+  ASSERT_EQ(::write(host.get(), "xyz", 3), 3);
+  packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(text(packets[0].payload), "xyz");
+  EXPECT_EQ(h->stats().connections_from_host, 1u);
+  std::vector<ConnectionInfo> listing;
+  h->muxer().list_connections(&listing);
+  ASSERT_EQ(listing.size(), 1u);
+  EXPECT_EQ(listing[0].host_path, "vsock-listen:9001");
+}
+
+}  // namespace
+}  // namespace vhost_vsock::vsock::test
