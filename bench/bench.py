@@ -129,7 +129,9 @@ def machine_lines(ctx: Context) -> list[str]:
         build_type = (m.group(1) if m else "") or "RelWithDebInfo (the project's default)"
     commit = subprocess.run(["git", "-C", str(ctx.root), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "-C", str(ctx.root), "status", "--porcelain", "--untracked-files=no"],
+    # docs/ is left out: the run itself writes profile.md before this is asked.
+    dirty = subprocess.run(["git", "-C", str(ctx.root), "status", "--porcelain", "--untracked-files=no", "--",
+                            ".", ":!docs"],
                            capture_output=True, text=True).stdout.strip()
     return [
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
