@@ -30,7 +30,7 @@ SMOKE_GROUPS = ["ceiling", "sim", "vm"]
 SMOKE_REQUIRED = {"ceiling", "sim"}
 TARGETS = {
     "ceiling": [local_suite.CEILING_BINARY],
-    "sim": [local_suite.SIM_BINARY, local_suite.DAEMON_BINARY],
+    "sim": [local_suite.SIM_BINARY, local_suite.SCALE_BINARY, local_suite.DAEMON_BINARY],
     "vm": [local_suite.DAEMON_BINARY, vm_suite.XFER_BINARY],
     "profile": [local_suite.SIM_BINARY, local_suite.DAEMON_BINARY],
 }

@@ -61,14 +61,22 @@ bool SiblingHub::reserve_room(Channel& channel, size_t bytes) {
 void SiblingHub::push(Channel& channel, SiblingPacket& packet) {
   channel.packets_in_flight.fetch_add(1, std::memory_order_relaxed);
   channel.bytes_in_flight.fetch_add(packet.header.len, std::memory_order_relaxed);
+  auto* ring = channel.packets.load(std::memory_order_relaxed);  // only this thread stores it
+  if (ring == nullptr) {
+    channel.packets_storage = std::make_unique<base::BoundedMpscQueue<SiblingPacket>>(kChannelPackets);
+    ring = channel.packets_storage.get();
+    channel.packets.store(ring, std::memory_order_release);
+  }
   // Cannot fail: packets_in_flight <= kChannelPackets == the ring's capacity.
-  [[maybe_unused]] const bool pushed = channel.packets.try_push(packet);
+  [[maybe_unused]] const bool pushed = ring->try_push(packet);
   wake(channel.to);
 }
 
 SiblingPacket* SiblingHub::peek(Channel& channel) {
   if (!channel.head.has_value()) {
-    std::optional<SiblingPacket> next = channel.packets.try_pop();
+    auto* ring = channel.packets.load(std::memory_order_acquire);
+    if (ring == nullptr) return nullptr;  // the sender has never pushed
+    std::optional<SiblingPacket> next = ring->try_pop();
     if (!next.has_value()) return nullptr;
     channel.head.emplace(std::move(*next));
     channel.head_offset = 0;

@@ -56,7 +56,11 @@ class SiblingHub {
     Channel(Member& from_, Member& to_) : from(from_), to(to_) {}
     Member& from;
     Member& to;
-    base::BoundedMpscQueue<SiblingPacket> packets{kChannelPackets};
+    // The ring (about 32 KiB) is allocated by the sender with its first
+    // packet: N VMs in one group make N x (N - 1) channels, and most pairs
+    // never talk. Published with release, so the receiver sees it built.
+    std::atomic<base::BoundedMpscQueue<SiblingPacket>*> packets{nullptr};
+    std::unique_ptr<base::BoundedMpscQueue<SiblingPacket>> packets_storage;  // set once, by the sender
     std::atomic<size_t> packets_in_flight{0};
     std::atomic<size_t> bytes_in_flight{0};
     std::atomic<bool> sender_waiting{false};  // the sender stopped its TX for room here
