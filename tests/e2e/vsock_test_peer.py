@@ -11,10 +11,13 @@ SENDDONE, WAITDONE).
 
 The data connection of every case is port 1234:
   - guest client: the guest connects to CID 2 port 1234, which the daemon
-    connects to our AF_UNIX SOCK_SEQPACKET listener at <uds>_1234; we send
-    LISTENING once it listens, as vsock_test's own server does;
+    connects to our AF_UNIX listener at <uds>_1234 (SOCK_SEQPACKET or
+    SOCK_STREAM, as the case's type); we send LISTENING once it listens, as
+    vsock_test's own server does;
   - guest server: after the guest's LISTENING we connect SOCK_SEQPACKET to
-    <uds>_seqpacket, send "CONNECT 1234\\n" and get one "OK <port>\\n" message.
+    <uds>_seqpacket and send one "CONNECT 1234\\n" message, getting one
+    "OK <port>\\n" message; for a stream, SOCK_STREAM to <uds> and the same
+    lines.
 
 Each case below mirrors the other half of the 6.1 case of the same name, with
 what AF_UNIX cannot express noted where it differs. Cases not in HOST_CASES
@@ -74,11 +77,11 @@ class HostPeer:
         self.control = control
 
     # The data connection, as vsock_test's util.c sets it up.
-    def seqpacket_accept(self):
+    def accept(self, kind=socket.SOCK_SEQPACKET):
         path = f"{self.uds}_{PORT}"
         if os.path.exists(path):
             os.unlink(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener = socket.socket(socket.AF_UNIX, kind)
         try:
             listener.bind(path)
             listener.listen(1)
@@ -101,9 +104,34 @@ class HostPeer:
               f"CONNECT {PORT}: expected one 'OK <port>\\n' message, got {reply!r}")
         return sock
 
+    def stream_accept(self):
+        conn = self.accept(socket.SOCK_STREAM)
+        conn.settimeout(TIMEOUT)
+        return conn
+
+    def stream_connect(self, expect_listener=True):
+        """CONNECT 1234 over <uds>; returns the socket after 'OK <port>\\n',
+        or None when the daemon closed it (the guest refused: no OK)."""
+        if expect_listener:
+            self.control.expectln("LISTENING")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
+        sock.connect(self.uds)
+        sock.sendall(f"CONNECT {PORT}\n".encode())
+        line = b""
+        while not line.endswith(b"\n") and len(line) < 64:
+            byte = sock.recv(1)  # one byte at a time: nothing after the line is consumed
+            if not byte:
+                sock.close()
+                check(not line, f"CONNECT {PORT}: closed after {line!r}")
+                return None
+            line += byte
+        check(line.startswith(b"OK ") and line[3:-1].isdigit(), f"CONNECT {PORT}: got {line!r}, want 'OK <port>'")
+        return sock
+
     # SOCK_SEQPACKET msg bounds: 7 one-byte messages, MSG_EOR on the 4th.
     def msg_bounds_server(self):
-        with self.seqpacket_accept() as conn:
+        with self.accept() as conn:
             self.control.expectln("SENDDONE")
             conn.settimeout(TIMEOUT)
             for i in range(7):
@@ -114,7 +142,7 @@ class HostPeer:
 
     # SOCK_SEQPACKET MSG_TRUNC flag: a 32-byte message read into 16 bytes.
     def msg_trunc_server(self):
-        with self.seqpacket_accept() as conn:
+        with self.accept() as conn:
             self.control.expectln("SENDDONE")
             conn.settimeout(TIMEOUT)
             # recvmsg(MSG_TRUNC)'s return value (the whole length) is not
@@ -132,7 +160,7 @@ class HostPeer:
     # SOCK_SEQPACKET timeout: a read with SO_RCVTIMEO of 1 s and no data fails
     # with EAGAIN after about 1 s (at most 0.25 s more).
     def timeout_server(self):
-        with self.seqpacket_accept():
+        with self.accept():
             self.control.expectln("WAITDONE")
 
     def timeout_client(self):
@@ -156,7 +184,7 @@ class HostPeer:
     # reads both and checks that each arrived whole and in order.
     def invalid_rec_buffer_server(self):
         size = 3 * PAGE
-        with self.seqpacket_accept() as conn:
+        with self.accept() as conn:
             conn.settimeout(TIMEOUT)
             for pattern in (b"a", b"b"):
                 data, _, flags, _ = conn.recvmsg(2 * size)
@@ -168,10 +196,164 @@ class HostPeer:
             for pattern in (b"a", b"b"):
                 check(sock.send(pattern * size) == size, f"send of the {pattern!r} message")
 
+    # SOCK_STREAM connection reset: a connect to a port nobody listens on is
+    # refused (the guest: ECONNRESET; the host: closed without OK).
+    def connection_reset_server(self):
+        check(not os.path.exists(f"{self.uds}_{PORT}"), "something listens on <uds>_1234")
+
+    def connection_reset_client(self):
+        sock = self.stream_connect(expect_listener=False)
+        check(sock is None, "CONNECT to a guest port with no socket got OK")
+
+    # SOCK_STREAM bind only: a socket bound but not listening refuses too.
+    def bind_only_server(self):
+        path = f"{self.uds}_{PORT}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+            bound.bind(path)
+            try:
+                self.control.writeln("BIND")
+                self.control.expectln("DONE")
+            finally:
+                os.unlink(path)
+
+    def bind_only_client(self):
+        self.control.expectln("BIND")
+        sock = self.stream_connect(expect_listener=False)
+        check(sock is None, "CONNECT to a bound, not listening guest port got OK")
+        self.control.writeln("DONE")
+
+    # SOCK_STREAM client close / server close: one side sends a byte and
+    # closes; the other sees the close, a send fails with EPIPE, then it reads
+    # the byte and end-of-file.
+    def send_byte_and_close(self, sock):
+        with sock:
+            send_byte(sock)
+
+    def see_close_then_epipe(self, sock):
+        with sock:
+            wait_remote_close(sock)
+            try:
+                sock.send(b"A")
+                raise PeerFailure("send after the guest's close succeeded, want EPIPE")
+            except BrokenPipeError:
+                pass
+            recv_byte(sock)
+            check(sock.recv(1) == b"", "no end-of-file after the byte")
+
+    def client_close_server(self):
+        self.see_close_then_epipe(self.stream_accept())
+
+    def client_close_client(self):
+        self.send_byte_and_close(self.stream_connect())
+
+    def server_close_server(self):
+        self.send_byte_and_close(self.stream_accept())
+
+    def server_close_client(self):
+        self.see_close_then_epipe(self.stream_connect())
+
+    # SOCK_STREAM multiple connections: 100 connections, each set up as its
+    # own listen/LISTENING/accept; odd ones carry a byte one way, even ones
+    # the other way.
+    def multiconn(self, guest_mode):
+        socks = []
+        try:
+            for _ in range(MULTICONN):
+                socks.append(self.stream_accept() if guest_mode == "client" else self.stream_connect())
+            for i, sock in enumerate(socks):
+                # The guest client receives on odd connections, its server sends on them.
+                if (i % 2 == 1) == (guest_mode == "client"):
+                    send_byte(sock)
+                else:
+                    recv_byte(sock)
+        finally:
+            for sock in socks:
+                sock.close()
+
+    def multiconn_server(self):
+        self.multiconn("client")
+
+    def multiconn_client(self):
+        self.multiconn("server")
+
+    # SOCK_STREAM MSG_PEEK: the byte is peeked, then read.
+    def msg_peek_server(self):
+        with self.stream_accept() as conn:
+            check(conn.recv(1, socket.MSG_PEEK) == b"A", "MSG_PEEK did not return the byte")
+            recv_byte(conn)
+
+    def msg_peek_client(self):
+        self.send_byte_and_close(self.stream_connect())
+
+    # SOCK_STREAM poll() + SO_RCVLOWAT: 1 byte, then 127 more one by one; the
+    # receiver (SO_RCVLOWAT 128) is readable only once all 128 are there.
+    def poll_rcvlowat_server(self):
+        with self.stream_accept() as conn:
+            send_byte(conn)
+            self.control.writeln("SRVSENT")
+            self.control.expectln("CLNSENT")
+            for _ in range(LOWAT - 1):
+                send_byte(conn)
+            self.control.expectln("POLLDONE")
+
+    def poll_rcvlowat_client(self):
+        # AF_UNIX's poll() ignores SO_RCVLOWAT, so the host checks what the
+        # guest's poll() checks by counting the bytes that arrived.
+        with self.stream_connect() as sock:
+            self.control.expectln("SRVSENT")
+            time.sleep(1.0)  # the guest's poll() waits 1 s for nothing to happen
+            check(len(peek_available(sock)) == 1, "after SRVSENT, not exactly the 1 byte sent")
+            self.control.writeln("CLNSENT")
+            deadline = time.monotonic() + 10
+            while len(peek_available(sock)) < LOWAT:
+                check(time.monotonic() < deadline, f"{LOWAT} bytes did not arrive within 10 s")
+                time.sleep(0.01)
+            check(sock.recv(LOWAT, socket.MSG_DONTWAIT) == b"A" * LOWAT, f"recv of {LOWAT} bytes")
+            self.control.writeln("POLLDONE")
+
+
+MULTICONN = 100
+LOWAT = 128
+
+
+def send_byte(sock):
+    check(sock.send(b"A") == 1, "send of one byte")
+
+
+def recv_byte(sock):
+    byte = sock.recv(1)
+    check(byte == b"A", f"expected the byte 'A', got {byte!r}")
+
+
+def peek_available(sock):
+    timeout = sock.gettimeout()
+    sock.settimeout(0)  # with a timeout, Python would wait out an EAGAIN
+    try:
+        return sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+def wait_remote_close(sock):
+    """util.c's vsock_wait_remote_close: poll for RDHUP/HUP, TIMEOUT s."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP | select.POLLHUP)
+    events = poller.poll(TIMEOUT * 1000)
+    check(events and events[0][1] & (select.POLLRDHUP | select.POLLHUP), "the guest's close was not seen")
+
 
 # Case name (as `vsock_test --list` prints it) -> (the host's half when the
 # guest is the client, the host's half when the guest is the server).
 HOST_CASES = {
+    "SOCK_STREAM connection reset": (HostPeer.connection_reset_server, HostPeer.connection_reset_client),
+    "SOCK_STREAM bind only": (HostPeer.bind_only_server, HostPeer.bind_only_client),
+    "SOCK_STREAM client close": (HostPeer.client_close_server, HostPeer.client_close_client),
+    "SOCK_STREAM server close": (HostPeer.server_close_server, HostPeer.server_close_client),
+    "SOCK_STREAM multiple connections": (HostPeer.multiconn_server, HostPeer.multiconn_client),
+    "SOCK_STREAM MSG_PEEK": (HostPeer.msg_peek_server, HostPeer.msg_peek_client),
+    "SOCK_STREAM poll() + SO_RCVLOWAT": (HostPeer.poll_rcvlowat_server, HostPeer.poll_rcvlowat_client),
     "SOCK_SEQPACKET msg bounds": (HostPeer.msg_bounds_server, None),
     "SOCK_SEQPACKET MSG_TRUNC flag": (HostPeer.msg_trunc_server, HostPeer.msg_trunc_client),
     "SOCK_SEQPACKET timeout": (HostPeer.timeout_server, HostPeer.timeout_client),
@@ -198,7 +380,7 @@ def skip_reason(name, guest_mode):
     if (name, guest_mode) in NOT_RUN:
         return NOT_RUN[(name, guest_mode)]
     if host_half(name, guest_mode) is None:
-        return "the host peer implements the SOCK_SEQPACKET cases only"
+        return "the host peer does not implement this case"
     return None
 
 
