@@ -57,29 +57,41 @@ def start_guest_server(shell, name, peer_cid, skips=()):
         raise TestFailure(f"vsock_test server did not listen:\n{shell.wait_job(name, timeout=10).output}")
 
 
-@e2e_test("vsock_test")
-def vsock_test_guest_to_guest_all_cases(t):
-    """Guest 4 runs vsock_test --mode=server, guest 3 --mode=client
-    --peer-cid=4 (sibling routing through the daemon): every case of the
-    guest's vsock_test is 'ok' on both sides, and both exit 0."""
+def guest_pair(t, client_cid, server_cid):
+    """vsock_test --mode=server in guest server_cid, --mode=client
+    --peer-cid=server_cid in guest client_cid (sibling routing through the
+    daemon): every case is 'ok' on both sides, and both exit 0."""
     require_vsock_test(t)
-    server = t.vm.sibling_qemus[SIBLING_CID]
-    cases = list_cases(t.shell)
+    qemus = {3: t.vm.qemu, SIBLING_CID: t.vm.sibling_qemus[SIBLING_CID]}
+    client_shell, server = qemus[client_cid].shell, qemus[server_cid]
+    cases = list_cases(client_shell)
     expect(SEQPACKET_CASES <= {name for _, name in cases}, f"vsock_test lacks SEQPACKET cases: {cases}")
-    start_guest_server(server.shell, "vt_server", peer_cid=3)
+    start_guest_server(server.shell, "vt_server", peer_cid=client_cid)
     start = time.monotonic()
-    client = t.guest(f"vsock_test --mode=client --control-host=10.0.2.2 --control-port={server.forward_port} "
-                     f"--peer-cid={SIBLING_CID}", timeout=GUEST_TIMEOUT)
+    client = client_shell.run(f"vsock_test --mode=client --control-host=10.0.2.2 "
+                              f"--control-port={server.forward_port} --peer-cid={server_cid}", timeout=GUEST_TIMEOUT)
     seconds = time.monotonic() - start
     served = server.shell.wait_job("vt_server", timeout=60)
-    expect(client.status == 0, f"vsock_test client (guest 3) exited {client.status}:\n{client.output}\n"
-           f"--- server (guest 4):\n{served.output}")
-    expect(served.status == 0, f"vsock_test server (guest 4) exited {served.status}:\n{served.output}")
+    expect(client.status == 0, f"vsock_test client (guest {client_cid}) exited {client.status}:\n{client.output}\n"
+           f"--- server (guest {server_cid}):\n{served.output}")
+    expect(served.status == 0, f"vsock_test server (guest {server_cid}) exited {served.status}:\n{served.output}")
     for side, output in (("client", client.output), ("server", served.output)):
         results = case_results(output)
         not_ok = {i: results.get(i, "missing") for i, _ in cases if results.get(i) != "ok"}
         expect(not not_ok, f"{side}: cases not ok: {not_ok}\n{output}")
     return f"all {len(cases)} cases ok on both guests in {seconds:.1f}s"
+
+
+@e2e_test("vsock_test")
+def vsock_test_guest_to_guest_all_cases(t):
+    """Guest 3 is the client (--peer-cid=4), guest 4 the server."""
+    return guest_pair(t, client_cid=3, server_cid=SIBLING_CID)
+
+
+@e2e_test("vsock_test")
+def vsock_test_guest_to_guest_reversed(t):
+    """Guest 4 is the client (--peer-cid=3), guest 3 the server."""
+    return guest_pair(t, client_cid=SIBLING_CID, server_cid=3)
 
 
 def host_control_listener():
