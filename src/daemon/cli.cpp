@@ -22,18 +22,21 @@ constexpr const char* kProgramName = "vhost-user-vsock";
 constexpr const char* kDescription =
     "virtio-vsock device for QEMU (vhost-user backend) with the Firecracker/Cloud Hypervisor hybrid vsock host "
     "side: host programs connect to <uds-path> and send \"CONNECT <port>\\n\"; guest connects to CID 2 port P reach "
-    "the host listener <uds-path>_<P>.\n\nGive the VMs in exactly one form: --guest-cid/--socket/--uds-path for one "
-    "VM, --vm (repeatable), or --config FILE.yaml.";
+    "the host listener <uds-path>_<P>. Or, instead of --uds-path, vsock forwarding: guest connects to port P reach "
+    "AF_VSOCK (--forward-cid, P), and host programs connect over AF_VSOCK to the --forward-listen ports.\n\nGive the "
+    "VMs in exactly one form: --guest-cid/--socket/--uds-path for one VM, --vm (repeatable), or --config FILE.yaml.";
 
 constexpr const char* kVmHelp =
     "One VM as comma-separated key=value pairs; repeat for more VMs. Keys (spelled with '-' or '_'): guest-cid, "
-    "socket, uds-path, tx-buffer-size, tx-memory-limit, queue-size, groups, connect-wait. Example: "
-    "--vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock";
+    "socket, uds-path, forward-cid, forward-listen, tx-buffer-size, tx-memory-limit, queue-size, groups, "
+    "connect-wait. Example: --vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock or "
+    "--vm guest-cid=4,socket=/run/vm4.sock,forward-cid=1,forward-listen=9001+9002";
 
 // Values are taken as text and parsed by config.cpp, so every form reports
 // malformed numbers the same way, naming the field.
 struct RawFlags {
   std::string guest_cid, socket, uds_path, tx_buffer_size, tx_memory_limit, queue_size, groups, connect_wait;
+  std::string forward_cid, forward_listen;
   std::vector<std::string> vm_specs;
   std::string config_file;
   std::string log_level = "info";
@@ -48,6 +51,8 @@ struct Options {
   CLI::Option* guest_cid;
   CLI::Option* socket;
   CLI::Option* uds_path;
+  CLI::Option* forward_cid;
+  CLI::Option* forward_listen;
   CLI::Option* tx_buffer_size;
   CLI::Option* tx_memory_limit;
   CLI::Option* queue_size;
@@ -98,6 +103,14 @@ void define_single_vm_options(CLI::App& app, RawFlags& raw, Options& o) {
                               "Hybrid vsock Unix socket for host programs; guest connects to port P go to "
                               "<uds-path>_<P> (single-VM form)")
                    ->type_name("PATH");
+  o.forward_cid = app.add_option("--forward-cid", raw.forward_cid,
+                                 "Instead of --uds-path: guest connects to CID 2 port P go to AF_VSOCK (N, P) on the "
+                                 "host, e.g. 1 for the host's own vsock loopback (single-VM form)")
+                      ->type_name("N");
+  o.forward_listen = app.add_option("--forward-listen", raw.forward_listen,
+                                    "With --forward-cid: listen on AF_VSOCK port P of the host (any CID) for each "
+                                    "port; each connection goes to the guest's port P (single-VM form)")
+                         ->type_name("P[+P...]");
   o.tx_buffer_size =
       app.add_option("--tx-buffer-size", raw.tx_buffer_size,
                      bounded_help("Most credit one connection gets: guest->host bytes held while its host socket "
@@ -223,6 +236,26 @@ SandboxOptions parse_sandbox(const Options& o, const RawFlags& raw, ConfigErrors
   return sandbox;
 }
 
+// --forward-cid / --forward-listen of the single-VM form.
+bool parse_single_vm_forwarding(const Options& o, const RawFlags& raw, VmConfig* vm, ConfigErrors* errors) {
+  bool ok = true;
+  std::string error;
+  uint64_t number = 0;
+  if (o.forward_cid->count() > 0) {
+    if (parse_unsigned(raw.forward_cid, std::numeric_limits<uint32_t>::max(), &number, &error)) {
+      vm->forward_cid = static_cast<uint32_t>(number);
+    } else {
+      errors->push_back({"--forward-cid", error});
+      ok = false;
+    }
+  }
+  if (o.forward_listen->count() > 0 && !parse_forward_ports(raw.forward_listen, &vm->forward_listen, &error)) {
+    errors->push_back({"--forward-listen", error});
+    ok = false;
+  }
+  return ok;
+}
+
 // The single-VM form (vhost-device-vsock's flat flags); errors use flag names.
 bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, ConfigErrors* errors) {
   VmConfig vm;  // source kFlags
@@ -264,8 +297,10 @@ bool parse_single_vm(const Options& o, const RawFlags& raw, VmConfig* out, Confi
     errors->push_back({"--socket", "required (with --guest-cid/--uds-path; or use --vm or --config)"});
     ok = false;
   }
-  if (o.uds_path->count() == 0) {
-    errors->push_back({"--uds-path", "required (with --guest-cid/--socket; or use --vm or --config)"});
+  if (!parse_single_vm_forwarding(o, raw, &vm, errors)) ok = false;
+  if (o.uds_path->count() == 0 && o.forward_cid->count() == 0) {
+    errors->push_back(
+        {"--uds-path", "required (with --guest-cid/--socket, or --forward-cid instead; or use --vm or --config)"});
     ok = false;
   }
   vm.socket_path = raw.socket;
@@ -375,7 +410,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
 
   const bool single_form = o.guest_cid->count() + o.socket->count() + o.uds_path->count() + o.tx_buffer_size->count() +
                                o.tx_memory_limit->count() + o.queue_size->count() + o.groups->count() +
-                               o.connect_wait->count() >
+                               o.connect_wait->count() + o.forward_cid->count() + o.forward_listen->count() >
                            0;
   const bool vm_form = o.vm->count() > 0;
   const bool config_form = o.config->count() > 0;
@@ -399,6 +434,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
   // Range and filesystem checks only make sense on fully parsed VMs.
   if (errors.empty()) validate_config(config, &errors);
   if (!errors.empty()) return usage_failure(errors);
+  config.sandbox.vsock_forwarding = uses_vsock_forwarding(config.vms);
 
   CliOutcome outcome;
   outcome.config = std::move(config);

@@ -24,7 +24,8 @@ namespace vhost_vsock::daemon {
 namespace {
 
 constexpr std::string_view kKnownKeys =
-    "guest-cid, socket, uds-path, tx-buffer-size, tx-memory-limit, queue-size, groups, connect-wait";
+    "guest-cid, socket, uds-path, forward-cid, forward-listen, tx-buffer-size, tx-memory-limit, queue-size, groups, "
+    "connect-wait";
 // A config file is a handful of lines; refuse to slurp something huge by mistake.
 constexpr std::streamsize kMaxConfigFileBytes = 1 << 20;
 
@@ -41,12 +42,9 @@ std::string canonical_key(std::string_view key) {
 bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, std::map<std::string, bool>* seen,
                   ConfigErrors* errors) {
   const std::string field = vm_field(*vm, key);
-  if (key == "forward_cid" || key == "forward_listen") {
-    errors->push_back({field, "the vsock forwarding backend is not supported; use uds-path"});
-    return false;
-  }
   if (key != "guest_cid" && key != "socket" && key != "uds_path" && key != "tx_buffer_size" &&
-      key != "tx_memory_limit" && key != "queue_size" && key != "groups" && key != "connect_wait") {
+      key != "tx_memory_limit" && key != "queue_size" && key != "groups" && key != "connect_wait" &&
+      key != "forward_cid" && key != "forward_listen") {
     errors->push_back({vm_field(*vm, ""), fmt::format("unknown key '{}' (known keys: {})", key, kKnownKeys)});
     return false;
   }
@@ -58,7 +56,18 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
 
   std::string error;
   uint64_t number = 0;
-  if (key == "guest_cid" || key == "tx_memory_limit") {
+  if (key == "forward_cid") {
+    if (!parse_unsigned(value, std::numeric_limits<uint32_t>::max(), &number, &error)) {
+      errors->push_back({field, error});
+      return false;
+    }
+    vm->forward_cid = static_cast<uint32_t>(number);
+  } else if (key == "forward_listen") {
+    if (!parse_forward_ports(value, &vm->forward_listen, &error)) {
+      errors->push_back({field, error});
+      return false;
+    }
+  } else if (key == "guest_cid" || key == "tx_memory_limit") {
     if (!parse_unsigned(value, std::numeric_limits<uint64_t>::max(), &number, &error)) {
       errors->push_back({field, error});
       return false;
@@ -86,11 +95,15 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
 
 bool check_required(const VmConfig& vm, const std::map<std::string, bool>& seen, ConfigErrors* errors) {
   bool ok = true;
-  for (const char* key : {"socket", "uds_path"}) {
-    if (!seen.contains(key)) {
-      errors->push_back({vm_field(vm, key), "required"});
-      ok = false;
-    }
+  if (!seen.contains("socket")) {
+    errors->push_back({vm_field(vm, "socket"), "required"});
+    ok = false;
+  }
+  // As in vhost-device-vsock: one backend, uds-path or forward-cid.
+  if (!seen.contains("uds_path") && !seen.contains("forward_cid")) {
+    errors->push_back(
+        {vm_field(vm, "uds_path"), fmt::format("required (or {} for the vsock backend)", vm_field(vm, "forward_cid"))});
+    ok = false;
   }
   return ok;
 }
@@ -471,6 +484,8 @@ void validate_vm(const VmConfig& vm, ConfigErrors* errors) {
     if (group.empty()) errors->push_back({vm_field(vm, "groups"), "has an empty group name"});
   }
   check_socket_path(vm_field(vm, "socket"), vm.socket_path, kMaxUnixPathLength, "in an AF_UNIX address", errors);
+  validate_forwarding(vm, errors);
+  if (vm.forward_cid && vm.uds_path.empty()) return;  // the vsock backend has no uds-path
   check_socket_path(vm_field(vm, "uds_path"), vm.uds_path, kMaxUdsPathLength,
                     "in an AF_UNIX address once '_<port>' (up to 11 bytes) is appended", errors);
 }
@@ -500,7 +515,14 @@ void validate_config(const DaemonConfig& config, ConfigErrors* errors) {
   }
   std::map<uint64_t, std::string> cids;
   std::map<std::string, std::string> paths;
+  std::map<uint32_t, std::string> listen_ports;  // every VM's listeners bind (VMADDR_CID_ANY, port)
   for (const VmConfig& vm : config.vms) {
+    for (const uint32_t port : vm.forward_listen) {
+      const std::string field = vm_field(vm, "forward_listen");
+      if (auto [it, inserted] = listen_ports.emplace(port, field); !inserted) {
+        errors->push_back({field, fmt::format("port {} is already used by {}", port, it->second)});
+      }
+    }
     validate_vm(vm, errors);
     check_tx_memory_limit(vm, config.runtime, errors);
     const std::string cid_field = vm_field(vm, "guest_cid");

@@ -59,6 +59,11 @@ struct VmConfig {
   uint32_t connect_wait_ms = 0;
   // Sibling-VM routing groups (vhost-device-vsock's "a+b"): VMs sharing one reach each other by CID.
   std::vector<std::string> groups{std::string(kDefaultGroup)};
+  // vhost-device-vsock's vsock backend, instead of uds_path: a guest connect
+  // to port P goes to AF_VSOCK (forward_cid, P); each forward_listen port P is
+  // a host AF_VSOCK listener (VMADDR_CID_ANY, P) whose connections go to guest port P.
+  std::optional<uint32_t> forward_cid;
+  std::vector<uint32_t> forward_listen;
 
   VmSource source = VmSource::kFlags;
   size_t index = 0;  // position in --vm order or in the YAML vms list
@@ -88,8 +93,9 @@ struct SandboxOptions {
   std::string user;  // --user as given; empty: keep the current user
   uint32_t uid = 0;  // resolved from `user` when it is set
   uint32_t gid = 0;
-  bool metrics_server = false;  // --metrics is on: the filter allows its HTTP server's syscalls
-  bool config_reload = false;   // --config is on: the filter allows what a SIGHUP reload needs
+  bool metrics_server = false;    // --metrics is on: the filter allows its HTTP server's syscalls
+  bool config_reload = false;     // --config is on: the filter allows what a SIGHUP reload needs
+  bool vsock_forwarding = false;  // a VM has forward-cid: the filter allows AF_VSOCK sockets
   [[nodiscard]] bool enabled() const { return seccomp != SeccompMode::kOff || !user.empty(); }
 };
 
@@ -125,6 +131,14 @@ bool parse_unsigned(std::string_view text, uint64_t max, uint64_t* out, std::str
 
 // "a+b" -> {"a", "b"}. Empty names are errors.
 bool parse_groups(std::string_view text, std::vector<std::string>* out, std::string* error);
+// forward-listen's "9001+9002" -> {9001, 9002}: 32-bit ports, none twice,
+// not VMADDR_PORT_ANY.
+bool parse_forward_ports(std::string_view text, std::vector<uint32_t>* out, std::string* error);
+// forward-cid and forward-listen: their values, and that they replace
+// uds-path (exactly one of uds-path and forward-cid). Appends errors.
+void validate_forwarding(const VmConfig& vm, ConfigErrors* errors);
+// Any VM uses the vsock backend (the seccomp filter then allows AF_VSOCK sockets).
+bool uses_vsock_forwarding(const std::vector<VmConfig>& vms);
 
 bool parse_log_level(std::string_view text, LogLevel* out);
 std::string_view log_level_name(LogLevel level);

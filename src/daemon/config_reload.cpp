@@ -20,6 +20,8 @@ std::vector<std::string> changed_vm_keys(const VmConfig& before, const VmConfig&
   check(before.queue_size != after.queue_size, "queue_size");
   check(before.connect_wait_ms != after.connect_wait_ms, "connect_wait");
   check(before.groups != after.groups, "groups");
+  check(before.forward_cid != after.forward_cid, "forward_cid");
+  check(before.forward_listen != after.forward_listen, "forward_listen");
   // A field added to VmConfig without a name above still counts as a change.
   VmConfig same_place = after;
   same_place.source = before.source;
@@ -82,6 +84,13 @@ bool reload_config_file(const DaemonConfig& running, DaemonConfig* next, ConfigE
   std::optional<std::string> yaml_metrics;
   if (!load_yaml_config_file(running.config_file, &candidate.vms, errors, &yaml_metrics)) return false;
   validate_config(candidate, errors);
+  // The running filter was built without AF_VSOCK: a forwarding VM would die of SIGSYS.
+  if (running.sandbox.seccomp != SeccompMode::kOff && !running.sandbox.vsock_forwarding &&
+      uses_vsock_forwarding(candidate.vms)) {
+    errors->push_back({"forward_cid",
+                       "needs a restart: this daemon's seccomp filter was installed without vsock "
+                       "forwarding, so it does not allow AF_VSOCK sockets"});
+  }
   if (!errors->empty()) return false;
   compare_metrics_key(running, yaml_metrics, warnings);
   *next = std::move(candidate);
@@ -91,8 +100,9 @@ bool reload_config_file(const DaemonConfig& running, DaemonConfig* next, ConfigE
 std::vector<std::string> describe_vm_set_change(const VmSetChange& change) {
   std::vector<std::string> lines;
   for (const VmConfig& vm : change.added) {
-    lines.push_back(
-        fmt::format("vm cid={} added: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path));
+    const std::string backend =
+        vm.forward_cid ? fmt::format("forward-cid={}", *vm.forward_cid) : fmt::format("uds-path={}", vm.uds_path);
+    lines.push_back(fmt::format("vm cid={} added: vhost-user socket={} {}", vm.guest_cid, vm.socket_path, backend));
   }
   for (const VmConfig& vm : change.removed) {
     lines.push_back(fmt::format("vm cid={} removed: its connections are closed and its sockets removed", vm.guest_cid));

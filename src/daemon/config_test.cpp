@@ -187,10 +187,6 @@ TEST(VmSpec, RejectsItemsThatAreNotKeyValueAndRepeatedKeys) {
   EXPECT_ERROR(rejected_vm_spec("socket=/s,uds-path=/u,guest-cid=3,guest_cid=4"), "vm[0].guest_cid", "more than once");
 }
 
-TEST(VmSpec, VsockForwardingBackendIsRefusedClearly) {
-  EXPECT_ERROR(rejected_vm_spec("guest-cid=3,socket=/s,forward-cid=1"), "vm[0].forward_cid", "not supported");
-}
-
 // ---- YAML ----
 
 TEST(YamlConfig, ParsesTheVhostDeviceVsockShape) {

@@ -108,7 +108,7 @@ class SocketFileWatch {
   void add_worker(const VmWorker& worker) {
     const VmConfig& vm = worker.config();
     add(vm.guest_cid, "vhost-user socket", "front-ends (QEMU)", vm.socket_path);
-    add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);
+    if (!vm.uds_path.empty()) add(vm.guest_cid, "uds-path", "host programs", vm.uds_path);  // none with forward-cid
     // Only when our listener is open: the path may hold someone else's file.
     const std::string seqpacket = worker.seqpacket_uds_path();
     if (!seqpacket.empty()) add(vm.guest_cid, "seqpacket uds-path", "SOCK_SEQPACKET host programs", seqpacket);

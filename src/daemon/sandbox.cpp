@@ -192,7 +192,7 @@ void add_open_rules(scmp_filter_ctx ctx, bool read_only_opens) {
   }
 }
 
-void add_rules(scmp_filter_ctx ctx, bool metrics_server, bool config_reload) {
+void add_rules(scmp_filter_ctx ctx, bool metrics_server, bool config_reload, bool vsock_forwarding) {
   for (const char* name : kAllowed) allow(ctx, name);
   if (metrics_server) {
     for (const char* name : kMetricsServer) allow(ctx, name);
@@ -204,6 +204,9 @@ void add_rules(scmp_filter_ctx ctx, bool metrics_server, bool config_reload) {
   // Only Unix sockets: guest connects go to <uds-path>_<port>; nothing else
   // may be dialled even by a compromised worker.
   allow(ctx, "socket", {SCMP_A0(SCMP_CMP_EQ, AF_UNIX)});
+  // With forward-cid, guest connects dial AF_VSOCK (connect and getsockopt
+  // are on the list already); never without it.
+  if (vsock_forwarding) allow(ctx, "socket", {SCMP_A0(SCMP_CMP_EQ, AF_VSOCK)});
   // No executable memory: guest memory maps, malloc and thread stacks are data.
   allow(ctx, "mmap", {SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)});
   allow(ctx, "mprotect", {SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)});
@@ -366,7 +369,7 @@ std::vector<std::string> seccomp_allowed_syscalls() {
   return names;
 }
 
-void install_seccomp_filter(SeccompMode mode, bool metrics_server, bool config_reload) {
+void install_seccomp_filter(SeccompMode mode, bool metrics_server, bool config_reload, bool vsock_forwarding) {
   if (mode == SeccompMode::kOff) return;
   // libseccomp sets it too (SCMP_FLTATR_CTL_NNP); set it ourselves so a
   // filter that fails to load still leaves no way to gain privileges.
@@ -379,7 +382,7 @@ void install_seccomp_filter(SeccompMode mode, bool metrics_server, bool config_r
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 1), "NO_NEW_PRIVS attribute");
   // Any thread that already exists gets the filter too.
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_TSYNC, 1), "TSYNC attribute");
-  add_rules(ctx.get(), metrics_server, config_reload);
+  add_rules(ctx.get(), metrics_server, config_reload, vsock_forwarding);
   check(seccomp_load(ctx.get()), "loading the filter");
 }
 
@@ -418,7 +421,7 @@ void apply_sandbox(const SandboxOptions& options, const std::vector<std::string>
     throw std::runtime_error("prctl(PR_SET_NO_NEW_PRIVS): " + errno_text(errno));
   }
   if (options.seccomp != SeccompMode::kOff) {
-    install_seccomp_filter(options.seccomp, options.metrics_server, options.config_reload);
+    install_seccomp_filter(options.seccomp, options.metrics_server, options.config_reload, options.vsock_forwarding);
     if (options.seccomp == SeccompMode::kKill) {
       spdlog::info("sandbox: seccomp filter installed ({} syscalls allowed); any other syscall kills the process",
                    seccomp_allowed_syscalls().size());

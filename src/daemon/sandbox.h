@@ -40,7 +40,10 @@ std::vector<std::string> seccomp_allowed_syscalls();
 // `metrics_server`: also what the --metrics HTTP server needs.
 // `config_reload`: also what a SIGHUP reload of --config needs (binding new
 // VMs' sockets, event loops, opening files for reading).
-void install_seccomp_filter(SeccompMode mode, bool metrics_server = false, bool config_reload = false);
+// `vsock_forwarding`: also socket(AF_VSOCK, ...) (forward-cid's connects;
+// forward-listen's listeners are bound before the filter, or by a reload).
+void install_seccomp_filter(SeccompMode mode, bool metrics_server = false, bool config_reload = false,
+                            bool vsock_forwarding = false);
 
 // Gives the socket files to `uid`:`gid` (so the daemon can still remove them
 // at exit, even in a sticky directory, and so they keep belonging to whoever

@@ -340,6 +340,32 @@ const Forbidden kForbidden[] = {
 INSTANTIATE_TEST_SUITE_P(Syscalls, SeccompForbidden, ::testing::ValuesIn(kForbidden),
                          [](const ::testing::TestParamInfo<Forbidden>& info) { return info.param.name; });
 
+// socket(AF_VSOCK, ...) with a type flag the kernel refuses (EINVAL) before it
+// looks at the family: the filter's decision shows, and no AF_VSOCK socket is
+// ever created on the test host (not even if the filter let it through).
+constexpr int kRefusedTypeFlag = 0x40000000;
+int vsock_socket_probe() {
+  return ::socket(AF_VSOCK, SOCK_STREAM | kRefusedTypeFlag, 0);
+}
+
+TEST(Seccomp, AfVsockSocketsOnlyWithForwarding) {
+  const int without = run_in_child([] {
+    install_seccomp_filter(SeccompMode::kKill);
+    vsock_socket_probe();
+    return true;
+  });
+  EXPECT_TRUE(killed_by_sigsys(without)) << "AF_VSOCK allowed without forward-cid: " << describe(without);
+  const int with = run_in_child([] {
+    install_seccomp_filter(SeccompMode::kKill, false, false, /*vsock_forwarding=*/true);
+    // Allowed through the filter: the kernel's own EINVAL comes back.
+    if (vsock_socket_probe() != -1 || errno != EINVAL) return false;
+    // Forwarding allows AF_VSOCK only, not every family.
+    ::socket(AF_INET, SOCK_STREAM, 0);
+    return true;
+  });
+  EXPECT_TRUE(killed_by_sigsys(with)) << "AF_INET allowed with forwarding, or AF_VSOCK refused: " << describe(with);
+}
+
 TEST(Seccomp, ForbiddenCallOnAnotherThreadKillsTheWholeProcess) {
   const int status = run_in_child([] {
     install_seccomp_filter(SeccompMode::kKill);

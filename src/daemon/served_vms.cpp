@@ -1,5 +1,6 @@
 #include "daemon/served_vms.h"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -11,6 +12,11 @@
 namespace vhost_vsock::daemon {
 
 void log_vm_ready(const VmConfig& vm) {
+  if (vm.forward_cid) {
+    spdlog::info("vm cid={} ready: vhost-user socket={} forward-cid={} forward-listen={}", vm.guest_cid, vm.socket_path,
+                 *vm.forward_cid, fmt::join(vm.forward_listen, "+"));
+    return;
+  }
   spdlog::info("vm cid={} ready: vhost-user socket={} uds-path={}", vm.guest_cid, vm.socket_path, vm.uds_path);
 }
 

@@ -35,9 +35,11 @@ VmWorker::VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCal
                    std::shared_ptr<vsock::SiblingHub> siblings)
     : vm_(vm), on_failure_(std::move(on_failure)) {
   try {
-    muxer_ = std::make_unique<vsock::Muxer>(
-        loop_, vsock::MuxerOptions{vm_.guest_cid, vm_.uds_path, muxer_limits(vm_, runtime), std::move(siblings)});
+    vsock::MuxerOptions options{vm_.guest_cid, vm_.uds_path, muxer_limits(vm_, runtime), std::move(siblings), {}};
+    if (vm_.forward_cid) options.forward = vsock::VsockForwarding{*vm_.forward_cid, vm_.forward_listen, {}, {}};
+    muxer_ = std::make_unique<vsock::Muxer>(loop_, std::move(options));
   } catch (const std::exception& e) {
+    if (vm_.forward_cid) throw std::runtime_error(fmt::format("vm cid={}: {}", vm_.guest_cid, e.what()));
     throw std::runtime_error(startup_error(vm_.guest_cid, "uds-path", vm_.uds_path, e.what()));
   }
   const auto max_queue_size = static_cast<uint16_t>(std::min<uint32_t>(vm_.queue_size, kMaxQueueSize));
