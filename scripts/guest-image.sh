@@ -3,7 +3,7 @@
 #   vmlinux            Debian 12's 6.1 kernel, unpacked from its bzImage to a plain ELF
 #   initramfs.cpio.gz  busybox-static, socat (+ its libraries), our vsock_tool,
 #                      the kernel's own vsock_test, the virtio/vsock/virtio_net
-#                      modules and tests/e2e/guest/init
+#                      modules (and vsock_loopback, loaded on demand) and tests/e2e/guest/init
 #   vsock_tool         the same static test tool, for use on the host
 #   vsock_test.missing only when vsock_test could not be built: the reason
 #
@@ -164,6 +164,17 @@ for rel in "${modules[@]}"; do
 done
 printf '%s\n' "${modules[@]}" >"$stage/etc/modules.order"
 log "modules: $(printf '%s ' "${modules[@]##*/}")"
+# vsock_loopback (CID 1 inside the guest) is in the image but not loaded at
+# boot: only the forward group loads it (its insmod list: /etc/modules.loopback).
+: >"$stage/etc/modules.loopback"
+while read -r _ path; do
+  rel=${path#"$work/kernel/lib/modules/"}
+  [[ " ${modules[*]} " == *" $rel "* ]] && continue
+  mkdir -p "$stage/lib/modules/$(dirname "$rel")"
+  cp "$work/kernel/lib/modules/$rel" "$stage/lib/modules/$rel"
+  echo "$rel" >>"$stage/etc/modules.loopback"
+done < <(modprobe -d "$work/kernel" -S "$kver" --show-depends vsock_loopback | grep '^insmod ')
+[[ -s $stage/etc/modules.loopback ]] || die "vsock_loopback not found in $kver"
 python3 "$image_tools/extract_vmlinux.py" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux" >&2
 rm -rf "$work/kernel"
 

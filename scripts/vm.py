@@ -359,8 +359,9 @@ class Qemu:
     """One QEMU process; a VM may start several in turn against one daemon."""
 
     def __init__(self, image_dir, workdir, vhost_socket, memory_mib=256, accel=None, console_on_stdio=False,
-                 user_net=False):
+                 user_net=False, extra_initrd=None):
         self.image_dir = image_dir
+        self.extra_initrd = extra_initrd  # a cpio.gz unpacked on top of the image's (Linux takes concatenated archives)
         self.user_net = user_net
         self.forward_port = None
         self.workdir = workdir
@@ -418,12 +419,24 @@ class Qemu:
                 "-chardev", f"socket,id=vsock0,path={self.vhost_socket}",
                 "-device", "vhost-user-vsock-pci,chardev=vsock0" + (",packed=on" if packed_ring() else ""),
                 "-kernel", os.path.join(self.image_dir, "vmlinux"),
-                "-initrd", os.path.join(self.image_dir, "initramfs.cpio.gz"),
+                "-initrd", self.initrd(),
                 "-append", "console=ttyS0 loglevel=4",
                 "-nodefaults", "-no-user-config", "-display", "none",
                 "-serial", "mon:stdio" if self.console_on_stdio else f"file:{console}",
                 "-chardev", f"socket,id=cmd,path={cmd_sock},server=on,wait=off", "-serial", "chardev:cmd",
                 "-qmp", f"unix:{self.qmp_path()},server=on,wait=off", *self.network_args()]
+
+    def initrd(self):
+        base = os.path.join(self.image_dir, "initramfs.cpio.gz")
+        if not self.extra_initrd:
+            return base
+        combined = os.path.join(self.workdir, "initrd-combined.cpio.gz")
+        if not os.path.exists(combined):
+            with open(combined, "wb") as out:
+                for part in (base, self.extra_initrd):
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out)
+        return combined
 
     def network_args(self):
         """QEMU user networking with one forward to GUEST_FORWARDED_TCP_PORT
@@ -471,17 +484,24 @@ class Vm:
     """A daemon plus a QEMU guest, in a short temporary directory."""
 
     def __init__(self, daemon_binary=None, image_dir=None, daemon_args=(), memory_mib=256, console_on_stdio=False,
-                 groups="default", siblings=(), user_net=False):
+                 groups="default", siblings=(), user_net=False, extra_initrd=None):
         """siblings: [(cid, groups, boot)]: more VMs of the same daemon; those
         with boot=True get a QEMU of their own (sibling_qemus[cid]). user_net:
-        every guest also gets QEMU user networking (see GUEST_FORWARDED_TCP_PORT)."""
+        every guest also gets QEMU user networking (see GUEST_FORWARDED_TCP_PORT).
+        extra_initrd: f(daemon_binary, workdir) -> a cpio.gz for the main
+        guest, added after the cached image's initramfs."""
         # AF_UNIX paths are limited to 107 bytes and the device appends _<port>.
         self.workdir = tempfile.mkdtemp(prefix="vuv", dir="/tmp")
         self.image_dir = image_dir or guest_image_dir()
         self.daemon = Daemon(daemon_binary or default_daemon(), self.workdir, extra_args=daemon_args, groups=groups,
                              siblings=[(cid, g) for cid, g, _ in siblings])
+        try:
+            extra = extra_initrd(self.daemon.binary, self.workdir) if extra_initrd else None
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.qemu = Qemu(self.image_dir, self.workdir, self.daemon.socket, memory_mib,
-                         console_on_stdio=console_on_stdio, user_net=user_net)
+                         console_on_stdio=console_on_stdio, user_net=user_net, extra_initrd=extra)
         self.sibling_qemus = {}
         for cid, _, boot in siblings:
             if boot:

@@ -4,7 +4,7 @@ its vhost-user-vsock device, and real guest programs (socat, vsock_tool) talk
 to real host programs through it.
 
   run_e2e.py                       every group (one VM boot per group)
-  run_e2e.py --group basic         one group: basic, bulk, lifecycle, seqpacket, sibling or vsock_test
+  run_e2e.py --group basic         one group: basic, bulk, lifecycle, seqpacket, sibling, vsock_test or forward
   run_e2e.py --test seed_host_to_guest --test half_close_guest_to_host
   run_e2e.py --list
 
@@ -27,14 +27,17 @@ import cases_lifecycle  # noqa: E402,F401
 import cases_seqpacket  # noqa: E402,F401
 import cases_sibling  # noqa: E402,F401
 import cases_vsock_test  # noqa: E402,F401
+import cases_forward  # noqa: E402,F401
 from e2e_lib import E2E, TESTS, TestFailure, TestSkipped, expect, vmlib  # noqa: E402
 
-GROUPS = ["basic", "bulk", "lifecycle", "seqpacket", "sibling", "vsock_test"]
+GROUPS = ["basic", "bulk", "lifecycle", "seqpacket", "sibling", "vsock_test", "forward"]
 # Groups whose boot is not one VM: sibling boots two guests on one daemon
 # (CID 3 in g1, CID 4 in g1+g2) and configures CID 5 in g2 without a guest;
 # vsock_test boots CID 3 and CID 4 in g1, both with QEMU user networking.
 VM_OPTIONS = {"sibling": {"groups": "g1", "siblings": [(4, "g1+g2", True), (5, "g2", False)]},
-              "vsock_test": {"groups": "g1", "siblings": [(4, "g1", True)], "user_net": True}}
+              "vsock_test": {"groups": "g1", "siblings": [(4, "g1", True)], "user_net": True},
+              # forward: the daemon and vuv_sim_guest also go into the guest (an extra initramfs).
+              "forward": {"extra_initrd": cases_forward.extra_initramfs}}
 RSS_LIMIT_MIB = 64
 
 
@@ -83,7 +86,7 @@ class Runner:
               f"({seconds:.1f}s): {reason}", flush=True)
 
     def boot(self, group=None):
-        vm = vmlib.Vm(self.daemon, self.image_dir, **VM_OPTIONS.get(group, {}))
+        vm = vmlib.Vm(self.daemon, self.image_dir, **VM_OPTIONS.get(group, {}))  # TestSkipped: group cannot run
         try:
             seconds = vm.start()
         except BaseException:
@@ -138,6 +141,10 @@ class Runner:
         self.group = group
         try:
             vm = self.boot(group)
+        except TestSkipped as e:
+            for name, _ in tests:
+                self.record_skip(name, 0, str(e))
+            return
         except Exception as e:  # noqa: BLE001
             for name, _ in tests:
                 self.record(name, False, 0, f"the VM did not start: {e}")
