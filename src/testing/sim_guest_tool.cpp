@@ -63,7 +63,7 @@ std::string run_step(GuestVsockDriver& guest, const Step& step) {
     std::fflush(stdout);
     std::optional<Stream> accepted = guest.accept(step.port, Millis(60000));
     if (!accepted) return "no host connection within 60 s";
-    const std::string failure = echo(*accepted, step.text, false);
+    std::string failure = echo(*accepted, step.text, false);
     accepted->close();
     return failure;
   }
@@ -78,7 +78,7 @@ std::string run_step(GuestVsockDriver& guest, const Step& step) {
     return stream.established() ? "established, want an RST" : "no answer within 5 s, want an RST";
   }
   if (!stream.established()) return stream.refused() ? "refused (RST)" : "no answer within 5 s";
-  const std::string failure = echo(stream, step.text, true);
+  std::string failure = echo(stream, step.text, true);
   stream.close();
   return failure;
 }
