@@ -159,6 +159,10 @@ def local_goals(pins: list[str]) -> list[Goal]:
                                   f"sim.{direction}.{tag}.8.{pin}", f"ceiling.tput.{tag}.8.{pin}"))
         goals.append(Goal(f"sim 1-byte round trip ÷ ceiling round trip [{where}] (lower is better)",
                           f"sim.rtt.{pin}", f"ceiling.rtt.{pin}", None, False))
+        for direction, name in local_suite.DIRECTIONS:
+            for tag, size, _ in local_suite.SEQPACKET_SIZES:
+                goals.append(Goal(f"sim SOCK_SEQPACKET {name}, {size}-byte messages/s ÷ AF_UNIX SOCK_SEQPACKET [{where}]",
+                                  f"sim.seq.{direction}.{tag}.{pin}", f"ceiling.seq.{tag}.{pin}"))
     goals += packed_goals(pins)
     goals.append(Goal("sim host-initiated connects per second [unpinned]", "sim.connect.host.free", None,
                       20000, True, "≥ 20,000/s"))

@@ -21,6 +21,8 @@ TX_BUFFER_ROWS = [("tx64k", "64K", 64 * 1024), ("tx1m", "1M", 1024 * 1024)]
 # per layout, packed right after split in each round so their ratio is paired
 # in time. Split keeps the plain ids; packed rows end in ".packed".
 RINGS = [("", "split"), (".packed", "packed")]
+# SOCK_SEQPACKET message sizes (id part, --message-size, full-run message count).
+SEQPACKET_SIZES = [("64b", "64", 200000), ("4k", "4K", 100000), ("64k", "64K", 16384)]
 
 
 def stream_bytes(ctx: Context, write_size: str, streams: int) -> str:
@@ -29,6 +31,10 @@ def stream_bytes(ctx: Context, write_size: str, streams: int) -> str:
         return "16M" if streams > 1 else "64M"
     total_mib = 2048 if write_size == "64K" else 1024
     return f"{total_mib // streams}M"
+
+
+def seqpacket_count(ctx: Context, full: int) -> str:
+    return str(min(full, 2000) if ctx.smoke else full)
 
 
 def ceiling_measurements(ctx: Context) -> list[Measurement]:
@@ -43,6 +49,12 @@ def ceiling_measurements(ctx: Context) -> list[Measurement]:
                     unit="Gbit/s", higher_is_better=True, pin=pin, key="gbit_per_s",
                     argv=[exe, "stream", "--write-size", size, "--streams", str(streams),
                           "--bytes", stream_bytes(ctx, size, streams)]))
+        for tag, size, count in SEQPACKET_SIZES:
+            out.append(Measurement(
+                id=f"ceiling.seq.{tag}.{pin}", group="ceiling",
+                label=f"AF_UNIX SOCK_SEQPACKET socketpair, {size}-byte messages",
+                unit="msg/s", higher_is_better=True, pin=pin, key="messages_per_s",
+                argv=[exe, "seqpacket", "--message-size", size, "--count", seqpacket_count(ctx, count)]))
         out.append(Measurement(
             id=f"ceiling.rtt.{pin}", group="ceiling", label="AF_UNIX 1-byte round trip",
             unit="µs", higher_is_better=False, pin=pin, key="mean_us",
@@ -76,6 +88,14 @@ def sim_measurements(ctx: Context) -> list[Measurement]:
                     argv=[exe, "stream", "--direction", "g2h", "--write-size", size, "--streams", "1",
                           "--bytes", stream_bytes(ctx, size, 1), "--daemon-args", f"--tx-buffer-size {value}"]
                     + common))
+        for direction, name in DIRECTIONS:
+            for tag, size, count in SEQPACKET_SIZES:
+                out.append(Measurement(
+                    id=f"sim.seq.{direction}.{tag}.{pin}", group="sim",
+                    label=f"sim SOCK_SEQPACKET {name}, {size}-byte messages",
+                    unit="msg/s", higher_is_better=True, pin=pin, key="messages_per_s",
+                    argv=[exe, "seqpacket", "--direction", direction, "--message-size", size,
+                          "--count", seqpacket_count(ctx, count)] + common))
         for suffix, ring in RINGS:
             out.append(Measurement(
                 id=f"sim.rtt.{pin}{suffix}", group="sim",

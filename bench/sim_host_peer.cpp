@@ -45,8 +45,8 @@ sockaddr_un unix_address(const std::string& path) {
   }
 }
 
-int unix_listen(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+int unix_listen(const std::string& path, int type = SOCK_STREAM) {
+  int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
   sockaddr_un addr = unix_address(path);
   ::unlink(path.c_str());
   if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 4096) != 0) die("listen");
@@ -89,6 +89,25 @@ int hybrid_connect(const std::string& uds, uint32_t port, std::string& error) {
     return -1;
   }
   return fd;
+}
+
+// <uds>_seqpacket: one message "CONNECT <port>\n", one message "OK <n>\n" back.
+int hybrid_seqpacket_connect(const std::string& uds, uint32_t port, std::string& error) {
+  const std::string path = uds + "_seqpacket";
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un addr = unix_address(path);
+  const std::string request = "CONNECT " + std::to_string(port) + "\n";
+  char reply[64];
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    error = "connect/CONNECT " + path + ": " + base::errno_text(errno);
+  } else if (ssize_t n = ::recv(fd, reply, sizeof(reply), 0); n < 4 || std::memcmp(reply, "OK ", 3) != 0) {
+    error = "no OK message for CONNECT " + std::to_string(port);
+  } else {
+    return fd;
+  }
+  if (fd >= 0) close(fd);
+  return -1;
 }
 
 void wait_go(int control) {
@@ -171,6 +190,27 @@ void send_streams(int control, const std::vector<int>& fds, uint64_t bytes, size
   });
 }
 
+// Message i is `size` bytes of pattern 5 from offset i * size (sim_bench's guest uses the same).
+void send_messages(int control, int fd, int count, size_t size) {
+  const Pattern pattern(5, size);
+  for (int i = 0; i < count; ++i)
+    if (::send(fd, pattern.at(static_cast<uint64_t>(i) * size), size, MSG_NOSIGNAL) != static_cast<ssize_t>(size))
+      peer_fail(control, "message " + std::to_string(i) + " not sent: " + base::errno_text(errno));
+}
+
+// Every message whole (the buffer is one byte larger, so a merge shows), in order, intact.
+void receive_messages(int control, int fd, int count, size_t size) {
+  const Pattern pattern(5, size);
+  std::vector<uint8_t> buffer(size + 1);
+  for (int i = 0; i < count; ++i) {
+    ssize_t n = 0;
+    do n = ::recv(fd, buffer.data(), buffer.size(), 0);
+    while (n < 0 && errno == EINTR);
+    if (n != static_cast<ssize_t>(size) || !pattern.matches(static_cast<uint64_t>(i) * size, buffer.data(), size))
+      peer_fail(control, "message " + std::to_string(i) + ": " + std::to_string(n) + " bytes or different content");
+  }
+}
+
 }  // namespace
 
 int run_host_peer(const Options& options) {
@@ -210,6 +250,22 @@ int run_host_peer(const Options& options) {
     const double cpu_start = cpu_seconds();
     send_streams(control, fds, bytes, io_size);
     send_line(control, "done {\"cpu_s\": " + std::to_string(cpu_seconds() - cpu_start) + "}");
+  } else if (role == "seq-recv") {
+    const int listener = unix_listen(uds + "_" + std::to_string(kBasePort), SOCK_SEQPACKET);
+    send_line(control, "ready");
+    const int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) peer_fail(control, "accept failed");
+    fds.push_back(fd);
+    receive_messages(control, fd, count, io_size);
+    send_line(control, "done {}");
+  } else if (role == "seq-send") {
+    const int fd = hybrid_seqpacket_connect(uds, kBasePort, error);
+    if (fd < 0) peer_fail(control, error);
+    fds.push_back(fd);
+    send_line(control, "ready");
+    wait_go(control);
+    send_messages(control, fd, count, io_size);
+    send_line(control, "done {}");
   } else if (role == "rtt") {
     int fd = hybrid_connect(uds, kBasePort, error);
     if (fd < 0) peer_fail(control, error);

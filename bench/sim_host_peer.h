@@ -28,6 +28,8 @@ bool read_line(int fd, std::string& line);
 //   rtt           CONNECT 5000, --count 1-byte round trips against the guest's echo
 //   connect       --count CONNECT 5000 -> OK -> close, back to back
 //   accept        listen on <uds>_5000, accept and close --count connections
+//   seq-recv      listen SOCK_SEQPACKET on <uds>_5000, accept one, read --count messages of --io-size
+//   seq-send      CONNECT 5000 through <uds>_seqpacket, send --count messages of --io-size
 //   idle          --count CONNECTs to 5000 held open until the parent closes the control socket
 int run_host_peer(const Options& options);
 

@@ -4,6 +4,8 @@
 //
 //   unix_ceiling stream --write-size 64K --bytes 1G [--streams N] [--reader-cpu C] [--writer-cpu C]
 //   unix_ceiling rtt --count 20000 [--msg 1] [--reader-cpu C] [--writer-cpu C]
+//   unix_ceiling seqpacket --message-size 4K --count 100000 [--reader-cpu C] [--writer-cpu C]
+//                          (an AF_UNIX SOCK_SEQPACKET socketpair: the seqpacket ceiling)
 //
 // The writer is a forked child; the parent reads and checks every byte
 // against the pattern. Prints one JSON line; exits 1 on any mismatch.
@@ -235,15 +237,65 @@ int run_rtt(const Options& options) {
   return 0;
 }
 
+// Message i is `size` bytes of the pattern from offset i * size; the reader
+// checks every message's length (nothing merged, nothing cut) and bytes.
+int run_seqpacket(const Options& options) {
+  const uint64_t size = options.size("message-size", 4096);
+  const int count = options.integer("count", 100000);
+  if (size == 0 || size > (1u << 20) || count < 1) fail("option out of range");
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) die("socketpair");
+  const Pattern pattern(3, size);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    close(pair[0]);
+    pin_to_cpu(options.integer("writer-cpu", -1));
+    for (int i = 0; i < count; ++i)
+      if (::send(pair[1], pattern.at(static_cast<uint64_t>(i) * size), size, MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(size))
+        _exit(1);
+    _exit(0);
+  }
+  close(pair[1]);
+  pin_to_cpu(options.integer("reader-cpu", -1));
+  std::vector<uint8_t> buffer(size + 1);  // one byte more: a merged message would show
+  const double start = now_seconds();
+  for (int i = 0; i < count; ++i) {
+    ssize_t n = 0;
+    do n = ::recv(pair[0], buffer.data(), buffer.size(), 0);
+    while (n < 0 && errno == EINTR);
+    if (n != static_cast<ssize_t>(size)) fail("message " + std::to_string(i) + " has " + std::to_string(n) + " bytes");
+    if (!pattern.matches(static_cast<uint64_t>(i) * size, buffer.data(), size))
+      fail("message " + std::to_string(i) + " differs");
+  }
+  const double elapsed = now_seconds() - start;
+  close(pair[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) fail("writer process failed");
+  JsonLine()
+      .add("bench", "ceiling_seqpacket")
+      .add("message_size", size)
+      .add("count", count)
+      .add("seconds", elapsed)
+      .add("messages_per_s", count / elapsed)
+      .add("gbit_per_s", gbit_per_second(size * static_cast<uint64_t>(count), elapsed))
+      .add("verified", true)
+      .print();
+  return 0;
+}
+
 }  // namespace
 }  // namespace vhost_vsock::bench
 
 int main(int argc, char** argv) {
   using namespace vhost_vsock::bench;
-  return run_mode(argc, argv, "unix_ceiling stream|rtt [--option value]...",
+  return run_mode(argc, argv, "unix_ceiling stream|rtt|seqpacket [--option value]...",
                   [](const std::string& mode, const Options& options) {
                     if (mode == "stream") return run_stream(options);
                     if (mode == "rtt") return run_rtt(options);
+                    if (mode == "seqpacket") return run_seqpacket(options);
                     std::fprintf(stderr, "unix_ceiling: unknown mode '%s'\n", mode.c_str());
                     return 2;
                   });

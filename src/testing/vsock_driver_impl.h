@@ -51,7 +51,7 @@ class ByteQueue {
 
 // A whole seqpacket message, as received (EOR: the sender marked a record end).
 struct ReceivedMessage {
-  std::vector<uint8_t> bytes;
+  std::string bytes;  // handed to recv_message() as is, without another copy
   bool eor = false;
 };
 
@@ -69,7 +69,7 @@ struct Connection {
   // whole messages in `messages`, the one still missing its EOM in `partial`.
   ByteQueue rx;
   std::deque<ReceivedMessage> messages;
-  std::vector<uint8_t> partial;
+  std::string partial;
   size_t message_bytes = 0;        // in `messages` and `partial`
   uint32_t rx_cnt = 0;             // payload bytes received, wrapping
   uint32_t fwd_cnt = 0;            // payload bytes the application consumed, wrapping

@@ -21,7 +21,7 @@ void GuestVsockDriver::Impl::receive_message_part(Connection& conn, const Packet
   if ((header.flags & ~kMessageFlags) != 0 || header.flags == vsock::kSeqEor) {
     violation("seqpacket RW with flags other than EOM or EOM|EOR: " + vsock::describe(header));
   }
-  conn.partial.insert(conn.partial.end(), payload.begin(), payload.end());
+  conn.partial.append(reinterpret_cast<const char*>(payload.data()), payload.size());
   conn.message_bytes += payload.size();
   if ((header.flags & vsock::kSeqEom) == 0) return;
   conn.messages.push_back({std::move(conn.partial), (header.flags & vsock::kSeqEor) != 0});
@@ -68,7 +68,7 @@ std::optional<std::string> Stream::recv_message(Millis timeout, bool* eor) {
     s.maybe_send_credit_update(c);
     s.maybe_finish_peer_shutdown(c);
   }
-  return std::string(message.bytes.begin(), message.bytes.end());
+  return std::move(message.bytes);
 }
 
 size_t Stream::messages_readable() const {
