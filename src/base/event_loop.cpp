@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
+#include <stdexcept>
 #include <system_error>
 
 namespace vhost_vsock::base {
@@ -40,54 +42,101 @@ void EventLoop::add(int fd, uint32_t events, FdCallback callback) {
   ev.events = events;
   ev.data.u64 = pack(fd, generation);
   if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl(ADD)");
-  if (auto old = handlers_.find(fd); old != handlers_.end()) drop_handler(old);  // closed without remove()
-  handlers_.emplace(fd, Handler{generation, std::move(callback)});
+  if (handler_for(fd) != nullptr) drop_handler(fd);  // closed without remove()
+  const auto index = static_cast<size_t>(fd);
+  if (index >= handlers_.size()) handlers_.resize(index + 1);
+  HandlerSlot handler;
+  if (spare_handlers_.empty()) {
+    handler = std::make_unique<Handler>();
+  } else {
+    handler = std::move(spare_handlers_.back());
+    spare_handlers_.pop_back();
+  }
+  handler->generation = generation;
+  handler->callback = std::move(callback);
+  handlers_[index] = std::move(handler);
 }
 
 void EventLoop::modify(int fd, uint32_t events) {
-  auto it = handlers_.find(fd);
-  if (it == handlers_.end()) return;
+  const Handler* handler = handler_for(fd);
+  if (handler == nullptr) return;
   epoll_event ev{};
   ev.events = events;
-  ev.data.u64 = pack(fd, it->second.generation);
+  ev.data.u64 = pack(fd, handler->generation);
   if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) throw_errno("epoll_ctl(MOD)");
 }
 
 void EventLoop::remove(int fd) {
-  auto it = handlers_.find(fd);
-  if (it == handlers_.end()) return;
-  drop_handler(it);
+  if (handler_for(fd) == nullptr) return;
+  drop_handler(fd);
   // The fd may already be closed by its owner; that removes it from epoll too.
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }
 
-void EventLoop::drop_handler(HandlerMap::iterator it) {
+void EventLoop::drop_handler(int fd) {
+  HandlerSlot handler = std::move(handlers_[static_cast<size_t>(fd)]);
   if (dispatching_) {
-    retired_handlers_.push_back(handlers_.extract(it));  // the node, callback and all, stays where it is
+    retired_handlers_.push_back(std::move(handler));  // the callback stays where it is
   } else {
-    handlers_.erase(it);
+    recycle(std::move(handler));
   }
 }
 
+void EventLoop::recycle(HandlerSlot handler) {
+  handler->generation = 0;
+  FdCallback dropped = std::move(handler->callback);
+  spare_handlers_.push_back(std::move(handler));
+  // `dropped` releases its captures last: their destructors may call back into the loop.
+}
+
 EventLoop::TimerId EventLoop::add_timer(std::chrono::milliseconds delay, TimerCallback callback) {
-  TimerId id = next_timer_id_++;
-  timers_.push_back(Timer{Clock::now() + delay, id});
+  uint32_t index = 0;
+  if (free_timer_slots_.empty()) {
+    if (timer_slots_.size() > std::numeric_limits<uint32_t>::max()) throw std::length_error("EventLoop: timers");
+    index = static_cast<uint32_t>(timer_slots_.size());
+    timer_slots_.emplace_back();
+  } else {
+    index = free_timer_slots_.back();
+    free_timer_slots_.pop_back();
+  }
+  TimerSlot& slot = timer_slots_[index];
+  if (++slot.generation == 0) slot.generation = 1;  // an id is never 0
+  slot.armed = true;
+  slot.callback = std::move(callback);
+  ++armed_timers_;
+  const TimerId id = (uint64_t{slot.generation} << 32) | index;
+  timers_.push_back(Timer{Clock::now() + delay, next_timer_sequence_++, id});
   std::push_heap(timers_.begin(), timers_.end(), std::greater<>{});
-  timer_callbacks_.emplace(id, std::move(callback));
   return id;
 }
 
+EventLoop::TimerSlot* EventLoop::armed_timer(TimerId id) {
+  const uint64_t index = id & 0xffffffffU;
+  if (index >= timer_slots_.size()) return nullptr;
+  TimerSlot& slot = timer_slots_[index];
+  return slot.armed && slot.generation == static_cast<uint32_t>(id >> 32) ? &slot : nullptr;
+}
+
+void EventLoop::release_timer(TimerSlot& slot, TimerId id) {
+  slot.armed = false;
+  free_timer_slots_.push_back(static_cast<uint32_t>(id & 0xffffffffU));
+  --armed_timers_;
+}
+
 void EventLoop::cancel_timer(TimerId id) {
-  if (timer_callbacks_.erase(id) == 0) return;
+  TimerSlot* slot = armed_timer(id);
+  if (slot == nullptr) return;
+  TimerCallback dropped = std::move(slot->callback);
+  release_timer(*slot, id);
   // A cancelled entry stays in the heap until due. Timers that are set and
   // cancelled per connection (request, handshake) would otherwise pile up for
   // a whole timeout under churn; compacting at 2x keeps the cost amortised O(1).
   constexpr size_t kCompactAbove = 64;
-  if (timers_.size() > kCompactAbove && timers_.size() > 2 * timer_callbacks_.size()) compact_timers();
+  if (timers_.size() > kCompactAbove && timers_.size() > 2 * armed_timers_) compact_timers();
 }
 
 void EventLoop::compact_timers() {
-  std::erase_if(timers_, [this](const Timer& timer) { return !timer_callbacks_.contains(timer.id); });
+  std::erase_if(timers_, [this](const Timer& timer) { return armed_timer(timer.id) == nullptr; });
   std::make_heap(timers_.begin(), timers_.end(), std::greater<>{});
 }
 
@@ -133,10 +182,10 @@ void EventLoop::run_due_timers() {
     TimerId id = timers_.front().id;
     std::pop_heap(timers_.begin(), timers_.end(), std::greater<>{});
     timers_.pop_back();
-    auto it = timer_callbacks_.find(id);
-    if (it == timer_callbacks_.end()) continue;  // cancelled
-    TimerCallback callback = std::move(it->second);
-    timer_callbacks_.erase(it);
+    TimerSlot* slot = armed_timer(id);
+    if (slot == nullptr) continue;  // cancelled
+    TimerCallback callback = std::move(slot->callback);
+    release_timer(*slot, id);
     callback();
   }
 }
@@ -181,15 +230,16 @@ void EventLoop::dispatch_fd_events(int count) {
     explicit Batch(EventLoop& owner) : loop(owner) { loop.dispatching_ = true; }
     ~Batch() {
       loop.dispatching_ = false;
+      for (auto& handler : loop.retired_handlers_) loop.recycle(std::move(handler));
       loop.retired_handlers_.clear();
     }
   } batch(*this);
   for (int i = 0; i < count; ++i) {
     int fd = static_cast<int>(static_cast<uint32_t>(events_[i].data.u64));
     uint32_t generation = static_cast<uint32_t>(events_[i].data.u64 >> 32);
-    auto it = handlers_.find(fd);
-    if (it == handlers_.end() || it->second.generation != generation) continue;  // removed this round
-    it->second.callback(events_[i].events);
+    Handler* handler = handler_for(fd);
+    if (handler == nullptr || handler->generation != generation) continue;  // removed this round
+    handler->callback(events_[i].events);
   }
 }
 

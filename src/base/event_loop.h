@@ -9,8 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <unordered_map>
-#include <unordered_set>
+#include <memory>
 #include <vector>
 
 #include "base/bounded_mpsc_queue.h"
@@ -24,7 +23,9 @@ class DeferredTask;
 class EventLoop {
  public:
   using FdCallback = std::function<void(uint32_t epoll_events)>;
-  using TimerCallback = std::function<void()>;
+  // Inline storage: arming a timer allocates nothing (captures up to
+  // InlineTask::kCapacity bytes; a larger capture fails to compile).
+  using TimerCallback = InlineTask;
   using Clock = std::chrono::steady_clock;
   using TimerId = uint64_t;
 
@@ -48,9 +49,10 @@ class EventLoop {
   // Safe to call from inside any callback, including the fd's own: a removed
   // fd's pending events from the current batch are not delivered.
   void remove(int fd);
-  [[nodiscard]] bool watching(int fd) const { return handlers_.contains(fd); }
+  [[nodiscard]] bool watching(int fd) const { return handler_for(fd) != nullptr; }
 
-  // One-shot timer. Cancelling an expired or unknown id is a no-op.
+  // One-shot timer. Cancelling an expired or unknown id is a no-op. Ids are
+  // never 0.
   TimerId add_timer(std::chrono::milliseconds delay, TimerCallback callback);
   void cancel_timer(TimerId id);
   // Entries in the timer heap, cancelled ones included (bounded at about
@@ -81,21 +83,38 @@ class EventLoop {
 
  private:
   friend class DeferredTask;
+  // Handlers and timer callbacks live in slots reused from connection to
+  // connection, so registering an fd or arming a timer allocates only while
+  // the loop reaches a new high-water mark of live ones.
   struct Handler {
-    uint32_t generation;
+    uint32_t generation = 0;
     FdCallback callback;
   };
+  using HandlerSlot = std::unique_ptr<Handler>;  // a stable address: a callback may remove itself
   struct Timer {
     Clock::time_point due;
+    uint64_t sequence;  // ties on `due` fire in the order they were armed
     TimerId id;
-    bool operator>(const Timer& other) const { return due > other.due || (due == other.due && id > other.id); }
+    bool operator>(const Timer& other) const {
+      return due > other.due || (due == other.due && sequence > other.sequence);
+    }
+  };
+  struct TimerSlot {
+    uint32_t generation = 0;  // bumped on every reuse, so a stale id never matches
+    bool armed = false;
+    TimerCallback callback;
   };
 
-  using HandlerMap = std::unordered_map<int, Handler>;
-
-  // Erases a handler, or while fd callbacks run keeps it until the batch
-  // ends: it may be the callback running.
-  void drop_handler(HandlerMap::iterator it);
+  [[nodiscard]] Handler* handler_for(int fd) const {
+    return fd >= 0 && static_cast<size_t>(fd) < handlers_.size() ? handlers_[static_cast<size_t>(fd)].get() : nullptr;
+  }
+  // Frees an fd's slot; while fd callbacks run the handler is kept until the
+  // batch ends: it may be the callback running.
+  void drop_handler(int fd);
+  void recycle(HandlerSlot handler);
+  // The armed slot of `id`, or nullptr if it fired, was cancelled or never existed.
+  TimerSlot* armed_timer(TimerId id);
+  void release_timer(TimerSlot& slot, TimerId id);
   void dispatch_fd_events(int count);
   int next_timeout_ms(std::chrono::milliseconds max_wait) const;
   void run_due_timers();
@@ -106,12 +125,15 @@ class EventLoop {
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;
   uint32_t next_generation_ = 1;
-  HandlerMap handlers_;
-  bool dispatching_ = false;                             // fd callbacks are running
-  std::vector<HandlerMap::node_type> retired_handlers_;  // dropped while dispatching_
-  std::vector<Timer> timers_;  // min-heap on due time (std::greater), cancelled entries included
-  std::unordered_map<TimerId, TimerCallback> timer_callbacks_;
-  TimerId next_timer_id_ = 1;
+  std::vector<HandlerSlot> handlers_;          // indexed by fd; empty slot: not watched
+  std::vector<HandlerSlot> spare_handlers_;    // freed, callback reset, ready for reuse
+  bool dispatching_ = false;                   // fd callbacks are running
+  std::vector<HandlerSlot> retired_handlers_;  // dropped while dispatching_
+  std::vector<Timer> timers_;                  // min-heap on due time (std::greater), cancelled entries included
+  std::vector<TimerSlot> timer_slots_;         // a TimerId is (slot generation << 32) | slot index
+  std::vector<uint32_t> free_timer_slots_;
+  size_t armed_timers_ = 0;
+  uint64_t next_timer_sequence_ = 0;
   std::vector<InlineTask> deferred_;
   std::vector<InlineTask> deferred_running_;  // kept to reuse its capacity
   std::vector<DeferredTask*> scheduled_tasks_;

@@ -102,6 +102,42 @@ TEST(EventLoop, CancelledTimersDoNotPileUpUnderChurn) {
   EXPECT_EQ(fired, (std::vector<int>{1, 2}));  // order survives compaction
 }
 
+TEST(EventLoop, AStaleTimerIdDoesNotCancelTheTimerThatReusedItsSlot) {
+  EventLoop loop;
+  bool fired = false;
+  const auto stale = loop.add_timer(std::chrono::hours(1), [] {});
+  loop.cancel_timer(stale);
+  const auto reused = loop.add_timer(std::chrono::milliseconds(1), [&] { fired = true; });
+  EXPECT_NE(stale, reused);
+  EXPECT_NE(reused, EventLoop::TimerId{0});
+  loop.cancel_timer(stale);  // e.g. a connection cancelling its old timeout twice
+  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(2);
+  while (!fired && EventLoop::Clock::now() < deadline) loop.run_once(std::chrono::milliseconds(50));
+  EXPECT_TRUE(fired);
+}
+
+TEST(EventLoop, AHandlerSlotReusedForANewFdGetsOnlyItsOwnEvents) {
+  EventLoop loop;
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
+  int old_calls = 0, new_calls = 0;
+  loop.add(read_end.get(), EPOLLIN, [&](uint32_t) { ++old_calls; });
+  loop.remove(read_end.get());  // its handler slot goes back to the pool
+  int other[2];
+  ASSERT_EQ(::pipe(other), 0);
+  UniqueFd other_read(other[0]), other_write(other[1]);
+  loop.add(other_read.get(), EPOLLIN, [&](uint32_t) { ++new_calls; });
+  ASSERT_EQ(::write(write_end.get(), "x", 1), 1);
+  ASSERT_EQ(::write(other_write.get(), "y", 1), 1);
+  loop.run_once(std::chrono::milliseconds(100));
+  EXPECT_EQ(old_calls, 0);
+  EXPECT_EQ(new_calls, 1);
+  EXPECT_FALSE(loop.watching(read_end.get()));
+  EXPECT_TRUE(loop.watching(other_read.get()));
+  loop.remove(other_read.get());
+}
+
 TEST(EventLoop, StopFromAnotherThreadEndsRun) {
   EventLoop loop;
   std::thread stopper([&] {
