@@ -14,46 +14,15 @@
 
 #include "base/unix_socket_address.h"
 #include "vsock/muxer/muxer_test_fixture.h"
+#include "vsock/transport/forward_test_support.h"
 
 namespace vhost_vsock::vsock::test {
 namespace {
 
+using namespace forward_test;
+
 constexpr uint32_t kForwardCid = 1;
 constexpr uint32_t kListenPort = 9001;
-
-ForwardAddress unix_address(const std::string& path) {
-  ForwardAddress out;
-  const sockaddr_un un = base::unix_socket_address(path);
-  std::memcpy(&out.storage, &un, sizeof(un));
-  out.length = sizeof(un);
-  return out;
-}
-
-ForwardAddress loopback_address(uint16_t port) {
-  ForwardAddress out;
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(port);
-  std::memcpy(&out.storage, &in, sizeof(in));
-  out.length = sizeof(in);
-  return out;
-}
-
-// A loopback TCP listener; `backlog` 0 holds one unaccepted connection, after
-// which the kernel drops SYNs and a connect stays in progress.
-base::UniqueFd tcp_listener(uint16_t* port, int backlog = 16) {
-  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(in);
-  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof(in)), 0);
-  EXPECT_EQ(::listen(fd.get(), backlog), 0);
-  EXPECT_EQ(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&in), &length), 0);
-  *port = ntohs(in.sin_port);
-  return fd;
-}
 
 class ForwardTest : public MuxerTest {
  protected:
@@ -126,7 +95,7 @@ TEST_F(ForwardTest, ForwardingReplacesTheUdsPathDialer) {
 
 TEST_F(ForwardTest, AConnectInProgressAnswersOnceConnectedAndCarriesData) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port);
+  base::UniqueFd listener = tcp_listener(&tcp_port, 16, SOCK_NONBLOCK);
   start([&](uint32_t) { return loopback_address(tcp_port); });
   h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
   auto packets = wait_for_packet(1000ms);
@@ -154,7 +123,7 @@ TEST_F(ForwardTest, AConnectInProgressAnswersOnceConnectedAndCarriesData) {
 
 TEST_F(ForwardTest, ARefusedConnectIsAnsweredWithRst) {
   uint16_t tcp_port = 0;
-  { base::UniqueFd closed = tcp_listener(&tcp_port); }  // nothing listens there any more
+  { base::UniqueFd closed = tcp_listener(&tcp_port, 16, SOCK_NONBLOCK); }  // nothing listens there any more
   start([&](uint32_t) { return loopback_address(tcp_port); });
   const auto before = std::chrono::steady_clock::now();
   h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
@@ -170,7 +139,7 @@ TEST_F(ForwardTest, ARefusedConnectIsAnsweredWithRst) {
 
 TEST_F(ForwardTest, AConnectThatNeverFinishesIsResetAfterTheRequestTimeout) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
   base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   const ForwardAddress address = loopback_address(tcp_port);
   ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
@@ -193,7 +162,7 @@ TEST_F(ForwardTest, AConnectThatNeverFinishesIsResetAfterTheRequestTimeout) {
 
 TEST_F(ForwardTest, ConnectsInProgressCountAgainstTheCap) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
   base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   const ForwardAddress address = loopback_address(tcp_port);
   ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
@@ -215,7 +184,7 @@ TEST_F(ForwardTest, ConnectsInProgressCountAgainstTheCap) {
 
 TEST_F(ForwardTest, AGuestRstWhileConnectingForgetsTheConnection) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
   base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   const ForwardAddress address = loopback_address(tcp_port);
   ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
@@ -233,7 +202,7 @@ TEST_F(ForwardTest, AGuestRstWhileConnectingForgetsTheConnection) {
 
 TEST_F(ForwardTest, DataBeforeTheResponseIsAProtocolViolation) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0);
+  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
   base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   const ForwardAddress address = loopback_address(tcp_port);
   ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);

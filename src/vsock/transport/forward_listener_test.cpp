@@ -13,19 +13,14 @@
 #include <vector>
 
 #include "base/unix_socket_address.h"
+#include "vsock/transport/forward_test_support.h"
 
 namespace vhost_vsock::vsock {
 namespace {
 
-using namespace std::chrono_literals;
+using namespace forward_test;
 
-ForwardAddress unix_address(const std::string& path) {
-  ForwardAddress out;
-  const sockaddr_un un = base::unix_socket_address(path);
-  std::memcpy(&out.storage, &un, sizeof(un));
-  out.length = sizeof(un);
-  return out;
-}
+using namespace std::chrono_literals;
 
 class ForwardListenerTest : public ::testing::Test {
  protected:

@@ -16,44 +16,14 @@
 #include <string>
 
 #include "base/unix_socket_address.h"
+#include "vsock/transport/forward_test_support.h"
 
 namespace vhost_vsock::vsock {
 namespace {
 
+using namespace forward_test;
+
 using namespace std::chrono_literals;
-
-ForwardAddress unix_address(const std::string& path) {
-  ForwardAddress out;
-  const sockaddr_un un = base::unix_socket_address(path);
-  std::memcpy(&out.storage, &un, sizeof(un));
-  out.length = sizeof(un);
-  return out;
-}
-
-ForwardAddress loopback_address(uint16_t port) {
-  ForwardAddress out;
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(port);
-  std::memcpy(&out.storage, &in, sizeof(in));
-  out.length = sizeof(in);
-  return out;
-}
-
-// A listening loopback TCP socket and its port.
-base::UniqueFd tcp_listener(uint16_t* port) {
-  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(in);
-  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof(in)), 0);
-  EXPECT_EQ(::listen(fd.get(), 4), 0);
-  EXPECT_EQ(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&in), &length), 0);
-  *port = ntohs(in.sin_port);
-  return fd;
-}
 
 // Runs the loop until `done` or 5 s.
 template <typename Done>
@@ -128,7 +98,7 @@ TEST(VsockForwardDialer, AConnectThatFinishesAtOnceIsNotConnecting) {
 TEST(ConnectingStreamEndpoint, ReportsConnectedOnceTheConnectCompletes) {
   base::EventLoop loop;
   uint16_t port = 0;
-  base::UniqueFd listener = tcp_listener(&port);
+  base::UniqueFd listener = tcp_listener(&port, 4);
   VsockForwardDialer dialer(loop, [port](uint32_t) { return loopback_address(port); });
   auto result = dialer.dial(port);
   ASSERT_NE(result.endpoint, nullptr) << result.failure;
@@ -163,7 +133,7 @@ TEST(ConnectingStreamEndpoint, ReportsHangupWithTheErrorWhenTheConnectFails) {
   base::EventLoop loop;
   uint16_t port = 0;
   {
-    base::UniqueFd closed = tcp_listener(&port);  // the port is free again once this closes
+    base::UniqueFd closed = tcp_listener(&port, 4);  // the port is free again once this closes
   }
   VsockForwardDialer dialer(loop, [port](uint32_t) { return loopback_address(port); });
   auto result = dialer.dial(port);
