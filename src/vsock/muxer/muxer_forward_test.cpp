@@ -52,8 +52,21 @@ class ForwardTest : public MuxerTest {
   void start(ForwardAddressFor connect_to) { start(std::move(connect_to), limits()); }
   std::string listen_path(uint32_t port) const { return dir + "/fl" + std::to_string(port); }
 
-  // Packets within `max`, stopping at the first one.
+  // A loopback TCP listener (in *port) whose backlog of 0 is already taken
+  // by one unaccepted connection, so the next connect to it stays in
+  // progress; both stay open until the test ends.
+  void fill_backlog(uint16_t* port) {
+    full_listener_ = tcp_listener(port, 0, SOCK_NONBLOCK);
+    backlog_filler_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const ForwardAddress address = loopback_address(*port);
+    ASSERT_EQ(::connect(backlog_filler_.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  }
+
   std::string dir;  // the stand-ins' AF_UNIX sockets
+  base::UniqueFd full_listener_;
+  base::UniqueFd backlog_filler_;
+
+  // Packets within `max`, stopping at the first one.
 
   std::vector<GuestPacket> wait_for_packet(std::chrono::milliseconds max) {
     const auto deadline = std::chrono::steady_clock::now() + max;
@@ -139,10 +152,7 @@ TEST_F(ForwardTest, ARefusedConnectIsAnsweredWithRst) {
 
 TEST_F(ForwardTest, AConnectThatNeverFinishesIsResetAfterTheRequestTimeout) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
-  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const ForwardAddress address = loopback_address(tcp_port);
-  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  ASSERT_NO_FATAL_FAILURE(fill_backlog(&tcp_port));
   start([&](uint32_t) { return loopback_address(tcp_port); });  // request_timeout 300 ms
   h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
   h->run_for(150ms);
@@ -162,10 +172,7 @@ TEST_F(ForwardTest, AConnectThatNeverFinishesIsResetAfterTheRequestTimeout) {
 
 TEST_F(ForwardTest, ConnectsInProgressCountAgainstTheCap) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
-  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const ForwardAddress address = loopback_address(tcp_port);
-  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  ASSERT_NO_FATAL_FAILURE(fill_backlog(&tcp_port));
   MuxerLimits capped = limits();
   capped.max_connections = 1;
   capped.request_timeout = 2000ms;
@@ -184,10 +191,7 @@ TEST_F(ForwardTest, ConnectsInProgressCountAgainstTheCap) {
 
 TEST_F(ForwardTest, AGuestRstWhileConnectingForgetsTheConnection) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
-  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const ForwardAddress address = loopback_address(tcp_port);
-  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  ASSERT_NO_FATAL_FAILURE(fill_backlog(&tcp_port));
   start([&](uint32_t) { return loopback_address(tcp_port); });
   h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
   h->run_for(50ms);
@@ -202,10 +206,7 @@ TEST_F(ForwardTest, AGuestRstWhileConnectingForgetsTheConnection) {
 
 TEST_F(ForwardTest, DataBeforeTheResponseIsAProtocolViolation) {
   uint16_t tcp_port = 0;
-  base::UniqueFd listener = tcp_listener(&tcp_port, 0, SOCK_NONBLOCK);
-  base::UniqueFd filler(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const ForwardAddress address = loopback_address(tcp_port);
-  ASSERT_EQ(::connect(filler.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length), 0);
+  ASSERT_NO_FATAL_FAILURE(fill_backlog(&tcp_port));
   start([&](uint32_t) { return loopback_address(tcp_port); });
   h->send(h->guest_header(Op::kRequest, kGuestPort, kHostPort));
   h->run_for(50ms);
