@@ -29,7 +29,8 @@ GUEST_SETUP = """#!/bin/sh
 for m in failover net_failover virtio_net virtio_console; do
   [ -f /lib/modules/bench/$m.ko ] && insmod /lib/modules/bench/$m.ko 2>/dev/null
 done
-ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || exit 1
+# replace, not add: the e2e image's init may have configured eth0 already.
+ip link set eth0 up && ip addr replace 10.0.2.15/24 dev eth0 && ip route replace default via 10.0.2.2 || exit 1
 for p in /sys/class/virtio-ports/*; do
   [ "$(cat $p/name 2>/dev/null)" = bench ] && { echo "port=/dev/$(basename $p)"; exit 0; }
 done
@@ -299,6 +300,17 @@ def prerequisites(ctx: Context) -> Optional[str]:
     return None
 
 
+def start_failed(ctx: Context, rows: list[Result], what: str, exc: Exception) -> None:
+    """A VM that cannot start although QEMU and the image are here: in the
+    smoke run (CI) that is a failure, never a quiet "not measured"."""
+    reason = f"{what}: {str(exc).splitlines()[0][:200]}"
+    for r in rows:
+        if ctx.smoke:
+            r.errors.append(reason)
+        else:
+            r.not_measured = reason
+
+
 def run(ctx: Context, results: dict[str, Result]) -> None:
     ms = measurements(ctx)
     reason = prerequisites(ctx)
@@ -313,14 +325,14 @@ def run(ctx: Context, results: dict[str, Result]) -> None:
         initrd = build_initramfs(ctx, image_dir, ctx.binary(XFER_BINARY))
         bvm = BenchVm(ctx, vm_module, ctx.binary("vhost-user-vsock"), image_dir, initrd)
     except Exception as exc:  # noqa: BLE001 - any setup failure means "cannot measure", with the reason
-        mark_not_measured(ms, results, f"VM setup failed: {str(exc).splitlines()[0][:200]}")
+        start_failed(ctx, [results[m.id] for m in ms], "VM setup failed", exc)
         return
     try:
         try:
             boot = bvm.start()
         except Exception as exc:  # noqa: BLE001
             ctx.log(bvm.vm.logs(40))
-            mark_not_measured(ms, results, f"VM did not start: {str(exc).splitlines()[0][:200]}")
+            start_failed(ctx, [results[m.id] for m in ms], "VM did not start", exc)
             return
         accel = bvm.vm.qemu.accel
         ctx.notes.append(f"VM: QEMU {qemu_version()}, accel={accel}, 1 vCPU, 512 MiB, guest image "
@@ -374,7 +386,7 @@ def run_tx_buffer_rows(ctx: Context, results: dict[str, Result], vm_module, imag
                           daemon_args=("--tx-buffer-size", str(value)))
             bvm.start()
         except Exception as exc:  # noqa: BLE001
-            r.not_measured = f"VM with --tx-buffer-size {value} did not start: {str(exc).splitlines()[0][:200]}"
+            start_failed(ctx, [r], f"VM with --tx-buffer-size {value} did not start", exc)
             continue
         try:
             plan = {p[0]: p[1:] for p in round_plan(bvm, ctx, sizes)}
@@ -395,8 +407,7 @@ def run_packed_rows(ctx: Context, results: dict[str, Result], vm_module, image_d
         bvm = BenchVm(ctx, vm_module, ctx.binary("vhost-user-vsock"), image_dir, initrd, packed=True)
         bvm.start()
     except Exception as exc:  # noqa: BLE001
-        for r in rows:
-            r.not_measured = f"VM with packed=on did not start: {str(exc).splitlines()[0][:200]}"
+        start_failed(ctx, rows, "VM with packed=on did not start", exc)
         return
     try:
         plan = {p[0]: p[1:] for p in round_plan(bvm, ctx, sizes)}
