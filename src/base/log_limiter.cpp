@@ -9,7 +9,7 @@ LogLimiter::~LogLimiter() {
 }
 
 bool LogLimiter::allow(Clock::time_point now) {
-  if (now - window_start_ >= kWindow) {
+  if (now - window_start_ >= window_) {
     summarize();
     window_start_ = now;
     in_window_ = 0;
@@ -24,7 +24,12 @@ bool LogLimiter::allow(Clock::time_point now) {
 
 void LogLimiter::summarize() {
   if (suppressed_ == 0) return;
-  spdlog::warn("{} more {} suppressed in the last {}s", suppressed_, what_, kWindow.count());
+  if (window_ % std::chrono::seconds(1) == std::chrono::milliseconds::zero()) {
+    spdlog::warn("{} more {} suppressed in the last {}s", suppressed_, what_,
+                 std::chrono::duration_cast<std::chrono::seconds>(window_).count());
+  } else {
+    spdlog::warn("{} more {} suppressed in the last {} ms", suppressed_, what_, window_.count());
+  }
   suppressed_ = 0;
 }
 

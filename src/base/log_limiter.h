@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <string>
+#include <utility>
 
 namespace vhost_vsock::base {
 
@@ -14,7 +16,9 @@ class LogLimiter {
   using Clock = std::chrono::steady_clock;
   static constexpr std::chrono::seconds kWindow{10};
 
-  LogLimiter(const char* what, uint32_t per_window) : what_(what), per_window_(per_window) {}
+  // `what` names the messages in the summary, e.g. "guest warnings".
+  LogLimiter(std::string what, uint32_t per_window, std::chrono::milliseconds window = kWindow)
+      : what_(std::move(what)), per_window_(per_window), window_(window) {}
   ~LogLimiter();  // summarizes what the last window suppressed
   LogLimiter(const LogLimiter&) = delete;
   LogLimiter& operator=(const LogLimiter&) = delete;
@@ -27,8 +31,9 @@ class LogLimiter {
  private:
   void summarize();
 
-  const char* what_;
+  std::string what_;
   uint32_t per_window_;
+  std::chrono::milliseconds window_;
   Clock::time_point window_start_{};
   uint32_t in_window_ = 0;
   uint64_t suppressed_ = 0;

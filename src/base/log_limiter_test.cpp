@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <string>
+
 #include "testing/captured_log.h"
 
 namespace vhost_vsock::base {
@@ -21,6 +24,17 @@ TEST(LogLimiterTest, AllowsPerWindowThenSummarizesAtTheNextWindow) {
   EXPECT_TRUE(limiter.allow(t0 + LogLimiter::kWindow));
   EXPECT_NE(log.text().find("7 more test lines suppressed"), std::string::npos) << log.text();
   EXPECT_EQ(limiter.suppressed_in_window(), 0u);
+}
+
+TEST(LogLimiterTest, HonoursAShorterWindow) {
+  CapturedLog log;
+  LogLimiter limiter("short-window lines", 1, std::chrono::milliseconds(250));
+  const auto t0 = LogLimiter::Clock::now();
+  EXPECT_TRUE(limiter.allow(t0));
+  EXPECT_FALSE(limiter.allow(t0 + std::chrono::milliseconds(249)));
+  EXPECT_TRUE(limiter.allow(t0 + std::chrono::milliseconds(250)));
+  EXPECT_NE(log.text().find("1 more short-window lines suppressed in the last 250 ms"), std::string::npos)
+      << log.text();
 }
 
 TEST(LogLimiterTest, SummarizesWhatIsLeftWhenDestroyed) {

@@ -1,6 +1,7 @@
 // A listening AF_UNIX stream (or seqpacket) socket on a filesystem path, served on an
 // EventLoop: the one implementation behind the vhost-user socket and the
-// hybrid vsock uds-path.
+// hybrid vsock uds-path. The path handling lives here; accepting is
+// base::SocketAcceptor's.
 //
 // Setup (constructor; throws std::runtime_error "<name> '<path>': <cause>"):
 //   - the path must be 1..kMaxUnixPathLength bytes;
@@ -9,12 +10,11 @@
 //     succeeds, or EAGAIN: its backlog is full) and anything that is not a
 //     socket are refused, never deleted;
 //   - the socket is SOCK_NONBLOCK | SOCK_CLOEXEC with a backlog of 1024.
-// Serving: each readiness event accepts up to Options::accepts_per_event
-// connections and hands each to the callback as a non-blocking, close-on-exec
-// fd. When accept() fails for lack of fds or memory (EMFILE, ENFILE, ENOBUFS,
-// ENOMEM) the pending connection stays queued and would keep the listener
-// readable, so the listener stops watching for Options::pause and then
-// resumes; the warning is rate-limited.
+// Serving (SocketAcceptor): each readiness event accepts up to
+// Options::accepts_per_event connections and hands each to the callback as a
+// non-blocking, close-on-exec fd; on EMFILE, ENFILE, ENOBUFS or ENOMEM the
+// listener stops watching for Options::pause and then resumes; warnings are
+// rate-limited. Log lines start with "<name> <path>".
 // Teardown (destructor): stops watching, cancels the resume timer, closes the
 // socket and unlinks the path only if it still names the socket we bound (see
 // BoundSocketFile), never a successor's.
@@ -25,11 +25,11 @@
 #include <sys/socket.h>
 
 #include <chrono>
-#include <cstdint>
-#include <functional>
+#include <optional>
 #include <string>
 
 #include "base/event_loop.h"
+#include "base/socket_acceptor.h"
 #include "base/socket_file.h"
 #include "base/unique_fd.h"
 
@@ -37,7 +37,8 @@ namespace vhost_vsock::base {
 
 class UnixListener {
  public:
-  using AcceptCallback = std::function<void(UniqueFd connection)>;
+  using AcceptCallback = SocketAcceptor::AcceptCallback;
+  using Stats = SocketAcceptor::Stats;
 
   struct Options {
     // Names the socket in errors and logs, e.g. "vhost-user socket" or "uds-path".
@@ -45,15 +46,10 @@ class UnixListener {
     int socket_type = SOCK_STREAM;  // or SOCK_SEQPACKET
     int backlog = 1024;
     // Bounds one readiness event, so a connection storm cannot starve the loop.
-    int accepts_per_event = 64;
-    std::chrono::milliseconds pause = std::chrono::milliseconds(100);
+    int accepts_per_event = SocketAcceptor::kDefaultAcceptsPerEvent;
+    std::chrono::milliseconds pause = SocketAcceptor::kDefaultPause;
     // At most one "pausing the listener" warning per interval.
-    std::chrono::milliseconds warning_interval = std::chrono::seconds(10);
-  };
-
-  struct Stats {
-    uint64_t accepted = 0;
-    uint64_t pauses = 0;  // times accept() ran out of fds or memory
+    std::chrono::milliseconds warning_interval = SocketAcceptor::kDefaultWarningInterval;
   };
 
   UnixListener(EventLoop& loop, std::string path, AcceptCallback on_accept, Options options);
@@ -64,32 +60,21 @@ class UnixListener {
   UnixListener& operator=(const UnixListener&) = delete;
 
   [[nodiscard]] const std::string& path() const { return path_; }
-  [[nodiscard]] int fd() const { return socket_.get(); }
+  [[nodiscard]] int fd() const { return acceptor_->fd(); }
   // True between a resource-exhaustion pause and its resume.
-  [[nodiscard]] bool paused() const { return resume_timer_ != 0; }
-  [[nodiscard]] const Stats& stats() const { return stats_; }
+  [[nodiscard]] bool paused() const { return acceptor_->paused(); }
+  [[nodiscard]] const Stats& stats() const { return acceptor_->stats(); }
 
  private:
-  void open_socket();
+  [[nodiscard]] UniqueFd bind_and_listen();
   void remove_stale_file();
-  void accept_ready();
-  void accept_batch(const bool& destroyed);
-  void pause_after(int error);
-  void resume();
   [[noreturn]] void fail(const std::string& cause) const;
   [[noreturn]] void fail_errno(const std::string& cause, int error) const;
 
-  EventLoop& loop_;
   std::string path_;
-  AcceptCallback on_accept_;
   Options options_;
-  Stats stats_;
-  UniqueFd socket_;
   BoundSocketFile socket_file_;
-  EventLoop::TimerId resume_timer_ = 0;
-  EventLoop::Clock::time_point last_warning_{};
-  uint64_t unlogged_pauses_ = 0;
-  bool* destroyed_ = nullptr;  // set by accept_ready() while it runs callbacks
+  std::optional<SocketAcceptor> acceptor_;  // set once the socket listens
 };
 
 }  // namespace vhost_vsock::base

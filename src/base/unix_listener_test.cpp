@@ -1,11 +1,8 @@
 #include "base/unix_listener.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -64,19 +61,17 @@ void leave_stale_socket(const std::string& path) {
   ASSERT_EQ(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
 }
 
-TEST_F(UnixListenerTest, AcceptsConnectionsAsNonBlockingCloseOnExecFds) {
+// How connections are accepted (flags, batches, pauses) is SocketAcceptor's
+// (socket_acceptor_test.cpp); here only that they arrive from the path.
+TEST_F(UnixListenerTest, AcceptsConnectionsOnItsPath) {
   UnixListener listener(loop_, path_, collect());
-  UniqueFd first = connect_to(path_);
-  UniqueFd second = connect_to(path_);
-  ASSERT_TRUE(first && second);
-  run_until_accepted(2);
-  ASSERT_EQ(accepted_.size(), 2u);
-  EXPECT_EQ(listener.stats().accepted, 2u);
-  for (const auto& fd : accepted_) {
-    EXPECT_TRUE(::fcntl(fd.get(), F_GETFL) & O_NONBLOCK);
-    EXPECT_TRUE(::fcntl(fd.get(), F_GETFD) & FD_CLOEXEC);
-  }
-  ASSERT_EQ(::write(first.get(), "x", 1), 1);
+  EXPECT_EQ(listener.path(), path_);
+  UniqueFd client = connect_to(path_);
+  ASSERT_TRUE(client);
+  run_until_accepted(1);
+  ASSERT_EQ(accepted_.size(), 1u);
+  EXPECT_EQ(listener.stats().accepted, 1u);
+  ASSERT_EQ(::write(client.get(), "x", 1), 1);
   char byte = 0;
   EXPECT_EQ(::read(accepted_[0].get(), &byte, 1), 1);  // connected to the peer, not some other fd
   EXPECT_EQ(byte, 'x');
@@ -177,49 +172,18 @@ TEST_F(UnixListenerTest, CallbackMayDestroyTheListener) {
   EXPECT_FALSE(std::filesystem::exists(path_));
 }
 
-// Exit codes of the forked child below.
-enum PauseResult { kResumed = 0, kNotPaused = 10, kNotResumed, kLimitFailed, kSetupFailed };
-
-// Runs in a forked child: the fd limit is process-wide.
-PauseResult pause_and_resume_on_emfile(const std::string& path) {
-  EventLoop loop;
-  std::vector<UniqueFd> accepted;
-  UnixListener listener(
-      loop, path, [&](UniqueFd fd) { accepted.push_back(std::move(fd)); },
-      UnixListener::Options{.pause = milliseconds(50)});
-  UniqueFd client = connect_to(path);
-  if (!client) return kSetupFailed;
-  rlimit saved{};
-  if (::getrlimit(RLIMIT_NOFILE, &saved) != 0) return kLimitFailed;
-  const int lowest_free = ::dup(0);
-  ::close(lowest_free);
-  rlimit tight = saved;
-  tight.rlim_cur = static_cast<rlim_t>(lowest_free);  // no fd left for accept()
-  if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) return kLimitFailed;
-  loop.run_once(milliseconds(1000));
-  const bool paused = listener.paused() && !loop.watching(listener.fd()) && listener.stats().pauses == 1;
-  if (::setrlimit(RLIMIT_NOFILE, &saved) != 0) return kLimitFailed;
-  if (!paused || !accepted.empty()) return kNotPaused;
-  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(5);
-  while (accepted.empty() && EventLoop::Clock::now() < deadline) loop.run_once(milliseconds(20));
-  return accepted.size() == 1 && !listener.paused() && loop.watching(listener.fd()) ? kResumed : kNotResumed;
-}
-
-TEST_F(UnixListenerTest, PausesWhenOutOfFdsAndResumesLater) {
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    int code = kSetupFailed;
-    try {
-      code = pause_and_resume_on_emfile(path_);
-    } catch (...) {
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), kResumed);
+// The listener hands its options over to its acceptor.
+TEST_F(UnixListenerTest, BoundsAcceptsPerWakeUpAsConfigured) {
+  UnixListener listener(loop_, path_, collect(), UnixListener::Options{.accepts_per_event = 1});
+  UniqueFd first = connect_to(path_);
+  UniqueFd second = connect_to(path_);
+  ASSERT_TRUE(first && second);
+  loop_.run_once(milliseconds(1000));
+  EXPECT_EQ(accepted_.size(), 1u);
+  loop_.run_once(milliseconds(1000));
+  EXPECT_EQ(accepted_.size(), 2u);
+  EXPECT_EQ(listener.stats().accepted, 2u);
+  EXPECT_FALSE(listener.paused());
 }
 
 }  // namespace
