@@ -3,15 +3,21 @@
 // over as a host endpoint for a host-initiated connection to the same port P
 // of the guest: like a hybrid "CONNECT P", without any text handshake.
 //
-// The address comes from ForwardAddressFor, so tests listen on AF_UNIX
-// stand-ins: tests must never open AF_VSOCK sockets on the test host itself.
+// Accepting (a bounded batch per wake-up, a pause on fd exhaustion,
+// rate-limited warnings) is base::SocketAcceptor's, shared with the uds-path
+// and vhost-user listeners. The callback may destroy the listener.
+//
+// The address is injected, so tests listen on AF_UNIX or AF_INET stand-ins:
+// tests must never open AF_VSOCK sockets on the test host itself.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "base/event_loop.h"
+#include "base/socket_acceptor.h"
 #include "base/unique_fd.h"
 #include "vsock/connection/host_endpoint.h"
 #include "vsock/transport/vsock_forward.h"
@@ -29,23 +35,20 @@ class ForwardListener {
   // Binds, listens (non-blocking) and starts accepting. Throws
   // std::runtime_error "forward-listen port P: <cause>" if it cannot.
   ForwardListener(base::EventLoop& loop, uint32_t port, const ForwardAddress& address, OnAccepted on_accepted);
-  ~ForwardListener();
+  ~ForwardListener() = default;
   ForwardListener(const ForwardListener&) = delete;
   ForwardListener& operator=(const ForwardListener&) = delete;
 
   [[nodiscard]] uint32_t port() const { return port_; }
+  [[nodiscard]] const base::SocketAcceptor::Stats& stats() const { return acceptor_->stats(); }
 
  private:
-  void watch();  // throws std::system_error if the loop refuses
-  void accept_batch();
-  void pause();  // accept() ran out of fds or memory: the pending connection stays queued
-  void resume();
+  void on_connection(base::UniqueFd connection);
 
   base::EventLoop& loop_;
   uint32_t port_;
   OnAccepted on_accepted_;
-  base::UniqueFd socket_;
-  base::EventLoop::TimerId resume_timer_ = 0;
+  std::optional<base::SocketAcceptor> acceptor_;  // last: set once the socket listens
 };
 
 }  // namespace vhost_vsock::vsock

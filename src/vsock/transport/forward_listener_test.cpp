@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,26 @@ TEST_F(ForwardListenerTest, AcceptedConnectionsBecomeEndpointsForThePort) {
   const auto received = accepted[0]->receive({&iov, 1});
   EXPECT_EQ(received.status, HostEndpoint::ReceiveStatus::kData);
   EXPECT_EQ(std::string(got, received.bytes), "ab");
+  EXPECT_EQ(listener.stats().accepted, 2u);
+}
+
+TEST_F(ForwardListenerTest, CallbackMayDestroyTheListener) {
+  base::EventLoop loop;
+  std::unique_ptr<ForwardListener> listener;
+  int calls = 0;
+  listener = std::make_unique<ForwardListener>(loop, 9003, unix_address(dir + "/l"),
+                                               [&](std::unique_ptr<HostEndpoint>, uint32_t) {
+                                                 ++calls;
+                                                 listener.reset();
+                                               });
+  auto first = connect_to(dir + "/l");
+  auto second = connect_to(dir + "/l");
+  loop.run_once(1000ms);
+  loop.run_once(50ms);
+  EXPECT_EQ(calls, 1);  // the second connection was not accepted after the listener went
+  base::UniqueFd late(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const sockaddr_un un = base::unix_socket_address(dir + "/l");
+  EXPECT_NE(::connect(late.get(), reinterpret_cast<const sockaddr*>(&un), sizeof(un)), 0);  // the socket is closed
 }
 
 TEST_F(ForwardListenerTest, ABindFailureNamesThePort) {
