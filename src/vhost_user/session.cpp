@@ -553,7 +553,10 @@ void Session::start(uint16_t index) {
     ring.fresh = false;
   }
   try {
-    loop_.add(ring.kick.get(), EPOLLIN, [this, index](uint32_t events) { on_kick(index, events); });
+    // Edge-triggered and never read: each write to the eventfd is a new edge,
+    // so reading the counter back would only cost a syscall per kick (the
+    // kernel's vhost does not read it either).
+    loop_.add(ring.kick.get(), EPOLLIN | EPOLLET, [this, index](uint32_t events) { on_kick(index, events); });
   } catch (const std::system_error& e) {
     ++stats_.protocol_errors;
     protocol_warning("vhost-user {}: ring {} not started: cannot watch its kick fd: {}", name_, index, e.what());
@@ -595,17 +598,15 @@ void Session::stop(uint16_t index) {
 void Session::on_kick(uint16_t index, uint32_t events) {
   Vring& ring = vrings_[index];
   if (!ring.started) return;
-  uint64_t count = 0;
-  ssize_t n = ::read(ring.kick.get(), &count, sizeof(count));
-  if (n > 0) {
+  if ((events & (EPOLLERR | EPOLLHUP)) == 0) {
     device_.on_queue_kicked(index);
     return;
   }
-  if (n < 0 && (errno == EAGAIN || errno == EINTR) && (events & (EPOLLERR | EPOLLHUP)) == 0) return;
-  // EOF or an error: the fd can never kick again and would keep the loop busy.
+  // Not an eventfd (a pipe or socket whose writer went away): it can never
+  // kick again.
   ++stats_.protocol_errors;
   protocol_warning("vhost-user {}: kick fd of ring {} failed ({}); stopping the ring", name_, index,
-                   n == 0 ? "end of file" : base::errno_text(errno));
+                   (events & EPOLLERR) != 0 ? "error" : "hung up");
   stop(index);
   ring.kick.reset();
   signal_error(index);
