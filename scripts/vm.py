@@ -451,6 +451,32 @@ class Qemu:
         return ["-netdev", f"user,id=net0,hostfwd={forward}", "-device", "virtio-net-pci,netdev=net0,romfile="]
 
     def start(self, ready_timeout=120.0):
+        # The forwarded port is probed free and then bound by QEMU: another
+        # process may take it in between. QEMU then exits at once; retry with
+        # a new port instead of failing the test.
+        for attempt in range(3):
+            try:
+                return self.start_once(ready_timeout)
+            except (VmError, OSError):  # QEMU's exit may also reset the command channel
+                if attempt == 2 or not self.forward_port_was_taken():
+                    raise
+                print(f"vm: port {self.forward_port} was taken before QEMU bound it; retrying with another",
+                      file=sys.stderr)
+                self.kill()
+                self.forward_port = None
+        raise AssertionError("unreachable")
+
+    def forward_port_was_taken(self):
+        if not self.user_net or self.proc is None:
+            return False
+        try:
+            self.proc.wait(timeout=5)  # the channel may reset just before QEMU is gone
+        except subprocess.TimeoutExpired:
+            return False
+        with open(self.paths()[0], "rb") as f:
+            return b"Could not set up host forwarding rule" in f.read()
+
+    def start_once(self, ready_timeout):
         self.generation += 1
         log, _, cmd_sock, transcript = self.paths()
         for stale in (cmd_sock, self.qmp_path()):
