@@ -9,7 +9,9 @@
 #
 # The image lives in ${VUV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vhost-user-vsock}/guest-<hash>,
 # where <hash> covers this script, the guest sources and the package versions
-# used, so it is rebuilt only when one of them changes. The kernel .deb (and
+# used, so it is rebuilt only when one of them changes. The most recently used
+# ${VUV_GUEST_IMAGES_KEPT:-3} images are kept (a cache hit touches its image), so
+# worktrees or CI runs at different hashes do not rebuild each other's. The kernel .deb (and
 # linux-source-6.1, for tools/testing/vsock) is fetched with `apt-get download`
 # and unpacked into the cache; nothing is installed into /boot or /usr/src.
 #
@@ -23,6 +25,7 @@ guest_src=$root/tests/e2e/guest
 image_tools=$root/tests/e2e/image
 force=0
 [[ ${1:-} == --force ]] && force=1
+images_kept=${VUV_GUEST_IMAGES_KEPT:-3}
 
 log() { echo "guest-image: $*" >&2; }
 die() {
@@ -33,6 +36,7 @@ die() {
 mkdir -p "$cache/debs"
 exec 9>"$cache/guest-image.lock"
 flock 9 # one builder at a time; the others then find the finished image
+[[ $images_kept =~ ^[1-9][0-9]*$ ]] || die "VUV_GUEST_IMAGES_KEPT must be a positive number, not '$images_kept'"
 
 for tool in apt-cache apt-get dpkg-deb dpkg-query depmod modprobe gcc python3 flock; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"
@@ -62,9 +66,12 @@ if [[ -n $kernel_pkg ]]; then
   kernel_version=$({ apt-cache policy "$kernel_pkg" 2>/dev/null || true; } | sed -n 's/^ *Candidate: //p')
 fi
 if [[ -z $kernel_pkg || -z $kernel_version || $kernel_version == "(none)" ]]; then
-  # Offline: fall back to the newest image already built, if any.
-  newest=$(find "$cache" -maxdepth 1 -type d -name 'guest-*' -printf '%T@ %p\n' | sort -rn | head -1 | cut -d' ' -f2-)
-  if [[ -n $newest && -f $newest/stamp ]]; then
+  # Offline: fall back to the newest image already built (its stamp's age:
+  # a cache hit touches the directory, not the stamp), if any.
+  newest=$(find "$cache" -mindepth 2 -maxdepth 2 -name stamp -printf '%T@ %h\n' |
+    sort -rn | sed -n 's|^[^ ]* \(.*/guest-[^/]*\)$|\1|p' | head -1)
+  if [[ -n $newest ]]; then
+    touch "$newest"
     log "cannot resolve linux-image-amd64 with apt-cache; reusing $newest"
     echo "$newest"
     exit 0
@@ -94,6 +101,7 @@ out=$cache/guest-$hash
 # have been transient); one whose vsock_test did not compile is not.
 if [[ $force -eq 0 && -f $out/stamp ]] && ! grep -qs '^apt-get download' "$out/vsock_test.missing"; then
   log "cached: $out"
+  touch "$out" # in use: the last one pruning would remove
   echo "$out"
   exit 0
 fi
@@ -223,10 +231,20 @@ built $(date -u +%Y-%m-%dT%H:%M:%SZ)
 EOF
 rm -rf "$out"
 mv "$work/image" "$out"
-# Older images and kernel debs are dead weight once a new one is built.
-for old in "$cache"/guest-*; do
-  [[ $old == "$out" || ! -d $old ]] || rm -rf "$old"
-done
+touch "$out"
+# Keeps this image and the most recently used others, up to $images_kept:
+# another worktree or CI run may still use them (or be about to).
+kept=1
+while read -r old; do
+  [[ $old == "$out" ]] && continue
+  if ((kept < images_kept)); then
+    kept=$((kept + 1))
+    continue
+  fi
+  log "removing $old (keeping the $images_kept most recently used images)"
+  rm -rf "$old"
+done < <(find "$cache" -mindepth 1 -maxdepth 1 -type d -name 'guest-*' -printf '%T@ %p\n' | sort -rn | cut -d' ' -f2-)
+# Kernel debs of other versions are dead weight once a new image is built.
 for old in "$cache"/debs/*.deb; do
   [[ $old == "$deb" || $old == "$source_deb" ]] || rm -f "$old"
 done
