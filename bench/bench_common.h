@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <string>
@@ -203,6 +205,31 @@ int run_mode(int argc, char** argv, const char* usage, Run run) {
   return run(mode, options);
 }
 
+// One mode of a benchmark program: its name on the command line and what runs it.
+struct Mode {
+  const char* name;
+  int (*run)(const Options& options);
+};
+
+// The main() of a benchmark program whose modes are each one function: runs
+// the one named by argv[1]. An exception from it (a simulator or daemon that
+// cannot be set up) fails the run with its message; an unknown mode, like a
+// missing one, prints `usage` and returns 2.
+inline int run_modes(int argc, char** argv, const char* usage, std::initializer_list<Mode> modes) {
+  return run_mode(argc, argv, usage, [&](const std::string& name, const Options& options) {
+    for (const Mode& mode : modes) {
+      if (name != mode.name) continue;
+      try {
+        return mode.run(options);
+      } catch (const std::exception& e) {
+        fail(std::string("setup failed: ") + e.what());
+      }
+    }
+    std::fprintf(stderr, "unknown mode '%s'; usage: %s\n", name.c_str(), usage);
+    return 2;
+  });
+}
+
 // One flat JSON object on one stdout line: what bench/run parses.
 class JsonLine {
  public:
@@ -225,6 +252,12 @@ class JsonLine {
   void print() const {
     std::printf("{%s}\n", body_.c_str());
     std::fflush(stdout);
+  }
+  // A benchmark's last statement once it has checked every byte it moved:
+  // adds "verified": true, prints, and returns main()'s 0.
+  int print_verified() {
+    add("verified", true).print();
+    return 0;
   }
 
  private:

@@ -61,5 +61,34 @@ TEST(JsonLineTest, PrintsOneFlatObject) {
   EXPECT_EQ(::testing::internal::GetCapturedStdout(), "{\"bench\": \"x\", \"n\": 3, \"ok\": true, \"v\": 1.5}\n");
 }
 
+TEST(JsonLineTest, PrintVerifiedEndsTheLineWithVerifiedAndReturnsZero) {
+  ::testing::internal::CaptureStdout();
+  const int status = JsonLine().add("bench", "x").add("count", 3).print_verified();
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(), "{\"bench\": \"x\", \"count\": 3, \"verified\": true}\n");
+  EXPECT_EQ(status, 0);
+}
+
+int g_ran_size = 0;
+
+TEST(RunModesTest, RunsTheNamedModeWithItsOptions) {
+  char program[] = "bench_x", mode[] = "second", option[] = "--size", value[] = "7";
+  char* argv[] = {program, mode, option, value};
+  const int status = run_modes(4, argv, "bench_x first|second",
+                               {{"first", [](const Options&) { return 10; }}, {"second", [](const Options& options) {
+                                                                                 g_ran_size =
+                                                                                     options.integer("size", 0);
+                                                                                 return 11;
+                                                                               }}});
+  EXPECT_EQ(status, 11);
+  EXPECT_EQ(g_ran_size, 7);
+}
+
+TEST(RunModesTest, AnUnknownOrMissingModeReturnsTwo) {
+  char program[] = "bench_x", mode[] = "third";
+  char* argv[] = {program, mode};
+  EXPECT_EQ(run_modes(2, argv, "bench_x first", {{"first", [](const Options&) { return 0; }}}), 2);
+  EXPECT_EQ(run_modes(1, argv, "bench_x first", {{"first", [](const Options&) { return 0; }}}), 2);
+}
+
 }  // namespace
 }  // namespace vhost_vsock::bench

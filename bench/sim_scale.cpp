@@ -195,8 +195,8 @@ int run(const Options& options) {
   if (!violation.empty()) fail("a guest simulator saw a device protocol violation: " + violation);
   if (!daemon.running()) fail("the daemon exited during the run; log:\n" + daemon.log());
   const double total_conns = static_cast<double>(vms) * conns;
-  JsonLine out;
-  out.add("bench", "sim_scale")
+  return JsonLine()
+      .add("bench", "sim_scale")
       .add("vms", vms)
       .add("conns_per_vm", conns)
       .add("groups", groups)
@@ -211,23 +211,14 @@ int run(const Options& options) {
       .add("active_vms", active)
       .add("bytes_per_active_vm", bytes)
       .add("gbit_s_total", gbit_per_second(bytes * static_cast<uint64_t>(active), move_seconds))
-      .add("verified", true)
-      .print();
-  return 0;
+      .print_verified();
 }
 
 }  // namespace
 }  // namespace vhost_vsock::bench
 
 int main(int argc, char** argv) {
-  using namespace vhost_vsock::bench;
-  return run_mode(argc, argv, "bench_scale run [--vms N] [--conns N] [--active N] [--bytes SIZE] [--idle-seconds S]",
-                  [](const std::string& mode, const Options& options) {
-                    if (mode != "run") fail("unknown mode '" + mode + "'");
-                    try {
-                      return run(options);
-                    } catch (const std::exception& e) {  // simulator or daemon setup throws
-                      fail(std::string("setup failed: ") + e.what());
-                    }
-                  });
+  return vhost_vsock::bench::run_modes(
+      argc, argv, "bench_scale run [--vms N] [--conns N] [--active N] [--bytes SIZE] [--idle-seconds S]",
+      {{"run", vhost_vsock::bench::run}});
 }

@@ -172,7 +172,7 @@ int run_stream(const Options& options) {
   }
   if (!ok) fail(error);
   const uint64_t total = config.bytes_per_stream * static_cast<uint64_t>(config.streams);
-  JsonLine()
+  return JsonLine()
       .add("bench", "ceiling_stream")
       .add("write_size", config.write_size)
       .add("streams", config.streams)
@@ -181,9 +181,7 @@ int run_stream(const Options& options) {
       .add("gbit_per_s", gbit_per_second(total, elapsed))
       .add("cpu_reader_s", reader_cpu)
       .add("cpu_writer_s", writer_cpu)
-      .add("verified", true)
-      .print();
-  return 0;
+      .print_verified();
 }
 
 int run_rtt(const Options& options) {
@@ -225,16 +223,14 @@ int run_rtt(const Options& options) {
   double sum = 0;
   for (double s : samples) sum += s;
   std::sort(samples.begin(), samples.end());
-  JsonLine()
+  return JsonLine()
       .add("bench", "ceiling_rtt")
       .add("msg", msg)
       .add("count", count)
       .add("mean_us", sum / count * 1e6)
       .add("p50_us", samples[samples.size() / 2] * 1e6)
       .add("p99_us", samples[samples.size() * 99 / 100] * 1e6)
-      .add("verified", true)
-      .print();
-  return 0;
+      .print_verified();
 }
 
 // Message i is `size` bytes of the pattern from offset i * size; the reader
@@ -274,29 +270,23 @@ int run_seqpacket(const Options& options) {
   int status = 0;
   waitpid(child, &status, 0);
   if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) fail("writer process failed");
-  JsonLine()
+  return JsonLine()
       .add("bench", "ceiling_seqpacket")
       .add("message_size", size)
       .add("count", count)
       .add("seconds", elapsed)
       .add("messages_per_s", count / elapsed)
       .add("gbit_per_s", gbit_per_second(size * static_cast<uint64_t>(count), elapsed))
-      .add("verified", true)
-      .print();
-  return 0;
+      .print_verified();
 }
 
 }  // namespace
 }  // namespace vhost_vsock::bench
 
 int main(int argc, char** argv) {
-  using namespace vhost_vsock::bench;
-  return run_mode(argc, argv, "unix_ceiling stream|rtt|seqpacket [--option value]...",
-                  [](const std::string& mode, const Options& options) {
-                    if (mode == "stream") return run_stream(options);
-                    if (mode == "rtt") return run_rtt(options);
-                    if (mode == "seqpacket") return run_seqpacket(options);
-                    std::fprintf(stderr, "unix_ceiling: unknown mode '%s'\n", mode.c_str());
-                    return 2;
-                  });
+  using vhost_vsock::bench::run_modes;
+  return run_modes(argc, argv, "unix_ceiling stream|rtt|seqpacket [--option value]...",
+                   {{"stream", vhost_vsock::bench::run_stream},
+                    {"rtt", vhost_vsock::bench::run_rtt},
+                    {"seqpacket", vhost_vsock::bench::run_seqpacket}});
 }
