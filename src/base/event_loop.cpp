@@ -16,8 +16,8 @@ namespace {
   throw std::system_error(errno, std::generic_category(), what);
 }
 
-uint64_t pack(int fd, uint32_t generation) {
-  return (static_cast<uint64_t>(generation) << 32) | static_cast<uint32_t>(fd);
+uint64_t pack(uint32_t slot, uint32_t generation) {
+  return (static_cast<uint64_t>(generation) << 32) | slot;
 }
 
 }  // namespace
@@ -37,55 +37,66 @@ EventLoop::EventLoop(size_t post_capacity) : events_(256), posted_(post_capacity
 }
 
 void EventLoop::add(int fd, uint32_t events, FdCallback callback) {
-  uint32_t generation = next_generation_++;
+  const uint32_t slot = take_handler_slot();
+  Handler& handler = handlers_[slot];
+  ++handler.generation;
   epoll_event ev{};
   ev.events = events;
-  ev.data.u64 = pack(fd, generation);
-  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl(ADD)");
-  if (handler_for(fd) != nullptr) drop_handler(fd);  // closed without remove()
-  const auto index = static_cast<size_t>(fd);
-  if (index >= handlers_.size()) handlers_.resize(index + 1);
-  HandlerSlot handler;
-  if (spare_handlers_.empty()) {
-    handler = std::make_unique<Handler>();
-  } else {
-    handler = std::move(spare_handlers_.back());
-    spare_handlers_.pop_back();
+  ev.data.u64 = pack(slot, handler.generation);
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    const int error = errno;
+    free_handlers_.push_back(slot);
+    errno = error;
+    throw_errno("epoll_ctl(ADD)");
   }
-  handler->generation = generation;
-  handler->callback = std::move(callback);
-  handlers_[index] = std::move(handler);
+  const uint32_t stale = handler_slots_.erase(fd);  // closed without remove()
+  if (stale != FdSlotMap::kNoSlot) drop_handler(stale);
+  handler_slots_.insert(fd, slot);
+  handler.live = true;
+  handler.callback = std::move(callback);
+}
+
+uint32_t EventLoop::take_handler_slot() {
+  if (!free_handlers_.empty()) {
+    const uint32_t slot = free_handlers_.back();
+    free_handlers_.pop_back();
+    return slot;
+  }
+  if (handlers_.size() >= std::numeric_limits<uint32_t>::max()) throw std::length_error("EventLoop: fds");
+  handlers_.emplace_back();
+  return static_cast<uint32_t>(handlers_.size() - 1);
 }
 
 void EventLoop::modify(int fd, uint32_t events) {
-  const Handler* handler = handler_for(fd);
-  if (handler == nullptr) return;
+  const uint32_t slot = handler_slots_.find(fd);
+  if (slot == FdSlotMap::kNoSlot) return;
   epoll_event ev{};
   ev.events = events;
-  ev.data.u64 = pack(fd, handler->generation);
+  ev.data.u64 = pack(slot, handlers_[slot].generation);
   if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) throw_errno("epoll_ctl(MOD)");
 }
 
 void EventLoop::remove(int fd) {
-  if (handler_for(fd) == nullptr) return;
-  drop_handler(fd);
+  const uint32_t slot = handler_slots_.erase(fd);
+  if (slot == FdSlotMap::kNoSlot) return;
+  drop_handler(slot);
   // The fd may already be closed by its owner; that removes it from epoll too.
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }
 
-void EventLoop::drop_handler(int fd) {
-  HandlerSlot handler = std::move(handlers_[static_cast<size_t>(fd)]);
+void EventLoop::drop_handler(uint32_t slot) {
+  handlers_[slot].live = false;  // its events still in this batch are skipped
   if (dispatching_) {
-    retired_handlers_.push_back(std::move(handler));  // the callback stays where it is
+    retired_handlers_.push_back(slot);  // the callback stays where it is
   } else {
-    recycle(std::move(handler));
+    recycle(slot);
   }
 }
 
-void EventLoop::recycle(HandlerSlot handler) {
-  handler->generation = 0;
-  FdCallback dropped = std::move(handler->callback);
-  spare_handlers_.push_back(std::move(handler));
+void EventLoop::recycle(uint32_t slot) {
+  FdCallback dropped;
+  dropped.swap(handlers_[slot].callback);
+  free_handlers_.push_back(slot);
   // `dropped` releases its captures last: their destructors may call back into the loop.
 }
 
@@ -230,16 +241,17 @@ void EventLoop::dispatch_fd_events(int count) {
     explicit Batch(EventLoop& owner) : loop(owner) { loop.dispatching_ = true; }
     ~Batch() {
       loop.dispatching_ = false;
-      for (auto& handler : loop.retired_handlers_) loop.recycle(std::move(handler));
+      for (const uint32_t slot : loop.retired_handlers_) loop.recycle(slot);
       loop.retired_handlers_.clear();
     }
   } batch(*this);
   for (int i = 0; i < count; ++i) {
-    int fd = static_cast<int>(static_cast<uint32_t>(events_[i].data.u64));
-    uint32_t generation = static_cast<uint32_t>(events_[i].data.u64 >> 32);
-    Handler* handler = handler_for(fd);
-    if (handler == nullptr || handler->generation != generation) continue;  // removed this round
-    handler->callback(events_[i].events);
+    const auto slot = static_cast<uint32_t>(events_[i].data.u64);
+    const auto generation = static_cast<uint32_t>(events_[i].data.u64 >> 32);
+    if (slot >= handlers_.size()) continue;
+    Handler& handler = handlers_[slot];
+    if (!handler.live || handler.generation != generation) continue;  // removed this round
+    handler.callback(events_[i].events);
   }
 }
 

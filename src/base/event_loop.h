@@ -8,11 +8,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <vector>
 
 #include "base/bounded_mpsc_queue.h"
+#include "base/fd_slot_map.h"
 #include "base/inline_task.h"
 #include "base/unique_fd.h"
 
@@ -49,7 +51,12 @@ class EventLoop {
   // Safe to call from inside any callback, including the fd's own: a removed
   // fd's pending events from the current batch are not delivered.
   void remove(int fd);
-  [[nodiscard]] bool watching(int fd) const { return handler_for(fd) != nullptr; }
+  [[nodiscard]] bool watching(int fd) const { return handler_slots_.find(fd) != FdSlotMap::kNoSlot; }
+  // Handler slots and fd-table entries held: they follow this loop's own
+  // high-water mark of registrations, whatever the fd numbers (for tests and
+  // diagnostics).
+  [[nodiscard]] size_t handler_slots() const { return handlers_.size(); }
+  [[nodiscard]] size_t fd_table_capacity() const { return handler_slots_.capacity(); }
 
   // One-shot timer. Cancelling an expired or unknown id is a no-op. Ids are
   // never 0.
@@ -85,12 +92,13 @@ class EventLoop {
   friend class DeferredTask;
   // Handlers and timer callbacks live in slots reused from connection to
   // connection, so registering an fd or arming a timer allocates only while
-  // the loop reaches a new high-water mark of live ones.
+  // the loop reaches a new high-water mark of its own live ones. An fd's
+  // epoll_event carries (slot generation << 32) | slot index, not the fd.
   struct Handler {
-    uint32_t generation = 0;
+    uint32_t generation = 0;  // bumped on every reuse, so a stale event never matches
+    bool live = false;        // false: free, or removed while its batch runs
     FdCallback callback;
   };
-  using HandlerSlot = std::unique_ptr<Handler>;  // a stable address: a callback may remove itself
   struct Timer {
     Clock::time_point due;
     uint64_t sequence;  // ties on `due` fire in the order they were armed
@@ -105,13 +113,11 @@ class EventLoop {
     TimerCallback callback;
   };
 
-  [[nodiscard]] Handler* handler_for(int fd) const {
-    return fd >= 0 && static_cast<size_t>(fd) < handlers_.size() ? handlers_[static_cast<size_t>(fd)].get() : nullptr;
-  }
-  // Frees an fd's slot; while fd callbacks run the handler is kept until the
-  // batch ends: it may be the callback running.
-  void drop_handler(int fd);
-  void recycle(HandlerSlot handler);
+  uint32_t take_handler_slot();
+  // Frees a slot; while fd callbacks run it is kept (callback and all) until
+  // the batch ends: it may hold the callback running.
+  void drop_handler(uint32_t slot);
+  void recycle(uint32_t slot);
   // The armed slot of `id`, or nullptr if it fired, was cancelled or never existed.
   TimerSlot* armed_timer(TimerId id);
   void release_timer(TimerSlot& slot, TimerId id);
@@ -124,13 +130,13 @@ class EventLoop {
 
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;
-  uint32_t next_generation_ = 1;
-  std::vector<HandlerSlot> handlers_;          // indexed by fd; empty slot: not watched
-  std::vector<HandlerSlot> spare_handlers_;    // freed, callback reset, ready for reuse
-  bool dispatching_ = false;                   // fd callbacks are running
-  std::vector<HandlerSlot> retired_handlers_;  // dropped while dispatching_
-  std::vector<Timer> timers_;                  // min-heap on due time (std::greater), cancelled entries included
-  std::vector<TimerSlot> timer_slots_;         // a TimerId is (slot generation << 32) | slot index
+  std::deque<Handler> handlers_;            // a deque: a running callback stays put while others are added
+  FdSlotMap handler_slots_;                 // fd -> slot in handlers_, live registrations only
+  std::vector<uint32_t> free_handlers_;     // callback reset, ready for reuse
+  bool dispatching_ = false;                // fd callbacks are running
+  std::vector<uint32_t> retired_handlers_;  // dropped while dispatching_
+  std::vector<Timer> timers_;               // min-heap on due time (std::greater), cancelled entries included
+  std::vector<TimerSlot> timer_slots_;      // a TimerId is (slot generation << 32) | slot index
   std::vector<uint32_t> free_timer_slots_;
   size_t armed_timers_ = 0;
   uint64_t next_timer_sequence_ = 0;

@@ -6,9 +6,14 @@
 
 #include <array>
 #include <atomic>
+#include <map>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <thread>
 #include <vector>
+
+#include "base/fd_slot_map.h"
 
 namespace vhost_vsock::base {
 namespace {
@@ -136,6 +141,151 @@ TEST(EventLoop, AHandlerSlotReusedForANewFdGetsOnlyItsOwnEvents) {
   EXPECT_FALSE(loop.watching(read_end.get()));
   EXPECT_TRUE(loop.watching(other_read.get()));
   loop.remove(other_read.get());
+}
+
+struct Pipe {
+  UniqueFd read_end, write_end;
+  Pipe() {
+    int fds[2];
+    EXPECT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+    read_end.reset(fds[0]);
+    write_end.reset(fds[1]);
+  }
+};
+
+TEST(EventLoop, AStaleEventOfAFdNumberReusedInTheSameBatchReachesNobody) {
+  EventLoop loop;
+  // Two readable pipes; whichever callback runs first closes the other pipe's
+  // read end and puts a fresh readable pipe on the same fd number (dup2), with
+  // a new callback. The other's event is already in this batch: it must reach
+  // neither the old callback nor the new one.
+  std::array<Pipe, 2> pipes;
+  std::array<Pipe, 2> fresh;
+  int originals = 0, replacements = 0;
+  bool replaced = false;
+  for (size_t mine = 0; mine < 2; ++mine) {
+    const size_t other = 1 - mine;
+    loop.add(pipes[mine].read_end.get(), EPOLLIN, [&, other](uint32_t) {
+      ++originals;
+      if (replaced) return;
+      replaced = true;
+      const int number = pipes[other].read_end.get();
+      loop.remove(number);
+      ASSERT_EQ(::dup2(fresh[other].read_end.get(), number), number);  // closes the old pipe's end
+      loop.add(number, EPOLLIN, [&](uint32_t) { ++replacements; });
+    });
+    ASSERT_EQ(::write(pipes[mine].write_end.get(), "x", 1), 1);
+    ASSERT_EQ(::write(fresh[mine].write_end.get(), "y", 1), 1);
+  }
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(originals, 1);
+  EXPECT_EQ(replacements, 0);
+  // The fd number now carries the fresh pipe: its own event arrives next round.
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(replacements, 1);
+  EXPECT_EQ(originals, 2);  // level-triggered, still readable: the survivor fires again
+}
+
+TEST(EventLoop, AFdNumberReusedAfterRemoveGetsOnlyTheNewCallback) {
+  EventLoop loop;
+  Pipe first;
+  int old_calls = 0, new_calls = 0;
+  const int number = first.read_end.get();
+  loop.add(number, EPOLLIN, [&](uint32_t) { ++old_calls; });
+  loop.remove(number);
+  first.read_end.reset();
+  Pipe second;
+  ASSERT_EQ(::dup2(second.read_end.get(), number), number);
+  UniqueFd reused(number);
+  loop.add(number, EPOLLIN, [&](uint32_t) { ++new_calls; });
+  ASSERT_EQ(::write(second.write_end.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(old_calls, 0);
+  EXPECT_EQ(new_calls, 1);
+  EXPECT_TRUE(loop.watching(number));
+  loop.remove(number);
+  EXPECT_FALSE(loop.watching(number));
+}
+
+TEST(EventLoop, ManyFdsEachGetTheirOwnEventsAndSlotsAreReused) {
+  EventLoop loop;
+  constexpr size_t kPipes = 200;
+  std::vector<Pipe> pipes(kPipes);
+  std::vector<int> calls(kPipes, 0);
+  for (size_t i = 0; i < kPipes; ++i) {
+    loop.add(pipes[i].read_end.get(), EPOLLIN, [&calls, i](uint32_t) { ++calls[i]; });
+    ASSERT_EQ(::write(pipes[i].write_end.get(), "x", 1), 1);
+  }
+  const size_t slots = loop.handler_slots();
+  for (size_t i = 0; i < kPipes; i += 2) loop.remove(pipes[i].read_end.get());
+  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(5);
+  auto total = [&] { return std::accumulate(calls.begin(), calls.end(), 0); };
+  while (total() < static_cast<int>(kPipes / 2) && EventLoop::Clock::now() < deadline)
+    loop.run_once(std::chrono::milliseconds(100));
+  for (size_t i = 0; i < kPipes; ++i) {
+    EXPECT_EQ(calls[i], i % 2 == 0 ? 0 : 1) << "pipe " << i;
+    EXPECT_EQ(loop.watching(pipes[i].read_end.get()), i % 2 == 1) << "pipe " << i;
+  }
+  // Re-adding the removed half reuses their slots: no new ones.
+  for (size_t i = 0; i < kPipes; i += 2) loop.add(pipes[i].read_end.get(), EPOLLIN, [](uint32_t) {});
+  EXPECT_EQ(loop.handler_slots(), slots);
+}
+
+TEST(EventLoop, ItsFdTableFollowsItsOwnRegistrationsNotTheHighestFdNumber) {
+  EventLoop loop;
+  Pipe pipe;
+  // A process with many fds elsewhere (other VMs' loops): this loop watches one, numbered high.
+  UniqueFd high(::fcntl(pipe.read_end.get(), F_DUPFD_CLOEXEC, 900));
+  ASSERT_GE(high.get(), 900);
+  int calls = 0;
+  loop.add(high.get(), EPOLLIN, [&](uint32_t) { ++calls; });
+  ASSERT_EQ(::write(pipe.write_end.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(calls, 1);
+  EXPECT_LE(loop.fd_table_capacity(), 16u);
+  EXPECT_LE(loop.handler_slots(), 2u);  // the loop's wake eventfd and this one
+  loop.remove(high.get());
+}
+
+TEST(FdSlotMap, AgreesWithAMapUnderRandomInsertsAndErases) {
+  FdSlotMap table;
+  std::map<int, uint32_t> reference;
+  std::mt19937 random(14);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible on purpose
+  std::uniform_int_distribution<int> fds(0, 3000);
+  for (uint32_t step = 0; step < 50000; ++step) {
+    const int fd = fds(random);
+    if (reference.contains(fd)) {
+      EXPECT_EQ(table.erase(fd), reference[fd]);
+      reference.erase(fd);
+    } else {
+      table.insert(fd, step);
+      reference[fd] = step;
+    }
+    if (step % 997 == 0) {
+      for (int probe = 0; probe <= 3000; ++probe) {
+        auto found = reference.find(probe);
+        ASSERT_EQ(table.find(probe), found == reference.end() ? FdSlotMap::kNoSlot : found->second) << probe;
+      }
+    }
+  }
+  EXPECT_EQ(table.size(), reference.size());
+  EXPECT_LE(table.capacity(), 4 * reference.size() + 16);
+  EXPECT_EQ(table.find(-1), FdSlotMap::kNoSlot);
+  EXPECT_EQ(table.erase(3001), FdSlotMap::kNoSlot);
+}
+
+TEST(FdSlotMap, ChurnAtAConstantSizeDoesNotGrowIt) {
+  FdSlotMap table;
+  for (int fd = 0; fd < 100; ++fd) table.insert(fd, static_cast<uint32_t>(fd));
+  const size_t capacity = table.capacity();
+  for (int fd = 100; fd < 100000; ++fd) {
+    EXPECT_EQ(table.erase(fd - 100), static_cast<uint32_t>(fd - 100));
+    table.insert(fd, static_cast<uint32_t>(fd));
+  }
+  EXPECT_EQ(table.capacity(), capacity);
+  EXPECT_EQ(table.size(), 100u);
+  EXPECT_EQ(table.find(99999), 99999u);
+  EXPECT_EQ(table.find(99899), FdSlotMap::kNoSlot);
 }
 
 TEST(EventLoop, StopFromAnotherThreadEndsRun) {
