@@ -151,8 +151,10 @@ def section(results: dict[str, Result], pins: list[str]) -> list[str]:
         "it is the one copy the design allows.",
         "",
         "### sim host-initiated connects (20,000/s target): bound by wake-ups in the kernel", "",
-        f"Measured {fmt(g('sim.connect.host.free'), 0, '/s')} (guest-initiated: "
-        f"{fmt(g('sim.connect.guest.free'), 0, '/s')}). Each connect is a round of",
+        f"Measured {fmt(g('sim.connect.host.p16.free'), 0, '/s')} with 16 connects in flight (guest-initiated: "
+        f"{fmt(g('sim.connect.guest.p16.free'), 0, '/s')}); one at a time "
+        f"{fmt(g('sim.connect.host.free'), 0, '/s')} (guest-initiated: "
+        f"{fmt(g('sim.connect.guest.free'), 0, '/s')}), which is one handshake's latency. Each connect is a round of",
         "wake-ups across three processes (host peer `connect` + `CONNECT` line → daemon → guest REQUEST",
         "→ RESPONSE → daemon → `OK` → host peer → close on both sides). **[by hand, 2026-11-24]**",
         "`perf record -a -e cpu-clock` over `bench_sim connect-host --count 20000`: of the daemon's",
@@ -161,8 +163,8 @@ def section(results: dict[str, Result], pins: list[str]) -> list[str]:
         "simulator and host peer) is 22% kernel, 2% user. The daemon's code is not the bound; the",
         "number of sleeps per connection is (the listener already accepts in a loop until EAGAIN,",
         "and the REQUEST goes out in the pass that parses the CONNECT line), and a shared VM makes",
-        "each one expensive. What would lift it: a host peer that pipelines its connects, and a",
-        "quieter machine; the figure is unpinned and moves by ±30% between runs.",
+        "each one expensive. With 16 in flight the sleeps are shared by many connections (the",
+        "`.p16` rows carry the goal); the figures are unpinned and move by ±30% between runs.",
         "",
         "### VM targets (TCG): bound by the emulated guest, not by the device", "",
         "Under TCG every guest instruction (the guest kernel's vsock and virtio code, its copies,",

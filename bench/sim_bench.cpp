@@ -9,6 +9,8 @@
 //                                      SOCK_SEQPACKET messages, each checked whole
 //   bench_sim connect-host --count N   CONNECT -> OK -> close per second
 //   bench_sim connect-guest --count N  guest connect -> close per second
+//       both: [--parallel P]           P connections in flight (default 1: one
+//                                      at a time, a latency-bound figure)
 //   bench_sim idle --conns N           daemon VmRSS with N idle connections
 // Common: --daemon PATH --dir DIR [--daemon-wrapper "valgrind --tool=..."]
 //         [--ring split|packed]   the guest's virtqueue layout (packed: as
@@ -28,6 +30,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <sstream>
@@ -476,8 +479,10 @@ struct Bench {
 
   JsonLine connect_host() {
     const int count = options.integer("count", 10000);
+    const int parallel = parallel_option();
     guest.listen(kBasePort);
-    HostPeer peer(self, "connect", daemon.uds_path(), {"--count", std::to_string(count)});
+    HostPeer peer(self, "connect", daemon.uds_path(),
+                  {"--count", std::to_string(count), "--parallel", std::to_string(parallel)});
     std::atomic<bool> accept_failed{false};
     std::thread acceptor = accept_in_background(count, accept_failed, [](Stream& s) { s.close(); });
     peer.expect("ready");
@@ -487,28 +492,54 @@ struct Bench {
     peer.finish();
     if (accept_failed) fail("guest accept timed out");
     JsonLine out;
-    out.add("bench", "sim_connect_host").add("count", count).add("per_second", json_number(json, "per_second"));
+    out.add("bench", "sim_connect_host")
+        .add("count", count)
+        .add("parallel", parallel)
+        .add("per_second", json_number(json, "per_second"));
     return out;
+  }
+
+  // Connections in flight at once (connect-host, connect-guest): 1 measures
+  // one handshake's latency across three processes, more what the daemon can take.
+  int parallel_option() const {
+    const int parallel = options.integer("parallel", 1);
+    if (parallel < 1 || parallel > 1024) fail("--parallel takes 1..1024");
+    return parallel;
+  }
+
+  // The guest side of one connect-guest connection: the daemon answered with
+  // RESPONSE, not RST (the host peer closes at once, so it may be closing already).
+  static void check_guest_connect(Stream& s, int i) {
+    s.wait_established(Millis(5000));
+    if (s.state() == testing::StreamState::kConnecting || s.refused())
+      fail("guest connect " + std::to_string(i) + (s.refused() ? " refused" : " timed out"));
+    s.close();
   }
 
   JsonLine connect_guest() {
     const int count = options.integer("count", 10000);
     HostPeer peer(self, "accept", daemon.uds_path(), {"--count", std::to_string(count)});
     peer.expect("ready");
+    const auto parallel = static_cast<size_t>(parallel_option());
     const double t0 = now_seconds();
+    // A window of `parallel` requests, checked oldest first.
+    std::deque<Stream> in_flight;
+    int checked = 0;
     for (int i = 0; i < count; ++i) {
-      Stream s = guest.connect(kBasePort);
-      // The host peer closes at once, so the stream may already be closing:
-      // what counts is that the daemon answered with RESPONSE, not RST.
-      if (s.state() == testing::StreamState::kConnecting || s.refused())
-        fail("guest connect " + std::to_string(i) + (s.refused() ? " refused" : " timed out"));
-      s.close();
+      in_flight.push_back(guest.connect_async(kBasePort));
+      if (in_flight.size() < parallel) continue;
+      check_guest_connect(in_flight.front(), checked++);
+      in_flight.pop_front();
     }
+    for (; !in_flight.empty(); in_flight.pop_front()) check_guest_connect(in_flight.front(), checked++);
     const double elapsed = now_seconds() - t0;
     peer.expect("done");
     peer.finish();
     JsonLine out;
-    out.add("bench", "sim_connect_guest").add("count", count).add("per_second", count / elapsed);
+    out.add("bench", "sim_connect_guest")
+        .add("count", count)
+        .add("parallel", static_cast<int>(parallel))
+        .add("per_second", count / elapsed);
     return out;
   }
 

@@ -110,6 +110,67 @@ int hybrid_seqpacket_connect(const std::string& uds, uint32_t port, std::string&
   return -1;
 }
 
+// One CONNECT handshake in flight on a non-blocking socket (connect_parallel).
+struct PendingConnect {
+  int fd = -1;
+  size_t got = 0;
+  char reply[64] = {};
+};
+
+// Starts a non-blocking connection to the hybrid listener and sends its
+// CONNECT line (a dozen bytes: the socket buffer takes it whole).
+int start_hybrid_connect(int control, const std::string& uds, uint32_t port) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un addr = unix_address(uds);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    peer_fail(control, "connect " + uds + ": " + base::errno_text(errno));
+  const std::string request = "CONNECT " + std::to_string(port) + "\n";
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))
+    peer_fail(control, "sending CONNECT failed: " + base::errno_text(errno));
+  return fd;
+}
+
+// Reads what has arrived of the reply; true once the whole "OK <n>\n" line is
+// in (checked as hybrid_connect checks it).
+bool read_hybrid_reply(int control, PendingConnect& pending) {
+  while (pending.got == 0 || pending.reply[pending.got - 1] != '\n') {
+    ssize_t n = ::read(pending.fd, pending.reply + pending.got, sizeof(pending.reply) - pending.got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return false;
+    if (n <= 0 || pending.got + static_cast<size_t>(n) >= sizeof(pending.reply))
+      peer_fail(control, std::string("no OK line for CONNECT") + (n == 0 ? " (closed)" : ""));
+    pending.got += static_cast<size_t>(n);
+  }
+  if (pending.got < 4 || std::memcmp(pending.reply, "OK ", 3) != 0)
+    peer_fail(control, "bad handshake reply: " + std::string(pending.reply, pending.got - 1));
+  return true;
+}
+
+// `count` CONNECT -> OK -> close handshakes with `parallel` of them in flight.
+void connect_parallel(int control, const std::string& uds, int count, int parallel) {
+  std::vector<PendingConnect> slots(static_cast<size_t>(std::min(parallel, count)));
+  std::vector<pollfd> polls(slots.size());
+  int started = 0, finished = 0;
+  for (auto& slot : slots) {
+    slot.fd = start_hybrid_connect(control, uds, kBasePort);
+    ++started;
+  }
+  while (finished < count) {
+    for (size_t i = 0; i < slots.size(); ++i) polls[i] = {slots[i].fd, POLLIN, 0};
+    if (::poll(polls.data(), polls.size(), 20000) <= 0) peer_fail(control, "handshakes stalled");
+    for (size_t i = 0; i < slots.size(); ++i) {
+      if (slots[i].fd < 0 || polls[i].revents == 0 || !read_hybrid_reply(control, slots[i])) continue;
+      close(slots[i].fd);
+      ++finished;
+      slots[i] = PendingConnect{};
+      if (started < count) {
+        slots[i].fd = start_hybrid_connect(control, uds, kBasePort);
+        ++started;
+      }
+    }
+  }
+}
+
 void wait_go(int control) {
   std::string line;
   if (!read_line(control, line) || line != "go") _exit(1);
@@ -295,11 +356,17 @@ int run_host_peer(const Options& options) {
   } else if (role == "connect") {
     send_line(control, "ready");
     wait_go(control);
+    const int parallel = options.integer("parallel", 1);
+    if (parallel < 1 || parallel > 4096) fail("host-peer: --parallel takes 1..4096");
     const double t0 = now_seconds();
-    for (int i = 0; i < count; ++i) {
-      int fd = hybrid_connect(uds, kBasePort, error);
-      if (fd < 0) peer_fail(control, "connect " + std::to_string(i) + ": " + error);
-      close(fd);
+    if (parallel == 1) {
+      for (int i = 0; i < count; ++i) {
+        int fd = hybrid_connect(uds, kBasePort, error);
+        if (fd < 0) peer_fail(control, "connect " + std::to_string(i) + ": " + error);
+        close(fd);
+      }
+    } else {
+      connect_parallel(control, uds, count, parallel);
     }
     const double elapsed = now_seconds() - t0;
     char json[128];

@@ -26,7 +26,8 @@ bool read_line(int fd, std::string& line);
 //   recv          listen on <uds>_<5000+i>, accept --streams, read --bytes each (guest -> host)
 //   send          CONNECT 5000+i through <uds>, write --bytes each (host -> guest)
 //   rtt           CONNECT 5000, --count 1-byte round trips against the guest's echo
-//   connect       --count CONNECT 5000 -> OK -> close, back to back
+//   connect       --count CONNECT 5000 -> OK -> close, back to back, or with
+//                 --parallel N handshakes in flight (non-blocking, poll)
 //   accept        listen on <uds>_5000, accept and close --count connections
 //   seq-recv      listen SOCK_SEQPACKET on <uds>_5000, accept one, read --count messages of --io-size
 //   seq-send      CONNECT 5000 through <uds>_seqpacket, send --count messages of --io-size
