@@ -48,7 +48,7 @@ class UnixListener {
     // Bounds one readiness event, so a connection storm cannot starve the loop.
     int accepts_per_event = SocketAcceptor::kDefaultAcceptsPerEvent;
     std::chrono::milliseconds pause = SocketAcceptor::kDefaultPause;
-    // At most one "pausing the listener" warning per interval.
+    // At most one warning of each kind (pause, other accept error) per interval.
     std::chrono::milliseconds warning_interval = SocketAcceptor::kDefaultWarningInterval;
   };
 
