@@ -256,7 +256,9 @@ void EventLoop::dispatch_fd_events(int count) {
 }
 
 void EventLoop::run_once(std::chrono::milliseconds max_wait) {
-  int n = ::epoll_wait(epoll_fd_.get(), events_.data(), static_cast<int>(events_.size()), next_timeout_ms(max_wait));
+  int timeout = next_timeout_ms(max_wait);
+  if (timeout != 0 && idle_hook_ && idle_hook_()) timeout = 0;
+  int n = ::epoll_wait(epoll_fd_.get(), events_.data(), static_cast<int>(events_.size()), timeout);
   if (n < 0) {
     if (errno == EINTR) return;
     throw_errno("epoll_wait");

@@ -71,6 +71,12 @@ class EventLoop {
   void run_once(std::chrono::milliseconds max_wait = std::chrono::milliseconds(-1));
   // Loops until stop() is called (from any thread).
   void run();
+  // Busy polling (--poll-us): called on the loop thread whenever the loop is
+  // about to sleep in epoll_wait. Returning true makes that wait non-blocking:
+  // the hook watches something no fd signals (a virtqueue's avail ring), or
+  // it scheduled work. One hook per loop; an empty one removes it.
+  using IdleHook = std::function<bool()>;
+  void set_idle_hook(IdleHook hook) { idle_hook_ = std::move(hook); }
   void stop();
   [[nodiscard]] bool stopping() const { return stop_requested_.load(std::memory_order_acquire); }
 
@@ -145,6 +151,7 @@ class EventLoop {
   std::vector<DeferredTask*> scheduled_tasks_;
   std::vector<DeferredTask*> running_tasks_;  // kept to reuse its capacity
   std::vector<epoll_event> events_;
+  IdleHook idle_hook_;
   std::atomic<bool> stop_requested_{false};  // written by stop() from any thread
   BoundedMpscQueue<InlineTask> posted_;
   // Set by the first post() after a drain began: later posts skip the eventfd

@@ -26,6 +26,7 @@ class FakeQueue final : public virtio::Queue {
   void notify() override {}
   void disable_notifications() override {}
   void enable_notifications() override {}
+  void suppress_notifications() override {}
 
  private:
   virtio::QueueStats stats_;

@@ -421,6 +421,11 @@ void PackedQueue::disable_notifications() {
   if (!event_idx_) write_device_event(kEventFlagDisable);
 }
 
+void PackedQueue::suppress_notifications() {
+  // DISABLE holds whatever EVENT_IDX says: the driver reads the flags first.
+  if (configured() && !broken_) write_device_event(kEventFlagDisable);
+}
+
 void PackedQueue::enable_notifications() {
   if (!configured() || broken_) return;
   write_device_event(event_idx_ ? kEventFlagDesc : kEventFlagEnable);

@@ -72,6 +72,7 @@ class PackedQueue final : public Queue {
   void notify() override;
   void disable_notifications() override;
   void enable_notifications() override;
+  void suppress_notifications() override;
 
   // The decision notify() acts on (driver event suppression: ENABLE, DISABLE
   // or DESC with EVENT_IDX), public for tests. Call once per flush.

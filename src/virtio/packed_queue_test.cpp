@@ -304,6 +304,20 @@ TEST_F(PackedQueueTest, DeviceEventSuppressionFollowsKickSuppression) {
   EXPECT_EQ(ring_->device_event_off_wrap(), 0);
 }
 
+TEST_F(PackedQueueTest, SuppressedNotificationsDisableKicksEvenWithEventIdx) {
+  for (const uint64_t features :
+       {kFeatureVersion1 | kFeatureRingPacked, kFeatureVersion1 | kFeatureRingPacked | kFeatureEventIdx}) {
+    start(4, features);
+    queue_.suppress_notifications();
+    EXPECT_EQ(ring_->device_event_flags(), kEventDisable);
+    // Published while kicks are off; enabling and re-checking must find it.
+    ring_->add_chain({{kPackedData, 8}}, 0);
+    queue_.enable_notifications();
+    EXPECT_EQ(ring_->device_event_flags(), (features & kFeatureEventIdx) != 0 ? kEventDesc : kEventEnable);
+    EXPECT_TRUE(queue_.has_available());
+  }
+}
+
 TEST_F(PackedQueueTest, RingStateRoundTripsAndNotifyOnEmptyOverridesSuppression) {
   start(16, kFeatureVersion1 | kFeatureRingPacked | kFeatureNotifyOnEmpty);
   queue_.set_ring_state(0x00058007);  // avail at 7 wrap 1, used at 5 wrap 0

@@ -133,6 +133,11 @@ class Queue {
   // re-check has_available() to close the race with the driver.
   virtual void disable_notifications() = 0;
   virtual void enable_notifications() = 0;
+  // Busy polling (--poll-us): asks the driver for no kick at all, not even
+  // for its next buffer, because the device watches the ring itself. Unlike
+  // disable_notifications() this also holds with EVENT_IDX. Ended by
+  // enable_notifications(), after which has_available() must be re-checked.
+  virtual void suppress_notifications() = 0;
 
  protected:
   Queue() = default;

@@ -42,6 +42,7 @@ class OneChainQueue final : public Queue {
   }
   void disable_notifications() override {}
   void enable_notifications() override {}
+  void suppress_notifications() override {}
 
   base::UniqueFd call_fd;
 

@@ -332,6 +332,19 @@ void SplitQueue::disable_notifications() {
   if (!event_idx_) write_used_flags(used_flags_ | kUsedFlagNoNotify);
 }
 
+void SplitQueue::suppress_notifications() {
+  if (!configured() || broken_) return;
+  if (event_idx_) {
+    // The driver kicks when its avail idx moves past avail_event (virtio 1.2
+    // §2.7.10). One behind what we consumed is behind anything it can
+    // publish, so it never passes it within 2^16 buffers.
+    store_le16(used_ + kUsedRingOffset + kUsedElemSize * size_t{size_}, static_cast<uint16_t>(next_avail_ - 1),
+               __ATOMIC_RELAXED);
+  } else {
+    write_used_flags(used_flags_ | kUsedFlagNoNotify);
+  }
+}
+
 void SplitQueue::enable_notifications() {
   if (!configured() || broken_) return;
   if (event_idx_) {

@@ -62,6 +62,7 @@ class SplitQueue final : public Queue {
   void notify() override;
   void disable_notifications() override;
   void enable_notifications() override;
+  void suppress_notifications() override;
 
   // The decision notify() acts on, public for tests: after flush_used(),
   // whether the call fd is to be written, i.e. the driver wants an interrupt

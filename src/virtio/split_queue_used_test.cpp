@@ -214,6 +214,46 @@ TEST_F(SplitQueueTest, NotificationSuppressionWithEventIdx) {
   EXPECT_TRUE(queue_.has_available());  // the re-check after enabling sees the third
 }
 
+// The driver's kick rule with EVENT_IDX (virtio 1.2 §2.7.10, Linux's
+// vring_need_event): kick when the avail idx moved from `old_idx` past `event`.
+bool driver_kicks(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
+  return static_cast<uint16_t>(new_idx - event - 1) < static_cast<uint16_t>(new_idx - old_idx);
+}
+
+TEST_F(SplitQueueTest, SuppressedNotificationsStopEveryKickUntilEnabled) {
+  start(8);
+  queue_.suppress_notifications();
+  EXPECT_EQ(ring_->used_flags(), 1);  // VRING_USED_F_NO_NOTIFY
+  queue_.enable_notifications();
+  EXPECT_EQ(ring_->used_flags(), 0);
+
+  // With EVENT_IDX, disable_notifications() leaves avail_event where enable
+  // put it, so the next buffer still kicks; a poller must stop that one too.
+  start(8, kFeatureVersion1 | kFeatureEventIdx);
+  queue_.enable_notifications();  // avail_event 0: the first buffer kicks
+  EXPECT_TRUE(driver_kicks(ring_->avail_event(), 1, 0));
+  queue_.suppress_notifications();
+  EXPECT_EQ(ring_->used_flags(), 0);  // flags are not used with EVENT_IDX
+  for (uint16_t published = 1; published <= 8; ++published) {
+    EXPECT_FALSE(driver_kicks(ring_->avail_event(), published, static_cast<uint16_t>(published - 1))) << published;
+  }
+  for (uint16_t i = 0; i < 3; ++i) {
+    ring_->set_desc(i, kData, 4);
+    ring_->make_available(i);
+  }
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(queue_.pop(chain_), PopStatus::kChain);
+  queue_.suppress_notifications();  // still none, after the consumed ones
+  EXPECT_FALSE(driver_kicks(ring_->avail_event(), 4, 3));
+  EXPECT_FALSE(driver_kicks(ring_->avail_event(), 9, 3)) << "not even for a large batch";
+  // The race the re-check closes: the driver publishes a buffer while kicks
+  // are suppressed (it does not kick), then the device enables them.
+  ring_->set_desc(3, kData, 4);
+  ring_->make_available(3);
+  queue_.enable_notifications();
+  EXPECT_EQ(ring_->avail_event(), 3);
+  EXPECT_TRUE(queue_.has_available()) << "the re-check after enabling finds the buffer that did not kick";
+}
+
 TEST_F(SplitQueueTest, ConfigureValidates) {
   ring_ = std::make_unique<DriverRing>(memory_, 8, kDesc, kAvail, kUsed);
   SplitQueue q;

@@ -111,6 +111,7 @@ Muxer::Impl::Impl(base::EventLoop& loop, MuxerOptions options)
       router_(loop, router_options(options_), stats_,
               Router::Wakeups{[this] { pump_.schedule_rx(); }, [this] { pump_.schedule_tx(); }}) {
   router_.set_pending_host_peers([this] { return pending_host_peers(); });
+  pump_.enable_busy_poll(options_.limits.busy_poll);
   if (options_.forward) {
     open_forward_listeners();
   } else if (!options_.uds_path.empty()) {

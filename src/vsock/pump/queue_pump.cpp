@@ -15,7 +15,8 @@ constexpr size_t kMaxTurnsPerPass = 256;
 }  // namespace
 
 QueuePump::QueuePump(base::EventLoop& loop, Router& router, MuxerStats& stats)
-    : router_(router),
+    : loop_(loop),
+      router_(router),
       stats_(stats),
       rx_task_(loop, [this] { process_rx(); }),
       tx_task_(loop, [this] { process_tx(); }),
@@ -27,6 +28,7 @@ void QueuePump::attach(uint16_t index, virtio::Queue& queue) {
   if (index >= queues_.size()) return;
   queues_[index] = &queue;
   queue.enable_notifications();
+  (index == kTxQueue ? poll_.tx_kicks_suppressed : poll_.rx_kicks_suppressed) = false;
   // Work may have piled up while the queue was away.
   if (index == kRxQueue) schedule_rx();
   if (index == kTxQueue) schedule_tx();
@@ -62,11 +64,13 @@ void QueuePump::process_tx() {
       break;
     }
     if (result == TxRound::kBackpressure) break;  // notifications stay off: the router's Wakeups::tx resumes
+    if (poll_.polling) break;                     // kicks stay suppressed: the busy poll watches the ring
     queue->enable_notifications();
     if (queue->broken() || !queue->has_available()) break;
     if (round + 1 == kMaxTxRounds) schedule_tx();  // the guest keeps adding: yield, come back
   }
   if (used_any) queue->notify();
+  note_pass(used_any);
   schedule_rx();
 }
 
@@ -149,7 +153,9 @@ bool QueuePump::take_control_chain(RxPass& pass) {
 
 void QueuePump::finish_rx_pass(RxPass& pass) {
   if (rx_used_any_) pass.queue.notify();
-  if (pass.rx_empty) {
+  note_pass(rx_used_any_);
+  rx_starved_ = pass.rx_empty;
+  if (pass.rx_empty && !poll_.polling) {  // while polling, the busy poll watches the ring
     // Out of buffers: ask the guest to kick when it adds some (with
     // EVENT_IDX this moves avail_event), then close the race with a re-check.
     pass.queue.enable_notifications();

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
@@ -26,8 +27,19 @@ class QueuePump {
   static constexpr uint16_t kTxQueue = 1;
 
   QueuePump(base::EventLoop& loop, Router& router, MuxerStats& stats);
+  ~QueuePump();
   QueuePump(const QueuePump&) = delete;
   QueuePump& operator=(const QueuePump&) = delete;
+
+  // Busy polling (--poll-us; queue_pump_poll.cpp). After a pass that moved
+  // chains, the loop does not sleep for up to `window`: between non-blocking
+  // epoll_waits (host sockets are still served) it looks at the avail rings
+  // itself, with the guest's kicks suppressed, and runs a pass when buffers
+  // appear. Each pass that moves chains restarts the window; when it runs
+  // out, kicks are enabled again and the rings re-checked before the loop
+  // sleeps. Nothing is polled without running rings or after an idle pass,
+  // so an idle VM costs no CPU. Installs the loop's idle hook; call once.
+  void enable_busy_poll(std::chrono::microseconds window);
 
   void attach(uint16_t index, virtio::Queue& queue);
   void detach(uint16_t index);
@@ -86,6 +98,29 @@ class QueuePump {
   size_t complete_rx_chains(virtio::Queue& queue, Connection& conn, size_t got, size_t popped, bool message = false);
   void return_unused_rx_chains(virtio::Queue& queue, const RxBatch& batch, size_t used_chains);
 
+  // ---- Busy polling ----
+  // The loop's idle hook: true while the loop must not sleep.
+  bool poll_when_idle();
+  // Schedules a pass for each ring with buffers to take; true if any.
+  bool schedule_available(virtio::Queue& tx, virtio::Queue* rx);
+  // An attached queue whose ring runs (configured, not broken), else nullptr.
+  [[nodiscard]] virtio::Queue* running_queue(uint16_t index) const;
+  // Every pass reports whether it moved chains. (While polling, passes
+  // leave kicks suppressed: the poller enables them before the loop sleeps.)
+  void note_pass(bool moved_chains) { poll_.worked = poll_.worked || moved_chains; }
+  struct BusyPoll {
+    std::chrono::microseconds window{0};  // 0: off
+    std::chrono::steady_clock::time_point deadline;
+    bool polling = false;  // inside a window: the loop does not sleep
+    bool worked = false;   // a pass moved chains since the hook last looked
+    // By the poller in this window (attach() enables them again).
+    bool tx_kicks_suppressed = false;
+    bool rx_kicks_suppressed = false;
+  };
+
+  base::EventLoop& loop_;
+  BusyPoll poll_;
+  bool rx_starved_ = false;  // the last RX pass ran out of RX chains with packets still owed
   Router& router_;
   MuxerStats& stats_;
   std::array<virtio::Queue*, 2> queues_{};

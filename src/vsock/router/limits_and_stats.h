@@ -26,6 +26,9 @@ struct MuxerLimits {
   // 0: off, the first RST closes it.
   std::chrono::milliseconds connect_wait{0};
   size_t max_connect_line = 64;  // bytes, newline included
+  // Busy polling (--poll-us): how long the worker keeps watching the rings,
+  // kicks suppressed, after a pass that moved chains. 0: off, sleep at once.
+  std::chrono::microseconds busy_poll{0};
 };
 
 struct MuxerStats {
@@ -47,6 +50,8 @@ struct MuxerStats {
   uint64_t orphan_rsts_dropped = 0;  // RST replies lost to a full queue: 0 (TX backpressure); a tripwire
   uint64_t rx_passes = 0;            // RX scheduling passes run (wake-ups of the RX path)
   uint64_t tx_passes = 0;            // TX passes run (each drains the ring up to a budget)
+  uint64_t busy_poll_windows = 0;    // --poll-us: polling windows begun (each after a pass that moved chains)
+  uint64_t busy_poll_finds = 0;      // --poll-us: passes scheduled because polling found buffers (no kick needed)
   uint64_t messages_refused = 0;     // seqpacket host messages that can never fit the guest (connection reset)
   // For the metrics endpoint (daemon --metrics): where connections came from,
   // why they were reset, and how often host data waited for guest credit.
