@@ -29,7 +29,7 @@ constexpr const char* kDescription =
 constexpr const char* kVmHelp =
     "One VM as comma-separated key=value pairs; repeat for more VMs. Keys (spelled with '-' or '_'): guest-cid, "
     "socket, uds-path, forward-cid, forward-listen, tx-buffer-size, tx-memory-limit, queue-size, groups, "
-    "connect-wait. Example: --vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock or "
+    "connect-wait, poll-us. Example: --vm guest-cid=3,socket=/run/vm3.sock,uds-path=/run/vm3.vsock or "
     "--vm guest-cid=4,socket=/run/vm4.sock,forward-cid=1,forward-listen=9001+9002";
 
 // Values are taken as text and parsed by config.cpp, so every form reports
@@ -43,7 +43,7 @@ struct RawFlags {
   std::string log_format = "text";
   std::string metrics;
   bool metrics_allow_remote = false;
-  std::string max_connections, handshake_timeout, request_timeout, shutdown_timeout;
+  std::string max_connections, handshake_timeout, request_timeout, shutdown_timeout, poll_us;
   std::string seccomp, user;
 };
 
@@ -64,6 +64,7 @@ struct Options {
   CLI::Option* handshake_timeout;
   CLI::Option* request_timeout;
   CLI::Option* shutdown_timeout;
+  CLI::Option* poll_us;
   CLI::Option* seccomp;
   CLI::Option* user;
   CLI::Option* metrics;
@@ -157,6 +158,12 @@ Options define_options(CLI::App& app, RawFlags& raw) {
                                       "ms the guest has to close after a full shutdown before it is reset "
                                       "(default 2000)")
                            ->type_name("MS");
+  o.poll_us = app.add_option("--poll-us", raw.poll_us,
+                             bounded_help("After work, keep polling the virtqueues for this many µs, guest kicks "
+                                          "suppressed, before sleeping: lower latency and fewer guest kicks for a "
+                                          "busier worker thread; per VM: the poll-us key",
+                                          "0 (off)", kMaxPollUs))
+                  ->type_name("US");
   // "--seccomp" alone means kill; "--seccomp=log" picks the mode.
   o.seccomp = app.add_option("--seccomp", raw.seccomp,
                              "After binding its sockets, confine the daemon to the syscalls it needs (seccomp); any "
@@ -205,6 +212,15 @@ RuntimeOptions parse_runtime(const Options& o, const RawFlags& raw, ConfigErrors
   parse_timeout(o.handshake_timeout, raw.handshake_timeout, &runtime.handshake_timeout, errors);
   parse_timeout(o.request_timeout, raw.request_timeout, &runtime.request_timeout, errors);
   parse_timeout(o.shutdown_timeout, raw.shutdown_timeout, &runtime.shutdown_timeout, errors);
+  if (o.poll_us->count() > 0) {
+    uint64_t value = 0;
+    std::string error;
+    if (parse_unsigned(raw.poll_us, kMaxPollUs, &value, &error)) {
+      runtime.poll_us = static_cast<uint32_t>(value);
+    } else {
+      errors->push_back({"--poll-us", error});
+    }
+  }
   return runtime;
 }
 

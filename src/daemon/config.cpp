@@ -25,7 +25,7 @@ namespace {
 
 constexpr std::string_view kKnownKeys =
     "guest-cid, socket, uds-path, forward-cid, forward-listen, tx-buffer-size, tx-memory-limit, queue-size, groups, "
-    "connect-wait";
+    "connect-wait, poll-us";
 // A config file is a handful of lines; refuse to slurp something huge by mistake.
 constexpr std::streamsize kMaxConfigFileBytes = 1 << 20;
 
@@ -44,7 +44,7 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
   const std::string field = vm_field(*vm, key);
   if (key != "guest_cid" && key != "socket" && key != "uds_path" && key != "tx_buffer_size" &&
       key != "tx_memory_limit" && key != "queue_size" && key != "groups" && key != "connect_wait" &&
-      key != "forward_cid" && key != "forward_listen") {
+      key != "forward_cid" && key != "forward_listen" && key != "poll_us") {
     errors->push_back({vm_field(*vm, ""), fmt::format("unknown key '{}' (known keys: {})", key, kKnownKeys)});
     return false;
   }
@@ -73,6 +73,12 @@ bool apply_vm_key(VmConfig* vm, const std::string& key, std::string_view value, 
       return false;
     }
     (key == "guest_cid" ? vm->guest_cid : vm->tx_memory_limit) = number;
+  } else if (key == "poll_us") {
+    if (!parse_unsigned(value, kMaxPollUs, &number, &error)) {
+      errors->push_back({field, error});
+      return false;
+    }
+    vm->poll_us = static_cast<uint32_t>(number);
   } else if (key == "tx_buffer_size" || key == "queue_size" || key == "connect_wait") {
     if (!parse_unsigned(value, std::numeric_limits<uint32_t>::max(), &number, &error)) {
       errors->push_back({field, error});
@@ -219,6 +225,9 @@ void check_runtime(const RuntimeOptions& runtime, ConfigErrors* errors) {
   if (runtime.max_connections < 1 || runtime.max_connections > kMaxMaxConnections) {
     errors->push_back({"--max-connections", fmt::format("{} is out of range (must be >= 1 and <= {})",
                                                         runtime.max_connections, kMaxMaxConnections)});
+  }
+  if (runtime.poll_us > kMaxPollUs) {
+    errors->push_back({"--poll-us", fmt::format("{} is out of range (must be <= {})", runtime.poll_us, kMaxPollUs)});
   }
   const std::pair<const char*, std::chrono::milliseconds> timeouts[] = {
       {"--handshake-timeout", runtime.handshake_timeout},

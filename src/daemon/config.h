@@ -38,6 +38,9 @@ inline constexpr size_t kMaxUdsPathLength = kMaxUnixPathLength - kPortSuffixLeng
 inline constexpr uint32_t kDefaultMaxConnections = 16384;  // the product promises >= 10,000 per VM
 inline constexpr uint32_t kMaxMaxConnections = 1 << 20;
 inline constexpr std::chrono::milliseconds kMaxTimeout{3'600'000};
+// --poll-us: a worker busy-polls for at most a second after work (ours; no
+// vhost-device-vsock equivalent). More buys nothing but burnt CPU.
+inline constexpr uint32_t kMaxPollUs = 1'000'000;
 
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError };
 // --log-format: human text, or one JSON object per line (journald, log shippers).
@@ -64,6 +67,9 @@ struct VmConfig {
   // a host AF_VSOCK listener (VMADDR_CID_ANY, P) whose connections go to guest port P.
   std::optional<uint32_t> forward_cid;
   std::vector<uint32_t> forward_listen;
+  // Busy polling (ours): µs to keep watching the rings after work; unset:
+  // the global --poll-us.
+  std::optional<uint32_t> poll_us;
 
   VmSource source = VmSource::kFlags;
   size_t index = 0;  // position in --vm order or in the YAML vms list
@@ -79,6 +85,9 @@ struct RuntimeOptions {
   std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds request_timeout{2000};
   std::chrono::milliseconds shutdown_timeout{2000};
+  // --poll-us: µs a worker keeps polling its rings after work; 0: off (the
+  // default), it sleeps until a kick or a socket wakes it.
+  uint32_t poll_us = 0;
 };
 
 // What a forbidden syscall does under --seccomp: kill the whole process

@@ -22,6 +22,7 @@ std::vector<std::string> changed_vm_keys(const VmConfig& before, const VmConfig&
   check(before.groups != after.groups, "groups");
   check(before.forward_cid != after.forward_cid, "forward_cid");
   check(before.forward_listen != after.forward_listen, "forward_listen");
+  check(before.poll_us != after.poll_us, "poll_us");
   // A field added to VmConfig without a name above still counts as a change.
   VmConfig same_place = after;
   same_place.source = before.source;

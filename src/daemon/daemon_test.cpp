@@ -95,6 +95,11 @@ TEST(MuxerLimits, ComeFromTheVmAndRuntimeOptions) {
   EXPECT_EQ(limits.handshake_timeout, 11ms);
   EXPECT_EQ(limits.request_timeout, 22ms);
   EXPECT_EQ(limits.shutdown_timeout, 33ms);
+  EXPECT_EQ(limits.busy_poll.count(), 0) << "--poll-us is off by default";
+  runtime.poll_us = 50;
+  EXPECT_EQ(muxer_limits(vm, runtime).busy_poll.count(), 50);
+  vm.poll_us = 0;  // the VM's own poll-us key wins
+  EXPECT_EQ(muxer_limits(vm, runtime).busy_poll.count(), 0);
 }
 
 // Runs the daemon on `config` until the VMs `served` have both sockets bound,

@@ -28,6 +28,7 @@ vsock::MuxerLimits muxer_limits(const VmConfig& vm, const RuntimeOptions& runtim
   limits.handshake_timeout = runtime.handshake_timeout;
   limits.request_timeout = runtime.request_timeout;
   limits.shutdown_timeout = runtime.shutdown_timeout;
+  limits.busy_poll = std::chrono::microseconds(vm.poll_us.value_or(runtime.poll_us));
   return limits;
 }
 
@@ -50,6 +51,12 @@ VmWorker::VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCal
     device_.reset();
     muxer_.reset();  // unlinks uds-path again
     throw std::runtime_error(startup_error(vm_.guest_cid, "vhost-user socket", vm_.socket_path, e.what()));
+  }
+  if (const uint32_t poll_us = vm_.poll_us.value_or(runtime.poll_us); poll_us > 0) {
+    spdlog::info(
+        "vm cid={} busy polling on (poll-us {}): after work the worker watches its virtqueues for up to {} us, "
+        "guest kicks suppressed, before it sleeps",
+        vm_.guest_cid, poll_us, poll_us);
   }
 }
 
