@@ -90,8 +90,8 @@ TEST_P(BusyPollTest, TransfersStayIntactAndRoundTripsNeedFewerGuestKicks) {
   const Measured polling = run({"--poll-us", "1000"});
   EXPECT_NE(daemon().log().find("busy polling on (poll-us 1000)"), std::string::npos) << "the start log says so";
   std::cout << "guest kicks, default -> --poll-us 1000: per 1-byte round trip " << sleeping.kicks_per_round_trip
-            << " -> " << polling.kicks_per_round_trip << "; per MiB guest->host " << sleeping.kicks_per_mib_up
-            << " -> " << polling.kicks_per_mib_up << ", host->guest " << sleeping.kicks_per_mib_down << " -> "
+            << " -> " << polling.kicks_per_round_trip << "; per MiB guest->host " << sleeping.kicks_per_mib_up << " -> "
+            << polling.kicks_per_mib_up << ", host->guest " << sleeping.kicks_per_mib_down << " -> "
             << polling.kicks_per_mib_down << "\n";
   // Asleep, the device asks for a kick for each request; polling, it sees
   // the next request within the window and the guest need not kick (here

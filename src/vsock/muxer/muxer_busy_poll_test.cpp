@@ -57,9 +57,7 @@ class BusyPollTest : public ::testing::TestWithParam<bool> {
   }
   // One guest packet the device must take and answer (a connect nobody
   // listens for: RST), published without a kick.
-  void publish_request() {
-    h->queue_tx(h->guest_header(Op::kRequest, next_port_++, 4321), {});
-  }
+  void publish_request() { h->queue_tx(h->guest_header(Op::kRequest, next_port_++, 4321), {}); }
   [[nodiscard]] bool guest_would_kick() const {
     return h->tx_ring().device_wants_kick(static_cast<uint16_t>(h->tx_ring().avail_idx() - 1));
   }
