@@ -301,6 +301,15 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
   // closed and the guest has not read yet. Credit still bounds the guest.
   if (host_write_closed_) return GuestPacketVerdict::kOk;
   if (is_seqpacket()) return accept_message_part(payload, len, ends_message);
+  if (defer_host_writes_ && tx_buffer_.empty() && host_writable_) {
+    deferred_bytes_ += len;
+    return GuestPacketVerdict::kOk;
+  }
+  forward_to_host(payload, len);
+  return GuestPacketVerdict::kOk;
+}
+
+void Connection::forward_to_host(std::span<const iovec> payload, uint32_t len) {
   size_t written = 0;
   // Order: once bytes are buffered, new bytes queue behind them.
   if (tx_buffer_.empty() && host_writable_) {
@@ -310,7 +319,7 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
     if (result.status == HostEndpoint::SendStatus::kGone) {
       if (written > 0) after_forwarded(static_cast<uint32_t>(written));
       on_host_write_closed();
-      return GuestPacketVerdict::kOk;
+      return;
     }
   }
   if (written > 0) after_forwarded(static_cast<uint32_t>(written));
@@ -320,7 +329,19 @@ GuestPacketVerdict Connection::accept_guest_data(std::span<const iovec> payload,
     tx_buffer_.append(payload, written, len - written);
     if (host_writable_) flush_tx();
   }
-  return GuestPacketVerdict::kOk;
+}
+
+// The checks accept_guest_data() makes, for data that would go straight out.
+bool Connection::would_forward_at_once(const PacketHeader& header) const {
+  return header.operation() == Op::kRw && state_ == ConnectionState::kEstablished && !is_seqpacket() &&
+         header.len > 0 && (guest_shutdown_ & kShutdownSend) == 0 && header.len <= guest_credit() && host_->is_open() &&
+         !host_write_closed_ && tx_buffer_.empty() && host_writable_;
+}
+
+void Connection::send_deferred(std::span<const iovec> payload) {
+  const uint32_t len = deferred_bytes_;
+  deferred_bytes_ = 0;
+  if (len > 0) forward_to_host(payload, len);
 }
 
 void Connection::on_guest_shutdown(uint32_t flags) {

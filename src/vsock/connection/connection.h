@@ -132,6 +132,19 @@ class Connection {
   // connection. Violations reset the connection (state kDead, RST pending).
   GuestPacketVerdict on_guest_packet(const PacketHeader& header, std::span<const iovec> payload);
 
+  // ---- gathered writes (streams) ----
+  // A TX pass writes one connection's consecutive RW payloads with one call.
+  // True if this RW would be accepted and written straight to the host, so
+  // that holding its write back to the end of the run changes nothing else.
+  [[nodiscard]] bool would_forward_at_once(const PacketHeader& header) const;
+  // While set, such data is only accounted (deferred_bytes()); the caller
+  // keeps the payloads and hands them to send_deferred() before anything else
+  // happens to this connection.
+  void defer_host_writes(bool on) { defer_host_writes_ = on; }
+  [[nodiscard]] uint32_t deferred_bytes() const { return deferred_bytes_; }
+  // `payload`: exactly the deferred bytes, in order.
+  void send_deferred(std::span<const iovec> payload);
+
   // ---- host endpoint ----
   // Readiness of the host endpoint: records readability, flushes the TX
   // buffer when writable and notices a fully closed peer.
@@ -203,6 +216,8 @@ class Connection {
   GuestPacketVerdict accept_guest_data(std::span<const iovec> payload, uint32_t len, uint32_t flags);
   // kSeqpacket (connection_seqpacket.cpp): collect a message up to EOM, send it whole.
   GuestPacketVerdict accept_message_part(std::span<const iovec> payload, uint32_t len, bool ends_message);
+  // Writes what it can and buffers the rest (streams).
+  void forward_to_host(std::span<const iovec> payload, uint32_t len);
   void flush_tx_messages();
   // Everything the host can be sent now has been (a partial message waits for its EOM).
   [[nodiscard]] bool flushed() const { return is_seqpacket() ? tx_messages_.empty() : tx_buffer_.empty(); }
@@ -270,6 +285,9 @@ class Connection {
   bool host_write_closed_ = false;
   bool host_write_shut_ = false;  // we shut the host endpoint's send side
   bool credit_request_sent_ = false;
+
+  bool defer_host_writes_ = false;
+  uint32_t deferred_bytes_ = 0;
 
   bool holds_budget_ = false;
   uint32_t hold_ = 0;  // bytes counted in params_.budget for us

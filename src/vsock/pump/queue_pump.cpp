@@ -75,6 +75,16 @@ void QueuePump::process_tx() {
 }
 
 QueuePump::TxRound QueuePump::drain_tx_round(virtio::Queue& queue, uint64_t walk_limit, bool& used_any) {
+  const TxRound result = route_tx_chains(queue, walk_limit, used_any);
+  // The router may still hold payloads of these chains for one write per
+  // connection: they go out before the guest may reuse the buffers.
+  router_.flush_gathered();
+  for (const uint16_t id : routed_chains_) queue.add_used(id, 0);
+  routed_chains_.clear();
+  return result;
+}
+
+QueuePump::TxRound QueuePump::route_tx_chains(virtio::Queue& queue, uint64_t walk_limit, bool& used_any) {
   // Looked up once: neither the size nor where the stats live changes under the router.
   const size_t size = queue.size();
   const virtio::QueueStats& stats = queue.stats();
@@ -93,7 +103,7 @@ QueuePump::TxRound QueuePump::drain_tx_round(virtio::Queue& queue, uint64_t walk
       queue.unpop(1);  // a sibling's channel is full: the packet waits in the ring
       return TxRound::kBackpressure;
     }
-    queue.add_used(tx_chain_.id(), 0);
+    routed_chains_.push_back(tx_chain_.id());
     if (queues_[kTxQueue] != &queue) return TxRound::kDetached;
   }
   return TxRound::kDrained;

@@ -61,6 +61,7 @@ class QueuePump {
   enum class TxRound { kDrained, kOutOfBudget, kBackpressure, kDetached };
   void process_tx();
   TxRound drain_tx_round(virtio::Queue& queue, uint64_t walk_limit, bool& used_any);
+  TxRound route_tx_chains(virtio::Queue& queue, uint64_t walk_limit, bool& used_any);
 
   // ---- RX ----
   struct RxPass {
@@ -130,6 +131,7 @@ class QueuePump {
 
   // Reused on every pass so the data path does not allocate.
   virtio::DescriptorChain tx_chain_;
+  std::vector<uint16_t> routed_chains_;  // this round's, returned once their payloads are written
   static constexpr size_t kMaxRxBatch = 64;
   std::vector<virtio::DescriptorChain> rx_chains_;
   std::array<size_t, kMaxRxBatch> rx_chain_capacity_{};

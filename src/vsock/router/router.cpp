@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <stdexcept>
+#include <utility>
 
 #include "base/errno_text.h"
 
@@ -61,6 +63,12 @@ void Router::note_invalid_tx_chain() {
 bool Router::route_guest_packet(std::span<const iovec> readable, size_t readable_bytes) {
   const TxParseStatus status = parse_tx_packet(readable, tx_packet_);
   const PacketHeader& header = tx_packet_.header;
+  // Only another well-formed RW to the host may join the gathered writes;
+  // anything else sees them written first, in the order the guest sent them.
+  if (gather_owner_ != nullptr &&
+      (status != TxParseStatus::kOk || header.operation() != Op::kRw || header.dst_cid != kCidHost)) {
+    flush_gathered();
+  }
   if (status == TxParseStatus::kShortHeader) {
     ++stats_.dropped_malformed;
     warn_guest("TX chain with {} readable bytes, no room for a header", readable_bytes);
@@ -129,10 +137,45 @@ void Router::route_parsed_packet(const PacketHeader& header, std::span<const iov
     return;
   }
   if (op == Op::kRst && retry_connect_later(*connection)) return;
+  if (gather_guest_data(*connection, header, payload)) return;
   mutate(*connection, [&](Connection& conn) {
     const ConnectionState before = conn.state();
     count_guest_verdict(*connection, header, before, conn.on_guest_packet(header, payload));
   });
+}
+
+bool Router::gather_guest_data(RoutedConnection& connection, const PacketHeader& header,
+                               std::span<const iovec> payload) {
+  if (gather_owner_ != nullptr && (gather_owner_ != &connection || gather_.size() + payload.size() > IOV_MAX)) {
+    flush_gathered();
+  }
+  if (!connection.conn.would_forward_at_once(header)) {
+    flush_gathered();  // whatever this packet does to the connection comes after the bytes before it
+    return false;
+  }
+  const uint32_t deferred_before = connection.conn.deferred_bytes();
+  mutate(connection, [&](Connection& conn) {
+    conn.defer_host_writes(true);
+    const ConnectionState before = conn.state();
+    count_guest_verdict(connection, header, before, conn.on_guest_packet(header, payload));
+    conn.defer_host_writes(false);
+  });
+  // The check above mirrors accept_guest_data(); should they ever disagree,
+  // the packet was handled the ordinary way and there is nothing to hold.
+  if (connection.conn.deferred_bytes() != deferred_before + header.len) return true;
+  for (const iovec& iov : payload) gather_.push_back(iov);
+  gather_owner_ = &connection;
+  ++gathered_packets_;
+  return true;
+}
+
+void Router::flush_gathered() {
+  RoutedConnection* owner = std::exchange(gather_owner_, nullptr);
+  if (owner == nullptr) return;
+  stats_.guest_writes_gathered += gathered_packets_ - 1;
+  gathered_packets_ = 0;
+  mutate(*owner, [&](Connection& conn) { conn.send_deferred(gather_.span()); });
+  gather_.clear();
 }
 
 bool Router::retry_connect_later(RoutedConnection& connection) {
@@ -326,6 +369,13 @@ RoutedConnection& Router::insert(std::unique_ptr<RoutedConnection> owned) {
 }
 
 void Router::erase(RoutedConnection& connection) {
+  // Not expected (every other packet or event flushes first), but its
+  // deferred bytes were accepted: they go out before the socket closes.
+  if (gather_owner_ == &connection) {
+    gather_owner_ = nullptr;
+    connection.conn.send_deferred(gather_.span());
+    gather_.clear();
+  }
   timers_.cancel(connection);
   if (connection.was_established) {
     log_info("local={} peer={} connection closed", connection.conn.local_port(), connection.conn.peer_port());

@@ -80,6 +80,10 @@ class Router {
   // stops; Wakeups::tx comes once the sibling made room.
   [[nodiscard]] bool route_guest_packet(std::span<const iovec> readable, size_t readable_bytes);
   void note_invalid_tx_chain();
+  // Consecutive RW packets of one connection in a TX pass are written to its
+  // host socket with one call: their payloads stay in guest memory until this
+  // runs, so the pump calls it before it returns the pass's chains.
+  void flush_gathered();
 
   // ---- host -> guest (the RX pass) ----
   // Whether a control packet is owed (per-connection ones first, then RSTs
@@ -174,6 +178,9 @@ class Router {
   // Connect-wait: a guest RST to our REQUEST arms a retry instead (true) while
   // the connection's wait lasts.
   bool retry_connect_later(RoutedConnection& connection);
+  // Routes an RW the connection would write at once by deferring its write
+  // into gather_; false (nothing done) when it cannot be deferred.
+  bool gather_guest_data(RoutedConnection& connection, const PacketHeader& header, std::span<const iovec> payload);
   void count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
                            GuestPacketVerdict verdict);
   // The cold part of count_guest_verdict (every verdict but kOk): counts and logs.
@@ -218,6 +225,10 @@ class Router {
   bool tx_waits_for_rx_ = false;
 
   TxPacket tx_packet_;  // reused for every guest packet: the data path does not allocate
+  // The connection whose deferred RW payloads gather_ holds (see flush_gathered()).
+  RoutedConnection* gather_owner_ = nullptr;
+  base::IovecList gather_;
+  size_t gathered_packets_ = 0;  // packets in gather_
 
   // Sibling VMs (null self: none configured).
   SiblingHub::Member* sibling_self_ = nullptr;
