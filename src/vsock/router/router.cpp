@@ -164,16 +164,15 @@ bool Router::gather_guest_data(RoutedConnection& connection, const PacketHeader&
   // the packet was handled the ordinary way and there is nothing to hold.
   if (connection.conn.deferred_bytes() != deferred_before + header.len) return true;
   for (const iovec& iov : payload) gather_.push_back(iov);
+  // The run was flushed above unless it is this connection's.
+  if (gather_owner_ == &connection) ++stats_.guest_writes_gathered;
   gather_owner_ = &connection;
-  ++gathered_packets_;
   return true;
 }
 
 void Router::flush_gathered() {
   RoutedConnection* owner = std::exchange(gather_owner_, nullptr);
   if (owner == nullptr) return;
-  stats_.guest_writes_gathered += gathered_packets_ - 1;
-  gathered_packets_ = 0;
   mutate(*owner, [&](Connection& conn) { conn.send_deferred(gather_.span()); });
   gather_.clear();
 }

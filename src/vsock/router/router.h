@@ -228,7 +228,6 @@ class Router {
   // The connection whose deferred RW payloads gather_ holds (see flush_gathered()).
   RoutedConnection* gather_owner_ = nullptr;
   base::IovecList gather_;
-  size_t gathered_packets_ = 0;  // packets in gather_
 
   // Sibling VMs (null self: none configured).
   SiblingHub::Member* sibling_self_ = nullptr;
