@@ -87,6 +87,16 @@ void add_siblings(Families& f, const std::string& cid, const vsock::MuxerStats& 
             m.sibling_tx_stalls);
 }
 
+// --poll-us: stay 0 while busy polling is off.
+void add_busy_poll(Families& f, const std::string& cid, const vsock::MuxerStats& m) {
+  f.counter("vhost_user_vsock_busy_poll_windows_total",
+            "Busy polling: windows begun (--poll-us; each after a pass that moved packets)", with(cid),
+            m.busy_poll_windows);
+  f.counter("vhost_user_vsock_busy_poll_finds_total",
+            "Busy polling: queue passes started because it found guest buffers (no kick needed)", with(cid),
+            m.busy_poll_finds);
+}
+
 void add_failures(Families& f, const std::string& cid, const vsock::MuxerStats& m) {
   const std::string resets = "vhost_user_vsock_resets_total";
   const char* resets_help = "Connections reset or refused, by reason";
@@ -149,6 +159,7 @@ void add_vm(Families& f, const VmSnapshot& vm) {
   add_failures(f, cid, m);
   add_siblings(f, cid, m);
   add_queues(f, cid, vm);
+  add_busy_poll(f, cid, m);
   f.gauge("vhost_user_vsock_frontend_connected", "1 while a vhost-user front-end (QEMU) is connected", with(cid),
           vm.frontend_connected() ? 1 : 0);
   f.counter("vhost_user_vsock_frontends_accepted_total", "vhost-user front-end connections accepted", with(cid),

@@ -22,6 +22,9 @@ VmSnapshot busy_vm(uint64_t cid) {
   vm.muxer.resets_timeout = 4;
   vm.muxer.credit_stalls = 6;
   vm.muxer.dropped_bad_address = 8;
+  vm.muxer.guest_writes_gathered = 15;
+  vm.muxer.busy_poll_windows = 16;
+  vm.muxer.busy_poll_finds = 17;
   vm.server.frontends_accepted = 1;
   vm.queues[kRxQueue] = {11, 12};
   vm.queues[kTxQueue] = {13, 14};
@@ -46,6 +49,9 @@ TEST(ExpositionTest, EveryNamedSeriesIsThereWithItsCidAndValue) {
   EXPECT_EQ(parsed.value("vhost_user_vsock_resets_total", {{"cid", "3"}, {"reason", "credit_violation"}}), 0);
   EXPECT_EQ(parsed.value("vhost_user_vsock_credit_stalls_total", cid), 6);
   EXPECT_EQ(parsed.value("vhost_user_vsock_dropped_total", {{"cid", "3"}, {"reason", "bad_address"}}), 8);
+  EXPECT_EQ(parsed.value("vhost_user_vsock_guest_writes_gathered_total", cid), 15);
+  EXPECT_EQ(parsed.value("vhost_user_vsock_busy_poll_windows_total", cid), 16);
+  EXPECT_EQ(parsed.value("vhost_user_vsock_busy_poll_finds_total", cid), 17);
   EXPECT_EQ(parsed.value("vhost_user_vsock_frontend_connected", cid), 1);
   EXPECT_EQ(
       parsed.value("vhost_user_vsock_queue_notifications_total", {{"cid", "3"}, {"queue", "rx"}, {"kind", "kick"}}),
@@ -58,6 +64,12 @@ TEST(ExpositionTest, EveryNamedSeriesIsThereWithItsCidAndValue) {
       0);
   EXPECT_EQ(parsed.types.at("vhost_user_vsock_bytes_total"), "counter");
   EXPECT_EQ(parsed.types.at("vhost_user_vsock_connections_active"), "gauge");
+  EXPECT_EQ(parsed.types.at("vhost_user_vsock_busy_poll_windows_total"), "counter");
+  EXPECT_EQ(parsed.types.at("vhost_user_vsock_busy_poll_finds_total"), "counter");
+  // The reader keeps no HELP lines: look for them in the text.
+  for (const char* name : {"vhost_user_vsock_busy_poll_windows_total", "vhost_user_vsock_busy_poll_finds_total"}) {
+    EXPECT_NE(text.find(std::string("# HELP ") + name + " Busy"), std::string::npos) << name << "\n" << text;
+  }
 }
 
 TEST(ExpositionTest, SeveralVmsShareOneFamilyEachAndASilentVmIsDown) {
