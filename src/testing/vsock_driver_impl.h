@@ -101,6 +101,7 @@ struct GuestVsockDriver::Impl {
   std::condition_variable cv;
   std::thread io_thread;
   base::UniqueFd wake_fd;
+  base::UniqueFd epoll_fd;  // call fds and wake_fd, edge-triggered
   bool stopping = false;
   bool running = false;
   bool rx_paused = false;
@@ -128,6 +129,7 @@ struct GuestVsockDriver::Impl {
 
   // --- vsock_driver.cpp: rings and plumbing (mu held) ---
   void setup_buffers();
+  void watch_interrupts();
   void io_loop();
   void process_used();
   void refill_rx();
