@@ -85,8 +85,8 @@ GuestVsockDriver::GuestVsockDriver(const std::string& vhost_socket, GuestOptions
   const size_t qs = options_.queue_size;
   size_t ram_size = options_.ram_size;
   if (ram_size == 0) {
-    const size_t rings = 2 * (26 * qs + 64) + 2 * qs * 16 * 5;  // rings + indirect tables
-    const size_t rx = qs * align_up(vsock::kHeaderSize + options_.rx_buffer_size, 16);
+    const size_t rings = 2 * (26 * qs + 64) + 2 * qs * 16 * 5;                              // rings + indirect tables
+    const size_t rx = 2 * qs * align_up(vsock::kHeaderSize + options_.rx_buffer_size, 16);  // ring + spare
     const size_t tx = qs * align_up(vsock::kHeaderSize + options_.tx_max_payload, 16);
     ram_size = align_up(rings + rx + tx + (1 << 20), 1 << 21);
   }
@@ -131,15 +131,17 @@ void GuestVsockDriver::Impl::setup_buffers() {
   const size_t qs = options.queue_size;
   rx_slot_of_head.assign(qs, -1);
   tx_slot_of_head.assign(qs, -1);
-  for (size_t i = 0; i < qs; ++i) {
+  // The ring holds at most qs RX buffers; as many again are spares that
+  // streams keep until read (Linux allocates a fresh buffer for each one it
+  // queues on a socket), so holding them never leaves the ring short.
+  spare_rx_slots = static_cast<uint32_t>(qs);
+  for (size_t i = 0; i < qs + spare_rx_slots; ++i) {
     rx_slots.push_back(ram->alloc(vsock::kHeaderSize + options.rx_buffer_size, 16));
-    tx_slots.push_back(ram->alloc(vsock::kHeaderSize + options.tx_max_payload, 16));
   }
+  for (size_t i = 0; i < qs; ++i) tx_slots.push_back(ram->alloc(vsock::kHeaderSize + options.tx_max_payload, 16));
   // Handed out from the back: slot 0 first.
-  for (size_t i = qs; i-- > 0;) {
-    free_rx_slots.push_back(static_cast<uint32_t>(i));
-    free_tx_slots.push_back(static_cast<uint32_t>(i));
-  }
+  for (size_t i = rx_slots.size(); i-- > 0;) free_rx_slots.push_back(static_cast<uint32_t>(i));
+  for (size_t i = qs; i-- > 0;) free_tx_slots.push_back(static_cast<uint32_t>(i));
 }
 
 void GuestVsockDriver::Impl::stop_io_thread(std::unique_lock<std::mutex>& lock) {
@@ -250,8 +252,8 @@ void GuestVsockDriver::Impl::process_used() {
         violation("RX used element for head " + std::to_string(used->id) + " we never published");
         continue;
       }
-      handle_rx_buffer(static_cast<uint32_t>(slot), used->len);
-      free_rx_slots.push_back(static_cast<uint32_t>(slot));
+      if (!handle_rx_buffer(static_cast<uint32_t>(slot), used->len))
+        free_rx_slots.push_back(static_cast<uint32_t>(slot));
     }
     if (rx_ring->bad_used_ids() != bad_rx_before) violation("device returned an unknown or stale RX used id");
     refill_rx();
@@ -279,11 +281,11 @@ void GuestVsockDriver::Impl::refill_rx() {
   }
 }
 
-void GuestVsockDriver::Impl::handle_rx_buffer(uint32_t slot, uint32_t used_len) {
+bool GuestVsockDriver::Impl::handle_rx_buffer(uint32_t slot, uint32_t used_len) {
   const size_t capacity = vsock::kHeaderSize + options.rx_buffer_size;
   if (used_len < vsock::kHeaderSize) {
     violation("RX used len " + std::to_string(used_len) + " is shorter than a header");
-    return;
+    return false;
   }
   if (used_len > capacity) {
     violation("RX used len " + std::to_string(used_len) + " exceeds the buffer (" + std::to_string(capacity) + ")");
@@ -297,7 +299,7 @@ void GuestVsockDriver::Impl::handle_rx_buffer(uint32_t slot, uint32_t used_len) 
   if (header.len > room) {
     violation("RX packet len " + std::to_string(header.len) + " exceeds the " + std::to_string(room) +
               " bytes written: " + vsock::describe(header));
-    return;
+    return false;
   }
   if (header.len != room) {
     violation("RX used len " + std::to_string(used_len) + " != header + payload: " + vsock::describe(header));
@@ -307,7 +309,32 @@ void GuestVsockDriver::Impl::handle_rx_buffer(uint32_t slot, uint32_t used_len) 
   if (options.capture_packets && captured.size() < kMaxCaptured) {
     captured.push_back({header, std::string(payload.begin(), payload.end())});
   }
-  handle_packet(header, payload);
+  return handle_packet(header, payload, slot);
+}
+
+size_t GuestVsockDriver::Impl::read_stream(Connection& conn, std::span<uint8_t> out) {
+  return conn.rx.pop(
+      out, [this](uint32_t slot) { return held_payload(slot); }, [this](uint32_t slot) { release_held(slot); });
+}
+
+size_t GuestVsockDriver::Impl::drop_stream_rx(Connection& conn) {
+  uint8_t sink[4096];
+  size_t dropped = 0;
+  while (!conn.rx.empty()) dropped += read_stream(conn, sink);
+  return dropped;
+}
+
+void GuestVsockDriver::Impl::unhold_stream_rx(Connection& conn) {
+  conn.rx.unhold([this](uint32_t slot) { return held_payload(slot); }, [this](uint32_t slot) { release_held(slot); });
+}
+
+const uint8_t* GuestVsockDriver::Impl::held_payload(uint32_t slot) const {
+  return ram->host(rx_slots[slot], vsock::kHeaderSize + options.rx_buffer_size) + vsock::kHeaderSize;
+}
+
+void GuestVsockDriver::Impl::release_held(uint32_t slot) {
+  --held_rx_slots;
+  free_rx_slots.push_back(slot);
 }
 
 // ---------------------------------------------------------------------------
@@ -448,6 +475,7 @@ std::string GuestVsockDriver::debug_state() const {
   out += "rx: " + s.rx_ring->describe() + "\n";
   out += "tx: " + s.tx_ring->describe() + "\n";
   out += "free rx slots=" + std::to_string(s.free_rx_slots.size()) +
+         " held rx slots=" + std::to_string(s.held_rx_slots) + "/" + std::to_string(s.spare_rx_slots) +
          " free tx slots=" + std::to_string(s.free_tx_slots.size()) +
          " pending control=" + std::to_string(s.pending.size()) + " rx_paused=" + std::to_string(s.rx_paused) +
          " running=" + std::to_string(s.running) + "\n";

@@ -3,6 +3,7 @@
 // Everything here is guarded by Impl::mu.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -21,32 +22,77 @@ namespace vhost_vsock::testing {
 
 using Clock = std::chrono::steady_clock;
 
-// A FIFO of bytes with amortised O(1) append and pop-front.
-class ByteQueue {
+// A stream's received bytes in arrival order. Linux queues each received
+// packet's buffer on the socket and copies it out once, in recvmsg
+// (virtio_transport_recv_enqueue, virtio_transport_stream_do_dequeue), while
+// fresh buffers refill the ring; so here a chunk is normally the RX buffer the
+// device filled (`slot`), kept off the ring until it has been read. Small
+// payloads are copied into an owned chunk, as Linux copies packets of up to
+// GOOD_COPY_LEN bytes into the previous buffer instead of queueing a whole
+// buffer for them, and so are larger ones once every spare RX buffer is held.
+struct RxChunk {
+  int32_t slot = -1;   // the RX buffer's slot, or -1: the bytes are in `owned`
+  uint32_t begin = 0;  // first unread byte, in the slot's payload or in `owned`
+  uint32_t end = 0;
+  std::vector<uint8_t> owned;
+};
+
+class RxQueue {
  public:
-  [[nodiscard]] size_t size() const { return data_.size() - begin_; }
-  [[nodiscard]] bool empty() const { return size() == 0; }
-  void append(std::span<const uint8_t> bytes) {
-    if (begin_ > 0 && begin_ >= data_.size() / 2) {
-      data_.erase(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(begin_));
-      begin_ = 0;
-    }
-    data_.insert(data_.end(), bytes.begin(), bytes.end());
+  static constexpr size_t kOwnedChunkBytes = 4096;  // a Linux RX buffer
+
+  [[nodiscard]] size_t size() const { return size_; }
+  [[nodiscard]] bool empty() const { return size_ == 0; }
+  void push_held(uint32_t slot, uint32_t len) {
+    chunks_.push_back({static_cast<int32_t>(slot), 0, len, {}});
+    size_ += len;
   }
-  size_t pop(std::span<uint8_t> out) {
-    const size_t n = std::min(out.size(), size());
-    if (n > 0) std::memcpy(out.data(), data_.data() + begin_, n);
-    begin_ += n;
-    if (begin_ == data_.size()) {
-      data_.clear();
-      begin_ = 0;
+  void push_copy(std::span<const uint8_t> bytes) {
+    if (bytes.empty()) return;
+    if (chunks_.empty() || chunks_.back().slot >= 0 || chunks_.back().owned.size() + bytes.size() > kOwnedChunkBytes) {
+      chunks_.emplace_back();
     }
-    return n;
+    RxChunk& tail = chunks_.back();
+    tail.owned.insert(tail.owned.end(), bytes.begin(), bytes.end());
+    tail.end = static_cast<uint32_t>(tail.owned.size());
+    size_ += bytes.size();
+  }
+  // Copies out up to out.size() bytes. `payload_of(slot)` gives a held
+  // buffer's payload; `release(slot)` is called once it has been read.
+  template <typename PayloadOf, typename Release>
+  size_t pop(std::span<uint8_t> out, PayloadOf payload_of, Release release) {
+    size_t done = 0;
+    while (done < out.size() && !chunks_.empty()) {
+      RxChunk& chunk = chunks_.front();
+      const uint8_t* bytes = chunk.slot >= 0 ? payload_of(static_cast<uint32_t>(chunk.slot)) : chunk.owned.data();
+      const size_t n = std::min<size_t>(out.size() - done, chunk.end - chunk.begin);
+      std::memcpy(out.data() + done, bytes + chunk.begin, n);
+      chunk.begin += static_cast<uint32_t>(n);
+      done += n;
+      if (chunk.begin == chunk.end) {
+        if (chunk.slot >= 0) release(static_cast<uint32_t>(chunk.slot));
+        chunks_.pop_front();
+      }
+    }
+    size_ -= done;
+    return done;
+  }
+  // Every held buffer's unread bytes become an owned copy and the buffer is
+  // released: for a connection that leaves the table with data unread.
+  template <typename PayloadOf, typename Release>
+  void unhold(PayloadOf payload_of, Release release) {
+    for (RxChunk& chunk : chunks_) {
+      if (chunk.slot < 0) continue;
+      const uint8_t* bytes = payload_of(static_cast<uint32_t>(chunk.slot));
+      chunk.owned.assign(bytes + chunk.begin, bytes + chunk.end);
+      release(static_cast<uint32_t>(chunk.slot));
+      chunk = RxChunk{-1, 0, static_cast<uint32_t>(chunk.owned.size()), std::move(chunk.owned)};
+    }
   }
 
  private:
-  std::vector<uint8_t> data_;
-  size_t begin_ = 0;
+  std::deque<RxChunk> chunks_;
+  size_t size_ = 0;
 };
 
 // A whole seqpacket message, as received (EOR: the sender marked a record end).
@@ -67,7 +113,7 @@ struct Connection {
   uint32_t local_shutdown = 0;  // SHUTDOWN flags we sent
   // Receive side: our credit. A stream's bytes queue in `rx`; a seqpacket's
   // whole messages in `messages`, the one still missing its EOM in `partial`.
-  ByteQueue rx;
+  RxQueue rx;
   std::deque<ReceivedMessage> messages;
   std::string partial;
   size_t message_bytes = 0;        // in `messages` and `partial`
@@ -107,7 +153,11 @@ struct GuestVsockDriver::Impl {
   bool rx_paused = false;
 
   // Packet buffers: each slot is [44-byte header][payload], contiguous.
+  // RX has spare_rx_slots more than the ring can hold, which streams keep
+  // (held_rx_slots of them) until their data is read; see RxQueue.
   std::vector<uint64_t> rx_slots;
+  uint32_t spare_rx_slots = 0;
+  uint32_t held_rx_slots = 0;
   std::vector<uint32_t> free_rx_slots;
   std::vector<int32_t> rx_slot_of_head;
   std::vector<uint64_t> tx_slots;
@@ -133,7 +183,15 @@ struct GuestVsockDriver::Impl {
   void io_loop();
   void process_used();
   void refill_rx();
-  void handle_rx_buffer(uint32_t slot, uint32_t used_len);
+  // True when a stream kept the buffer (it is freed once read).
+  bool handle_rx_buffer(uint32_t slot, uint32_t used_len);
+  // A stream's queued bytes: copied out, or dropped (read_stream with out empty
+  // is a no-op; drop_stream_rx returns how many were dropped).
+  size_t read_stream(Connection& conn, std::span<uint8_t> out);
+  size_t drop_stream_rx(Connection& conn);
+  void unhold_stream_rx(Connection& conn);
+  [[nodiscard]] const uint8_t* held_payload(uint32_t slot) const;
+  void release_held(uint32_t slot);
   // Publishes one packet if a TX buffer is free; false otherwise.
   bool publish_tx(const vsock::PacketHeader& header, std::span<const uint8_t> payload);
   [[nodiscard]] bool tx_buffer_available() const;
@@ -144,12 +202,14 @@ struct GuestVsockDriver::Impl {
   void stop_io_thread(std::unique_lock<std::mutex>& lock);
 
   // --- vsock_stream.cpp: protocol (mu held) ---
-  void handle_packet(const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  // `rx_slot` holds the packet; true when a stream kept it (RxQueue).
+  bool handle_packet(const vsock::PacketHeader& header, std::span<const uint8_t> payload, uint32_t rx_slot);
   // handle_packet's parts: false (and a violation) unless host -> this guest, STREAM.
   [[nodiscard]] bool addressed_to_us(const vsock::PacketHeader& header);
   void handle_packet_without_connection(const vsock::PacketHeader& header, vsock::Op op);
   void handle_packet_while_connecting(Connection& conn, const vsock::PacketHeader& header, vsock::Op op);
-  void receive_data(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload);
+  bool receive_data(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload,
+                    uint32_t rx_slot);
   void receive_message_part(Connection& conn, const vsock::PacketHeader& header, std::span<const uint8_t> payload);
   // Sends `data` in RW packets within the peer's credit; a message (even an
   // empty one) ends with a packet carrying `last_flags`. False on timeout,

@@ -16,6 +16,9 @@ using vsock::PacketHeader;
 // Linux sends a CREDIT_UPDATE after a read once the peer's view of our free
 // space drops below one maximum packet.
 constexpr uint32_t kCreditUpdateThreshold = vsock::kMaxPacketPayload;
+// Linux copies RW payloads up to this size into the previous queued buffer
+// rather than queueing a whole RX buffer for them (virtio_transport_recv_enqueue).
+constexpr size_t kGoodCopyLen = 128;
 constexpr uint32_t kShutdownBoth = vsock::kShutdownRcv | vsock::kShutdownSend;
 
 }  // namespace
@@ -80,6 +83,7 @@ void GuestVsockDriver::Impl::maybe_send_credit_update(Connection& conn) {
 
 void GuestVsockDriver::Impl::mark_closed(Connection& conn) {
   conn.state = StreamState::kClosed;
+  unhold_stream_rx(conn);  // unread bytes stay readable, but hold no spare RX buffer
   if (conn.in_table) {
     connections.erase({conn.local_port, conn.peer_port});
     conn.in_table = false;
@@ -121,30 +125,30 @@ uint32_t GuestVsockDriver::Impl::allocate_local_port() {
 
 // Dispatch of one packet from the device: addressing checks, then by
 // connection state (none, connecting, open) and, when open, by op.
-void GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span<const uint8_t> payload) {
-  if (!addressed_to_us(header)) return;
+bool GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span<const uint8_t> payload,
+                                           uint32_t rx_slot) {
+  if (!addressed_to_us(header)) return false;
   const Op op = header.operation();
   if (!payload.empty() && op != Op::kRw) violation("payload on a non-RW packet: " + vsock::describe(header));
 
   auto it = connections.find({header.dst_port, header.src_port});
   if (it == connections.end()) {
     handle_packet_without_connection(header, op);
-    return;
+    return false;
   }
   std::shared_ptr<Connection> conn = it->second;  // keeps it alive past mark_closed
   if (header.type != conn->type) {
     reset_unexpected(*conn, header, "of the other socket type");  // Linux resets on a type mismatch
-    return;
+    return false;
   }
   update_peer_credit(*conn, header);
   if (conn->state == StreamState::kConnecting) {
     handle_packet_while_connecting(*conn, header, op);
-    return;
+    return false;
   }
   switch (op) {
     case Op::kRw:
-      receive_data(*conn, header, payload);
-      break;
+      return receive_data(*conn, header, payload, rx_slot);
     case Op::kCreditUpdate:
       ++stats.credit_updates_received;
       break;
@@ -164,6 +168,7 @@ void GuestVsockDriver::Impl::handle_packet(const PacketHeader& header, std::span
       reset_unexpected(*conn, header, "on an open stream");
       break;
   }
+  return false;
 }
 
 bool GuestVsockDriver::Impl::addressed_to_us(const PacketHeader& header) {
@@ -219,8 +224,8 @@ void GuestVsockDriver::Impl::handle_packet_while_connecting(Connection& conn, co
   }
 }
 
-void GuestVsockDriver::Impl::receive_data(Connection& conn, const PacketHeader& header,
-                                          std::span<const uint8_t> payload) {
+bool GuestVsockDriver::Impl::receive_data(Connection& conn, const PacketHeader& header,
+                                          std::span<const uint8_t> payload, uint32_t rx_slot) {
   conn.rx_cnt += header.len;
   stats.bytes_received += header.len;
   if (conn.type == static_cast<uint16_t>(vsock::SocketType::kStream) && header.flags != 0) {
@@ -238,9 +243,14 @@ void GuestVsockDriver::Impl::receive_data(Connection& conn, const PacketHeader& 
     conn.fwd_cnt += header.len;
   } else if (conn.type == static_cast<uint16_t>(vsock::SocketType::kSeqpacket)) {
     receive_message_part(conn, header, payload);
+  } else if (payload.size() > kGoodCopyLen && held_rx_slots < spare_rx_slots) {
+    conn.rx.push_held(rx_slot, header.len);  // read out of the RX buffer once, in recv
+    ++held_rx_slots;
+    return true;
   } else {
-    conn.rx.append(payload);
+    conn.rx.push_copy(payload);
   }
+  return false;
 }
 
 void GuestVsockDriver::Impl::receive_shutdown(Connection& conn, const PacketHeader& header) {
@@ -372,7 +382,7 @@ size_t Stream::recv_into(std::span<uint8_t> out, Millis timeout) {
   s.cv.wait_for(lock, timeout, [&] {
     return !c.rx.empty() || c.state == StreamState::kClosed || (c.peer_shutdown & vsock::kShutdownSend);
   });
-  const size_t n = c.rx.pop(out);
+  const size_t n = s.read_stream(c, out);
   if (n == 0) return 0;
   c.fwd_cnt += static_cast<uint32_t>(n);
   if (c.state == StreamState::kEstablished) {
@@ -446,8 +456,7 @@ void Stream::close() {
       s.send_control(c, Op::kShutdown, kShutdownBoth);
     }
     // Unread data is discarded; the peer is told it was consumed.
-    std::vector<uint8_t> sink(c.rx.size());
-    c.fwd_cnt += static_cast<uint32_t>(c.rx.pop(sink));
+    c.fwd_cnt += static_cast<uint32_t>(s.drop_stream_rx(c));
     c.fwd_cnt += static_cast<uint32_t>(c.message_bytes);
     c.message_bytes = 0;
     c.messages.clear();
