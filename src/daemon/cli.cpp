@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "daemon/sandbox.h"
+#include "virtio/queue.h"
 
 #ifndef VUV_VERSION
 #define VUV_VERSION "unknown"
@@ -122,10 +123,10 @@ void define_single_vm_options(CLI::App& app, RawFlags& raw, Options& o) {
                                      "Guest->host credit of all connections of a VM together; windows shrink towards "
                                      "a floor when it runs short (default: --max-connections x 64 KiB)")
                           ->type_name("BYTES");
-  o.queue_size =
-      app.add_option("--queue-size", raw.queue_size,
-                     bounded_help("Largest vring size accepted, a power of two", kDefaultQueueSize, kMaxQueueSize))
-          ->type_name("N");
+  o.queue_size = app.add_option("--queue-size", raw.queue_size,
+                                bounded_help("Largest vring size accepted, a power of two", kDefaultQueueSize,
+                                             virtio::kMaxQueueSize))
+                     ->type_name("N");
   o.groups = app.add_option("--groups", raw.groups,
                             "Sibling-VM groups joined by '+' (default \"default\"); VMs sharing one reach each other")
                  ->type_name("NAME[+NAME...]");

@@ -18,6 +18,7 @@
 
 #include "base/bits.h"
 #include "base/errno_text.h"
+#include "virtio/queue.h"
 #include "vsock/connection/credit_budget.h"
 
 namespace vhost_vsock::daemon {
@@ -481,10 +482,10 @@ void validate_vm(const VmConfig& vm, ConfigErrors* errors) {
     errors->push_back({vm_field(vm, "connect_wait"), fmt::format("{} is out of range (must be <= {} ms; 0 is off)",
                                                                  vm.connect_wait_ms, kMaxTimeout.count())});
   }
-  if (vm.queue_size == 0 || vm.queue_size > kMaxQueueSize || !base::is_power_of_two(vm.queue_size)) {
+  if (vm.queue_size == 0 || vm.queue_size > virtio::kMaxQueueSize || !base::is_power_of_two(vm.queue_size)) {
     errors->push_back(
         {vm_field(vm, "queue_size"),
-         fmt::format("{} is invalid (must be a power of two between 1 and {})", vm.queue_size, kMaxQueueSize)});
+         fmt::format("{} is invalid (must be a power of two between 1 and {})", vm.queue_size, virtio::kMaxQueueSize)});
   }
   if (vm.groups.empty()) {
     errors->push_back({vm_field(vm, "groups"), "must name at least one group"});

@@ -27,7 +27,6 @@ inline constexpr uint32_t kMaxTxBufferSize = 64 * 1024 * 1024;
 // --tx-memory-limit: guest->host bytes one VM may promise all its connections together.
 inline constexpr uint64_t kMaxTxMemoryLimit = uint64_t{1} << 40;
 inline constexpr uint32_t kDefaultQueueSize = 1024;
-inline constexpr uint32_t kMaxQueueSize = 32768;  // virtio::kMaxQueueSize (split ring limit)
 inline constexpr std::string_view kDefaultGroup = "default";
 using base::kMaxUnixPathLength;  // 107: sun_path holds 108 bytes with the NUL
 // The device listens on uds-path and connects to "<uds-path>_<port>" with a

@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "virtio/queue.h"
+
 namespace vhost_vsock::daemon {
 namespace {
 
@@ -43,7 +45,7 @@ VmWorker::VmWorker(const VmConfig& vm, const RuntimeOptions& runtime, FailureCal
     if (vm_.forward_cid) throw std::runtime_error(fmt::format("vm cid={}: {}", vm_.guest_cid, e.what()));
     throw std::runtime_error(startup_error(vm_.guest_cid, "uds-path", vm_.uds_path, e.what()));
   }
-  const auto max_queue_size = static_cast<uint16_t>(std::min<uint32_t>(vm_.queue_size, kMaxQueueSize));
+  const auto max_queue_size = static_cast<uint16_t>(std::min<uint32_t>(vm_.queue_size, virtio::kMaxQueueSize));
   device_ = std::make_unique<VsockDevice>(*muxer_, vm_.guest_cid, max_queue_size);
   try {
     server_ = std::make_unique<vhost_user::Server>(loop_, vm_.socket_path, *device_);
