@@ -9,6 +9,7 @@
 
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -152,6 +153,7 @@ class Connection {
   [[nodiscard]] bool tx_buffered() const { return !tx_buffer_.empty(); }
   [[nodiscard]] size_t tx_buffered_bytes() const { return tx_buffer_.size(); }
   [[nodiscard]] bool tx_buffer_allocated() const { return tx_buffer_.allocated(); }
+  [[nodiscard]] size_t tx_buffer_capacity() const { return tx_buffer_.capacity(); }
   // Guest bytes the host has not read yet: our TX buffer plus what the host
   // endpoint reports unread. Falls as the host reads; 0 once closed.
   [[nodiscard]] size_t host_backlog() const;
@@ -241,8 +243,13 @@ class Connection {
   // Gives the budget back what is no longer promised or stored.
   void release_unneeded();
   void leave_budget();
-  // Sizes the TX buffer to the promise before bytes are appended.
-  void size_tx_buffer() { tx_buffer_.set_capacity(static_cast<size_t>(owed_to_guest()) + kUncountedReserve); }
+  // Sizes the TX buffer before bytes are appended: to the whole window last
+  // advertised, which the budget already holds, not just to what is still owed
+  // (smaller once bytes were forwarded since); the next CREDIT_UPDATE owes the
+  // guest that whole window again, and growing then would move every held byte.
+  void size_tx_buffer() {
+    tx_buffer_.set_capacity(static_cast<size_t>(std::max(owed_to_guest(), advertised_buf_alloc_)) + kUncountedReserve);
+  }
   void advertise_if_guest_out_of_credit();
   void maybe_finish_guest_send_side();
   // kConnectingToHost: `connected` answers the guest, a failure resets.

@@ -165,6 +165,32 @@ TEST_F(Fixture, BlockedHostSocketBuffersInOrderAndFlushesOnEpollout) {
   EXPECT_TRUE(conn->pending_control() & control::kCreditUpdate);  // 2500 >= buf_alloc / 2
 }
 
+// Bytes forwarded since the last advertisement make what is still owed
+// smaller than the window; the next CREDIT_UPDATE owes the whole window again.
+// Sized to the window from the start, the buffer never has to grow (and move
+// every held byte) when that update goes out.
+TEST_F(Fixture, TxBufferIsSizedToTheAdvertisedWindowSoACreditUpdateDoesNotRegrowIt) {
+  auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
+  ASSERT_EQ(conn->make_header(Op::kCreditUpdate).buf_alloc, kBufAlloc);
+  ASSERT_EQ(send_rw(*conn, pattern(1000, 1)), GuestPacketVerdict::kOk);  // straight to the socket
+  ASSERT_EQ(conn->fwd_cnt(), 1000u);
+  const size_t junk = fill_socket(device_fd);
+  ASSERT_EQ(send_rw(*conn, pattern(1500, 2)), GuestPacketVerdict::kOk);
+  ASSERT_TRUE(conn->tx_buffer_allocated());
+  const size_t capacity = conn->tx_buffer_capacity();
+  EXPECT_EQ(capacity, size_t{kBufAlloc} + Connection::kUncountedReserve);
+  EXPECT_EQ(conn->make_header(Op::kCreditUpdate).buf_alloc, kBufAlloc);
+  EXPECT_EQ(conn->tx_buffer_capacity(), capacity);
+  EXPECT_EQ(conn->tx_buffered_bytes(), 1500u);
+  std::vector<uint8_t> received;
+  while (received.size() < 1000 + junk + 1500) {
+    auto chunk = read_host();
+    if (chunk.empty()) conn->on_host_events(epoll(EPOLLOUT));
+    received.insert(received.end(), chunk.begin(), chunk.end());
+  }
+  EXPECT_EQ(std::vector<uint8_t>(received.end() - 1500, received.end()), pattern(1500, 2));
+}
+
 TEST_F(Fixture, CreditViolationResetsInsteadOfDropping) {
   auto conn = make(ConnectionState::kEstablished, 0, /*tiny_socket=*/true);
   fill_socket(device_fd);
