@@ -205,13 +205,14 @@ void GuestVsockDriver::Impl::watch_interrupts() {
 
 void GuestVsockDriver::Impl::io_loop() {
   std::unique_lock lock(mu);
+  bool wake_waiters = false;
   while (!stopping) {
     lock.unlock();
-    // Waiters are woken once per pass, after the lock is released, so that a
-    // woken application thread does not preempt us only to block on the
-    // mutex (Linux wakes socket readers with a sync wake-up, which does not
-    // preempt the waker).
-    cv.notify_all();
+    // Waiters are woken after the lock is released, so that a woken
+    // application thread does not preempt us only to block on the mutex
+    // (Linux wakes socket readers with a sync wake-up, which does not preempt
+    // the waker).
+    if (wake_waiters) cv.notify_all();
     epoll_event events[3];
     const int ready = ::epoll_wait(epoll_fd.get(), events, 3, kFallbackPollMs);
     lock.lock();
@@ -221,14 +222,21 @@ void GuestVsockDriver::Impl::io_loop() {
       if (events[i].data.u32 == 1) ++stats.tx_interrupts;
     }
     if (ready == 0 && ((!rx_paused && rx_ring->has_used()) || tx_ring->has_used())) ++stats.used_found_on_timeout;
-    process_used();
-    check_close_timers();
+    wake_waiters = process_used();
+    wake_waiters = check_close_timers() || wake_waiters || stats_waiters > 0;
   }
 }
 
-void GuestVsockDriver::Impl::process_used() {
+// Whether a waiter may have something to do: as in Linux, where a socket's
+// reader or writer is woken by a packet for it (sk_data_ready, or
+// sk_write_space when it brings credit) and reaping TX completions wakes
+// nobody (virtio_transport_tx_work), only a thread waiting for a TX buffer is
+// woken for a TX-only pass.
+bool GuestVsockDriver::Impl::process_used() {
   // TX first: it frees buffers for the control packets RX may generate.
   const uint64_t bad_tx_before = tx_ring->bad_used_ids();
+  const size_t free_tx_before = free_tx_slots.size();
+  bool rx_reaped = false;
   while (auto used = tx_ring->pop_used()) {
     const int32_t slot = tx_slot_of_head[used->id];
     tx_slot_of_head[used->id] = -1;
@@ -246,6 +254,7 @@ void GuestVsockDriver::Impl::process_used() {
     for (uint32_t budget = rx_ring->size(); budget > 0; --budget) {
       auto used = rx_ring->pop_used();
       if (!used) break;
+      rx_reaped = true;
       const int32_t slot = rx_slot_of_head[used->id];
       rx_slot_of_head[used->id] = -1;
       if (slot < 0) {
@@ -260,6 +269,7 @@ void GuestVsockDriver::Impl::process_used() {
   }
   flush_pending();
   flush_tx_kick();
+  return rx_reaped || (tx_space_waiters > 0 && free_tx_slots.size() != free_tx_before);
 }
 
 void GuestVsockDriver::Impl::refill_rx() {
@@ -400,7 +410,10 @@ bool GuestVsockDriver::send_raw(const vsock::PacketHeader& header, std::span<con
       s.flush_tx_kick();
       return true;
     }
-    if (s.cv.wait_until(lock, deadline) == std::cv_status::timeout) return false;
+    ++s.tx_space_waiters;
+    const std::cv_status status = s.cv.wait_until(lock, deadline);
+    --s.tx_space_waiters;
+    if (status == std::cv_status::timeout) return false;
   }
 }
 
@@ -465,7 +478,10 @@ std::vector<std::string> GuestVsockDriver::violations() const {
 
 bool GuestVsockDriver::wait_stats(const std::function<bool(const DriverStats&)>& pred, Millis timeout) {
   std::unique_lock lock(impl_->mu);
-  return impl_->cv.wait_for(lock, timeout, [&] { return pred(impl_->stats); });
+  ++impl_->stats_waiters;  // the I/O thread wakes us after every pass
+  const bool met = impl_->cv.wait_for(lock, timeout, [&] { return pred(impl_->stats); });
+  --impl_->stats_waiters;
+  return met;
 }
 
 std::string GuestVsockDriver::debug_state() const {

@@ -151,6 +151,10 @@ struct GuestVsockDriver::Impl {
   bool stopping = false;
   bool running = false;
   bool rx_paused = false;
+  // Threads waiting for a TX buffer (or for queued control packets to go) and
+  // in wait_stats(): the I/O thread wakes them for passes that reap no RX.
+  uint32_t tx_space_waiters = 0;
+  uint32_t stats_waiters = 0;
 
   // Packet buffers: each slot is [44-byte header][payload], contiguous.
   // RX has spare_rx_slots more than the ring can hold, which streams keep
@@ -181,7 +185,8 @@ struct GuestVsockDriver::Impl {
   void setup_buffers();
   void watch_interrupts();
   void io_loop();
-  void process_used();
+  // True when a waiter may have something to do (see its comment).
+  bool process_used();
   void refill_rx();
   // True when a stream kept the buffer (it is freed once read).
   bool handle_rx_buffer(uint32_t slot, uint32_t used_len);
@@ -231,7 +236,7 @@ struct GuestVsockDriver::Impl {
   void maybe_send_credit_update(Connection& conn);
   void maybe_finish_peer_shutdown(Connection& conn);
   void mark_closed(Connection& conn);
-  void check_close_timers();
+  bool check_close_timers();  // true if a connection closed
   uint32_t allocate_local_port();
   [[nodiscard]] static uint32_t peer_free_credit(const Connection& conn);
 };

@@ -99,7 +99,7 @@ void GuestVsockDriver::Impl::maybe_finish_peer_shutdown(Connection& conn) {
   mark_closed(conn);
 }
 
-void GuestVsockDriver::Impl::check_close_timers() {
+bool GuestVsockDriver::Impl::check_close_timers() {
   const auto now = Clock::now();
   std::vector<std::shared_ptr<Connection>> expired;
   for (auto& [key, conn] : connections) {
@@ -109,6 +109,7 @@ void GuestVsockDriver::Impl::check_close_timers() {
     send_control(*conn, Op::kRst);
     mark_closed(*conn);
   }
+  return !expired.empty();
 }
 
 uint32_t GuestVsockDriver::Impl::allocate_local_port() {
@@ -368,7 +369,13 @@ bool GuestVsockDriver::Impl::send_data(Connection& c, std::span<const uint8_t> d
       }
     }
     flush_tx_kick();
-    if (cv.wait_until(lock, deadline) == std::cv_status::timeout && Clock::now() >= deadline) break;
+    // Out of credit, only a packet from the peer can let us go on; otherwise
+    // we wait for a TX buffer or for queued control packets to leave.
+    const bool waits_for_tx = credit > 0 || left == 0;
+    if (waits_for_tx) ++tx_space_waiters;
+    const std::cv_status status = cv.wait_until(lock, deadline);
+    if (waits_for_tx) --tx_space_waiters;
+    if (status == std::cv_status::timeout && Clock::now() >= deadline) break;
   }
   flush_tx_kick();
   return done;
