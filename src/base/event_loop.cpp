@@ -37,20 +37,29 @@ EventLoop::EventLoop(size_t post_capacity) : events_(256), posted_(post_capacity
 }
 
 void EventLoop::add(int fd, uint32_t events, FdCallback callback) {
+  register_fd(fd, events, std::move(callback), false);
+}
+
+void EventLoop::take_over(int fd, uint32_t events, FdCallback callback) {
+  register_fd(fd, events, std::move(callback), watching(fd));
+}
+
+void EventLoop::register_fd(int fd, uint32_t events, FdCallback callback, bool replace) {
+  // A new slot even when replacing: the old callback may be the one running.
   const uint32_t slot = take_handler_slot();
   Handler& handler = handlers_[slot];
   ++handler.generation;
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = pack(slot, handler.generation);
-  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+  const bool modified = replace && ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) == 0;
+  if (!modified && ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
     const int error = errno;
     free_handlers_.push_back(slot);
     errno = error;
     throw_errno("epoll_ctl(ADD)");
   }
-  const uint32_t stale = handler_slots_.erase(fd);  // closed without remove()
-  if (stale != FdSlotMap::kNoSlot) drop_handler(stale);
+  drop_entry(handler_slots_.erase(fd));  // handed over, or closed without remove()
   handler_slots_.insert(fd, slot);
   handler.live = true;
   handler.callback = std::move(callback);
@@ -62,14 +71,14 @@ uint32_t EventLoop::take_handler_slot() {
     free_handlers_.pop_back();
     return slot;
   }
-  if (handlers_.size() >= std::numeric_limits<uint32_t>::max()) throw std::length_error("EventLoop: fds");
+  if (handlers_.size() >= kHandedOver) throw std::length_error("EventLoop: fds");
   handlers_.emplace_back();
   return static_cast<uint32_t>(handlers_.size() - 1);
 }
 
 void EventLoop::modify(int fd, uint32_t events) {
   const uint32_t slot = handler_slots_.find(fd);
-  if (slot == FdSlotMap::kNoSlot) return;
+  if (slot == FdSlotMap::kNoSlot || slot == kHandedOver) return;
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = pack(slot, handlers_[slot].generation);
@@ -79,9 +88,25 @@ void EventLoop::modify(int fd, uint32_t events) {
 void EventLoop::remove(int fd) {
   const uint32_t slot = handler_slots_.erase(fd);
   if (slot == FdSlotMap::kNoSlot) return;
-  drop_handler(slot);
+  drop_entry(slot);
   // The fd may already be closed by its owner; that removes it from epoll too.
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+void EventLoop::forget(int fd) {
+  drop_entry(handler_slots_.erase(fd));
+}
+
+void EventLoop::hand_over(int fd) {
+  const uint32_t slot = handler_slots_.find(fd);
+  if (slot == FdSlotMap::kNoSlot || slot == kHandedOver) return;
+  handler_slots_.erase(fd);
+  drop_handler(slot);  // epoll's events carry this slot's generation: once reused, they match nothing
+  handler_slots_.insert(fd, kHandedOver);
+}
+
+void EventLoop::drop_entry(uint32_t slot) {
+  if (slot != FdSlotMap::kNoSlot && slot != kHandedOver) drop_handler(slot);
 }
 
 void EventLoop::drop_handler(uint32_t slot) {

@@ -51,6 +51,23 @@ class EventLoop {
   // Safe to call from inside any callback, including the fd's own: a removed
   // fd's pending events from the current batch are not delivered.
   void remove(int fd);
+  // Passing a watched fd to a new owner without a DEL and an ADD (the hybrid
+  // listener to a connection's endpoint): hand_over() drops the callback (its
+  // events still in this batch are not delivered) but leaves the fd in epoll,
+  // delivering nothing, until the new owner calls take_over(), forget() or
+  // remove(). Register such an fd with EPOLLET: a level-triggered one that
+  // stays ready would wake every epoll_wait meanwhile. Safe from inside the
+  // fd's own callback.
+  void hand_over(int fd);
+  // add() for an fd handed over (or still watched by its previous owner): one
+  // EPOLL_CTL_MOD replaces the registration, reporting the fd's current
+  // readiness as ADD would. Not in epoll: the same as add().
+  void take_over(int fd, uint32_t events, FdCallback callback);
+  // remove() for an fd the caller closes right after, holding the only
+  // reference to its open file: close() takes it out of epoll, so this skips
+  // the EPOLL_CTL_DEL and only forgets the callback.
+  void forget(int fd);
+  // In epoll through this loop: watched, or handed over and not yet taken.
   [[nodiscard]] bool watching(int fd) const { return handler_slots_.find(fd) != FdSlotMap::kNoSlot; }
   // Handler slots and fd-table entries held: they follow this loop's own
   // high-water mark of registrations, whatever the fd numbers (for tests and
@@ -119,6 +136,14 @@ class EventLoop {
     TimerCallback callback;
   };
 
+  // handler_slots_'s entry for an fd handed over: in epoll, no handler.
+  static constexpr uint32_t kHandedOver = FdSlotMap::kNoSlot - 1;
+
+  // add() and take_over(): EPOLL_CTL_MOD when `replace` (ADD if the fd was
+  // closed without remove() and its number reused), else EPOLL_CTL_ADD.
+  void register_fd(int fd, uint32_t events, FdCallback callback, bool replace);
+  // Drops what handler_slots_ held for an fd: a handler, or nothing.
+  void drop_entry(uint32_t slot);
   uint32_t take_handler_slot();
   // Frees a slot; while fd callbacks run it is kept (callback and all) until
   // the batch ends: it may hold the callback running.

@@ -247,6 +247,108 @@ TEST(EventLoop, ItsFdTableFollowsItsOwnRegistrationsNotTheHighestFdNumber) {
   loop.remove(high.get());
 }
 
+TEST(EventLoop, TakeOverReplacesAWatchedFdsCallbackEvenFromInsideIt) {
+  EventLoop loop;
+  Pipe pipe;
+  const int fd = pipe.read_end.get();
+  int old_calls = 0, new_calls = 0;
+  // The old owner hands the fd over from its own callback, as the hybrid listener does.
+  loop.add(fd, EPOLLIN, [&](uint32_t) {
+    ++old_calls;
+    loop.take_over(fd, EPOLLIN, [&](uint32_t) { ++new_calls; });
+  });
+  ASSERT_EQ(::write(pipe.write_end.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(old_calls, 1);
+  EXPECT_EQ(new_calls, 0);
+  loop.run_once(std::chrono::milliseconds(1000));  // still readable: now the new owner's
+  EXPECT_EQ(old_calls, 1);
+  EXPECT_EQ(new_calls, 1);
+  // Not watched (or closed without remove() and reused): take_over adds.
+  loop.remove(fd);
+  loop.take_over(fd, EPOLLIN, [&](uint32_t) { ++new_calls; });
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(new_calls, 2);
+  loop.remove(fd);
+}
+
+TEST(EventLoop, AHandedOverFdDeliversNothingUntilTakenOverAndItsSlotServesOthers) {
+  EventLoop loop;
+  Pipe handed, other;
+  const int fd = handed.read_end.get();
+  int old_calls = 0, other_calls = 0, new_calls = 0;
+  uint32_t new_events = 0;
+  // The old owner hands the fd over from its own callback, as the hybrid listener does.
+  loop.add(fd, EPOLLIN | EPOLLET, [&](uint32_t) {
+    ++old_calls;
+    loop.hand_over(fd);
+  });
+  ASSERT_EQ(::write(handed.write_end.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  ASSERT_EQ(old_calls, 1);
+  EXPECT_TRUE(loop.watching(fd));  // still in epoll
+  // The freed slot serves another fd; the handed-over fd's events (its old
+  // slot's generation) reach neither it nor the old callback.
+  loop.add(other.read_end.get(), EPOLLIN, [&](uint32_t) { ++other_calls; });
+  ASSERT_EQ(loop.handler_slots(), 2u);  // the wake fd's and the reused one
+  ASSERT_EQ(::write(handed.write_end.get(), "y", 1), 1);
+  handed.write_end.reset();  // and a hangup
+  for (int i = 0; i < 3; ++i) loop.run_once(std::chrono::milliseconds(20));
+  EXPECT_EQ(old_calls, 1);
+  EXPECT_EQ(other_calls, 0);
+  // take_over reports what is ready now, as an ADD would: the edges it missed are not lost.
+  loop.take_over(fd, EPOLLIN | EPOLLRDHUP | EPOLLET, [&](uint32_t events) {
+    ++new_calls;
+    new_events = events;
+  });
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(new_calls, 1);
+  EXPECT_NE(new_events & EPOLLIN, 0u);
+  EXPECT_NE(new_events & EPOLLHUP, 0u);
+  loop.remove(fd);
+  loop.remove(other.read_end.get());
+}
+
+TEST(EventLoop, AHandedOverFdThatIsForgottenAndClosedLeavesEpoll) {
+  EventLoop loop;
+  auto handed = std::make_unique<Pipe>();
+  const int fd = handed->read_end.get();
+  loop.add(fd, EPOLLIN | EPOLLET, [](uint32_t) {});
+  loop.hand_over(fd);
+  loop.modify(fd, EPOLLIN);  // no handler to point it at: ignored
+  loop.forget(fd);           // the new owner closes it unwatched (a refused connection)
+  EXPECT_FALSE(loop.watching(fd));
+  handed.reset();
+  Pipe reused;
+  ASSERT_EQ(reused.read_end.get(), fd);  // the lowest free number: EPOLL_CTL_ADD must not find it registered
+  int calls = 0;
+  loop.add(fd, EPOLLIN, [&](uint32_t) { ++calls; });
+  ASSERT_EQ(::write(reused.write_end.get(), "x", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(calls, 1);
+  loop.remove(fd);
+  EXPECT_FALSE(loop.watching(fd));
+}
+
+TEST(EventLoop, ForgetDropsTheCallbackAndCloseLeavesEpoll) {
+  EventLoop loop;
+  Pipe pipe;
+  int calls = 0;
+  const int fd = pipe.read_end.get();
+  loop.add(fd, EPOLLIN, [&](uint32_t) { ++calls; });
+  ASSERT_EQ(::write(pipe.write_end.get(), "x", 1), 1);
+  loop.forget(fd);
+  EXPECT_FALSE(loop.watching(fd));
+  pipe.read_end.reset();  // the only reference: epoll drops it with the close
+  Pipe reused;
+  ASSERT_EQ(reused.read_end.get(), fd);  // the lowest free number: EPOLL_CTL_ADD must not find it registered
+  loop.add(fd, EPOLLIN, [&](uint32_t) { calls += 10; });
+  ASSERT_EQ(::write(reused.write_end.get(), "y", 1), 1);
+  loop.run_once(std::chrono::milliseconds(1000));
+  EXPECT_EQ(calls, 10);
+  loop.remove(fd);
+}
+
 TEST(FdSlotMap, AgreesWithAMapUnderRandomInsertsAndErases) {
   FdSlotMap table;
   std::map<int, uint32_t> reference;

@@ -48,7 +48,10 @@ void HybridListener::on_accepted(base::UniqueFd fd) {
     fail_handshake(raw, "no CONNECT line before the handshake timeout");
   });
   try {
-    loop_.add(raw, EPOLLIN | EPOLLRDHUP, [this, raw](uint32_t) { on_peer_readable(raw); });
+    // Edge-triggered: every read below runs to EAGAIN or ends the handshake,
+    // and a finished peer's socket stays in epoll, handed over, until its
+    // endpoint takes it over; level-triggered, it could wake every epoll_wait.
+    loop_.add(raw, EPOLLIN | EPOLLRDHUP | EPOLLET, [this, raw](uint32_t) { on_peer_readable(raw); });
   } catch (const std::exception& error) {
     loop_.cancel_timer(peer->timer);
     spdlog::error("cannot watch host connection on {}: {}", options_.uds_path, error.what());
@@ -138,7 +141,7 @@ void HybridListener::read_connect_message(int fd, PendingPeer& peer) {
 void HybridListener::fail_handshake(int fd, const char* reason) {
   auto it = handshakes_.find(fd);
   if (it == handshakes_.end()) return;
-  loop_.remove(fd);
+  loop_.forget(fd);  // closed below, and ours is its only reference
   if (it->second->timer != 0) loop_.cancel_timer(it->second->timer);
   handshakes_.erase(it);  // closes the peer
   callbacks_.on_failure(reason);
@@ -149,9 +152,11 @@ void HybridListener::finish_handshake(int fd) {
   if (it == handshakes_.end()) return;
   std::unique_ptr<PendingPeer> peer = std::move(it->second);
   handshakes_.erase(it);
-  loop_.remove(fd);
   if (peer->timer != 0) loop_.cancel_timer(peer->timer);
-  // The endpoint watches the socket again, edge-triggered, once a connection owns it.
+  // The socket stays in epoll, calling nothing here any more: its endpoint
+  // takes the registration over with one EPOLL_CTL_MOD when it watches, or
+  // forgets it when it closes unwatched.
+  loop_.hand_over(fd);
   std::unique_ptr<HostEndpoint> endpoint;
   if (options_.seqpacket) {
     endpoint = std::make_unique<HybridSeqpacketPeerEndpoint>(loop_, std::move(peer->fd));

@@ -43,7 +43,10 @@ class HybridListener {
     // it at once (the connection cap).
     std::function<bool()> admit;
     // A peer finished its line. `early_bytes` (what it sent after the line, at
-    // most a line's worth) are valid during the call only.
+    // most a line's worth) are valid during the call only. The endpoint's
+    // socket is still in the loop's epoll, handed over (base::EventLoop::
+    // hand_over): its watch() takes that registration over, and destroying
+    // it unwatched closes the socket and forgets the registration.
     std::function<void(std::unique_ptr<HostEndpoint> endpoint, uint32_t guest_port,
                        std::span<const uint8_t> early_bytes)>
         on_connect;

@@ -14,8 +14,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-base::UniqueFd connect_unix(const std::string& path) {
-  base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+base::UniqueFd connect_unix(const std::string& path, int type = SOCK_STREAM) {
+  base::UniqueFd fd(::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
@@ -66,8 +66,8 @@ struct HybridListenerTest : ::testing::Test {
             },
             [this](const char* reason) { failures.emplace_back(reason); }};
   }
-  void start() {
-    listener = std::make_unique<HybridListener>(loop, HybridListener::Options{path, 300ms, 64}, callbacks());
+  void start(bool seqpacket = false) {
+    listener = std::make_unique<HybridListener>(loop, HybridListener::Options{path, 300ms, 64, seqpacket}, callbacks());
   }
   void run_for(std::chrono::milliseconds duration) {
     const auto end = base::EventLoop::Clock::now() + duration;
@@ -140,6 +140,59 @@ TEST_F(HybridListenerTest, SilentHostPeerTimesOut) {
   ASSERT_EQ(failures.size(), 1u);
   EXPECT_EQ(failures[0], "no CONNECT line before the handshake timeout");
   EXPECT_EQ(listener->pending(), 0u);
+}
+
+// The socket of a finished handshake stays in epoll until its endpoint
+// watches; meanwhile the loop must sleep, even once the peer has sent more
+// and hung up, and the endpoint must then see all of it.
+void expect_quiet_until_watched(HybridListenerTest& test, int type) {
+  test.start(type == SOCK_SEQPACKET);
+  auto host = connect_unix(test.path, type);
+  ASSERT_EQ(::send(host.get(), "CONNECT 7\n", 10, 0), 10);
+  test.run_for(20ms);
+  ASSERT_EQ(test.connected.size(), 1u);
+  ASSERT_EQ(::send(host.get(), "data", 4, 0), 4);
+  host.reset();
+  test.loop.run_once(20ms);  // takes whatever those edges queued
+  const auto start = base::EventLoop::Clock::now();
+  for (int i = 0; i < 4; ++i) test.loop.run_once(25ms);
+  EXPECT_GE(base::EventLoop::Clock::now() - start, 90ms) << "the loop spun on a handed-over socket";
+  HostEndpoint& endpoint = *test.connected[0].endpoint;
+  HostEvents seen;
+  endpoint.watch([&](HostEvents events) { seen = events; });
+  test.loop.run_once(1000ms);
+  EXPECT_TRUE(seen.readable);
+  std::array<uint8_t, 16> buffer{};
+  const iovec into{buffer.data(), buffer.size()};
+  const auto received = endpoint.receive(std::span<const iovec>(&into, 1));
+  ASSERT_EQ(received.status, HostEndpoint::ReceiveStatus::kData);
+  EXPECT_EQ(std::string(buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(received.bytes)), "data");
+  EXPECT_TRUE(test.failures.empty());
+}
+
+TEST_F(HybridListenerTest, AHandedOverStreamStaysQuietUntilItsEndpointWatches) {
+  expect_quiet_until_watched(*this, SOCK_STREAM);
+}
+
+TEST_F(HybridListenerTest, AHandedOverSeqpacketStaysQuietUntilItsEndpointWatches) {
+  expect_quiet_until_watched(*this, SOCK_SEQPACKET);
+}
+
+// The router refuses a finished peer (connection cap, no free port) by
+// dropping its endpoint unwatched: the socket closes and leaves epoll, so
+// the next peer, given the same fd number, is watched normally.
+TEST_F(HybridListenerTest, AnEndpointDroppedUnwatchedClosesAndFreesItsFdNumber) {
+  start();
+  for (int round = 0; round < 3; ++round) {
+    auto host = connect_unix(path);
+    ASSERT_EQ(::write(host.get(), "CONNECT 9\n", 10), 10);
+    run_for(20ms);
+    ASSERT_EQ(connected.size(), 1u) << "round " << round;
+    EXPECT_EQ(listener->pending(), 0u);
+    connected.clear();
+    EXPECT_TRUE(peer_closed(host.get()));
+  }
+  EXPECT_TRUE(failures.empty());
 }
 
 TEST_F(HybridListenerTest, PeerRefusedByAdmitIsClosedBeforeItsHandshake) {

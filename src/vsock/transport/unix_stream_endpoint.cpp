@@ -36,7 +36,8 @@ UnixStreamEndpoint::~UnixStreamEndpoint() {
 
 void UnixStreamEndpoint::watch(EventCallback callback) {
   if (!fd_) return;
-  loop_.add(
+  // The hybrid listener hands its accepted sockets over still watched.
+  loop_.take_over(
       fd_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
       [callback = std::move(callback)](uint32_t epoll_events) { callback(host_events_from_epoll(epoll_events)); });
 }
@@ -47,7 +48,8 @@ void UnixStreamEndpoint::close() {
 
 void UnixStreamEndpoint::release() {
   if (!fd_) return;
-  loop_.remove(fd_.get());
+  // Ours is the only reference to the socket: closing it leaves epoll too.
+  loop_.forget(fd_.get());
   fd_.reset();
 }
 
