@@ -1,5 +1,6 @@
 // vhost-user-vsock: parse and validate the command line, then run the daemon
 // (or, with `connections`, list a running daemon's connections).
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -26,6 +27,21 @@ int print_connections(const vhost_vsock::metrics::ListenAddress& address) {
   return vhost_vsock::daemon::kExitOk;
 }
 
+// A connection's TX buffer (256 KiB by default) is allocated when its host
+// peer stops keeping up and freed once drained, many times a second while
+// several streams are busy. glibc's defaults mmap such a block and trim the
+// heap top after each free, so every burst page-faulted the buffer in again:
+// 30,000 faults/s and two thirds of the daemon's CPU with 8 streams (page
+// faults are dear in a VM). Blocks up to 4 MiB come from the heap instead,
+// and up to 8 MiB of free heap top stays mapped for the next burst.
+void keep_tx_buffers_mapped() {
+  constexpr int kHeapAllocationsUpTo = 4 << 20;
+  constexpr int kFreeHeapTopKept = 8 << 20;
+  // Called before any other thread exists.
+  mallopt(M_MMAP_THRESHOLD, kHeapAllocationsUpTo);  // NOLINT(concurrency-mt-unsafe)
+  mallopt(M_TRIM_THRESHOLD, kFreeHeapTopKept);      // NOLINT(concurrency-mt-unsafe)
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -37,6 +53,7 @@ int main(int argc, char** argv) {
   if (!outcome.config) return outcome.exit_code;
 
   try {
+    keep_tx_buffers_mapped();
     setup_logging(outcome.config->runtime.log_level, outcome.config->runtime.log_format);
     spdlog::info("{} starting with {} VM(s)", version_string(), outcome.config->vms.size());
     return run_daemon(*outcome.config);
