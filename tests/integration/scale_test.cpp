@@ -235,11 +235,13 @@ TEST_F(ScaleTest, RequestFloodPastTheCapIsAnsweredInFull) {
   start(options);
   HostListener listener(daemon().uds_port_path(7000));
   const auto deadline = Clock::now() + std::chrono::seconds(60);
-  // The host takes every connection (a full backlog would refuse some).
-  std::atomic<bool> done{false};
+  // The host takes every connection (a full backlog would refuse some), and
+  // keeps taking them after the guest's side is done: a connect completes in
+  // the listener's backlog, so the guest can see all of them established
+  // while the last ones still wait for accept().
   std::vector<UniqueFd> accepted;
   std::jthread host([&] {
-    while (!done) {
+    while (accepted.size() < kCap && Clock::now() < deadline) {
       if (UniqueFd fd = listener.accept(Millis(50))) accepted.push_back(std::move(fd));
     }
   });
@@ -253,10 +255,10 @@ TEST_F(ScaleTest, RequestFloodPastTheCapIsAnsweredInFull) {
     established += s.established() ? 1 : 0;
     refused += s.refused() ? 1 : 0;
   }
-  done = true;
   host.join();
   EXPECT_EQ(established, kCap);
   EXPECT_EQ(accepted.size(), kCap);
+  EXPECT_FALSE(listener.accept(Millis(100)).valid()) << "a connection past the cap reached the host";
   EXPECT_EQ(refused, kRequests - kCap) << kRequests - established - refused << " REQUESTs got no answer";
 
   // The stats and the suppressed-lines summary are logged at exit.

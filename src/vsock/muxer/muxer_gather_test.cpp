@@ -1,8 +1,9 @@
-// Guest data of one TX pass goes to each host socket with one call per run
-// of consecutive packets, in the order the guest sent it.
+// Guest data of one TX pass goes to each host socket with one call per
+// connection, interleaved connections included, in the order the guest sent it.
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "vsock/muxer/muxer_test_fixture.h"
 
@@ -29,7 +30,7 @@ TEST_F(MuxerTest, ConsecutiveGuestPacketsOfOnePassAreWrittenTogetherInOrder) {
   EXPECT_EQ(packets.back().header.fwd_cnt, 12000u);
 }
 
-TEST_F(MuxerTest, GatheringStopsAtAnotherConnectionAndKeepsEachStreamsOrder) {
+TEST_F(MuxerTest, InterleavedConnectionsEachGetOneWritePerPassInTheirOwnOrder) {
   auto first = establish_guest_connection(kGuestPort, kHostPort);
   auto second = establish_guest_connection(kGuestPort + 1, kHostPort + 1);
   const std::string a1 = chunk('1', 100), a2 = chunk('2', 200), b1 = chunk('x', 300), a3 = chunk('3', 400);
@@ -40,7 +41,31 @@ TEST_F(MuxerTest, GatheringStopsAtAnotherConnectionAndKeepsEachStreamsOrder) {
   h->kick_tx();
   EXPECT_EQ(read_some(first.get()), a1 + a2 + a3);
   EXPECT_EQ(read_some(second.get()), b1);
-  EXPECT_EQ(h->stats().guest_writes_gathered, 1u);  // a2 with a1; b1 and a3 each start a run
+  EXPECT_EQ(h->stats().guest_writes_gathered, 2u);  // a2 and a3 join a1's run; b1 starts its own
+}
+
+TEST_F(MuxerTest, MoreInterleavedConnectionsThanGatherRunsStillKeepEachStreamsOrder) {
+  constexpr int kConnections = 10;  // more than the router's runs: it writes them all and starts again
+  std::vector<base::UniqueFd> hosts;
+  for (int i = 0; i < kConnections; ++i) {
+    hosts.push_back(
+        establish_guest_connection(kGuestPort + static_cast<uint32_t>(i), kHostPort + static_cast<uint32_t>(i)));
+  }
+  for (char round : {'p', 'q'}) {
+    for (int i = 0; i < kConnections; ++i) {
+      const std::string part = chunk(static_cast<char>(round + i), 100);
+      h->queue_tx(
+          h->guest_header(Op::kRw, kGuestPort + static_cast<uint32_t>(i), kHostPort + static_cast<uint32_t>(i), 100),
+          bytes_of(part));
+    }
+  }
+  h->kick_tx();
+  for (int i = 0; i < kConnections; ++i) {
+    EXPECT_EQ(read_some(hosts[static_cast<size_t>(i)].get()),
+              chunk(static_cast<char>('p' + i), 100) + chunk(static_cast<char>('q' + i), 100))
+        << "connection " << i;
+  }
+  EXPECT_EQ(h->stats().bytes_from_guest, 2000u);
 }
 
 TEST_F(MuxerTest, ShutdownInTheSamePassFollowsTheGatheredData) {

@@ -65,7 +65,7 @@ bool Router::route_guest_packet(std::span<const iovec> readable, size_t readable
   const PacketHeader& header = tx_packet_.header;
   // Only another well-formed RW to the host may join the gathered writes;
   // anything else sees them written first, in the order the guest sent them.
-  if (gather_owner_ != nullptr &&
+  if (gather_run_count_ > 0 &&
       (status != TxParseStatus::kOk || header.operation() != Op::kRw || header.dst_cid != kCidHost)) {
     flush_gathered();
   }
@@ -146,13 +146,16 @@ void Router::route_parsed_packet(const PacketHeader& header, std::span<const iov
 
 bool Router::gather_guest_data(RoutedConnection& connection, const PacketHeader& header,
                                std::span<const iovec> payload) {
-  if (gather_owner_ != nullptr && (gather_owner_ != &connection || gather_.size() + payload.size() > IOV_MAX)) {
-    flush_gathered();
-  }
+  GatherRun* run = find_gather_run(connection);
   if (!connection.conn.would_forward_at_once(header)) {
-    flush_gathered();  // whatever this packet does to the connection comes after the bytes before it
+    if (run != nullptr) flush_gather_run(*run);  // whatever this packet does comes after the bytes before it
     return false;
   }
+  if (run != nullptr && run->payload.size() + payload.size() > IOV_MAX) {
+    flush_gather_run(*run);
+    run = nullptr;
+  }
+  if (run == nullptr && gather_run_count_ == kMaxGatherRuns) flush_gathered();
   const uint32_t deferred_before = connection.conn.deferred_bytes();
   mutate(connection, [&](Connection& conn) {
     conn.defer_host_writes(true);
@@ -163,18 +166,41 @@ bool Router::gather_guest_data(RoutedConnection& connection, const PacketHeader&
   // The check above mirrors accept_guest_data(); should they ever disagree,
   // the packet was handled the ordinary way and there is nothing to hold.
   if (connection.conn.deferred_bytes() != deferred_before + header.len) return true;
-  for (const iovec& iov : payload) gather_.push_back(iov);
-  // The run was flushed above unless it is this connection's.
-  if (gather_owner_ == &connection) ++stats_.guest_writes_gathered;
-  gather_owner_ = &connection;
+  if (run == nullptr) {
+    run = &gather_runs_[gather_run_count_++];
+    run->owner = &connection;
+  } else {
+    ++stats_.guest_writes_gathered;
+  }
+  for (const iovec& iov : payload) run->payload.push_back(iov);
   return true;
 }
 
+Router::GatherRun* Router::find_gather_run(const RoutedConnection& connection) {
+  for (size_t i = 0; i < gather_run_count_; ++i) {
+    if (gather_runs_[i].owner == &connection) return &gather_runs_[i];
+  }
+  return nullptr;
+}
+
+base::IovecList Router::take_gather_run(GatherRun& run) {
+  base::IovecList payload = std::move(run.payload);
+  run.owner = nullptr;
+  std::swap(run, gather_runs_[--gather_run_count_]);  // the runs in use stay first
+  return payload;
+}
+
+void Router::flush_gather_run(GatherRun& run) {
+  RoutedConnection& owner = *run.owner;
+  // Out of the table before the write, which may end the connection.
+  base::IovecList payload = take_gather_run(run);
+  mutate(owner, [&](Connection& conn) { conn.send_deferred(payload.span()); });
+  payload.clear();
+  gather_runs_[gather_run_count_].payload = std::move(payload);  // the freed slot keeps the storage
+}
+
 void Router::flush_gathered() {
-  RoutedConnection* owner = std::exchange(gather_owner_, nullptr);
-  if (owner == nullptr) return;
-  mutate(*owner, [&](Connection& conn) { conn.send_deferred(gather_.span()); });
-  gather_.clear();
+  while (gather_run_count_ > 0) flush_gather_run(gather_runs_[gather_run_count_ - 1]);
 }
 
 bool Router::retry_connect_later(RoutedConnection& connection) {
@@ -370,11 +396,7 @@ RoutedConnection& Router::insert(std::unique_ptr<RoutedConnection> owned) {
 void Router::erase(RoutedConnection& connection) {
   // Not expected (every other packet or event flushes first), but its
   // deferred bytes were accepted: they go out before the socket closes.
-  if (gather_owner_ == &connection) {
-    gather_owner_ = nullptr;
-    connection.conn.send_deferred(gather_.span());
-    gather_.clear();
-  }
+  if (GatherRun* run = find_gather_run(connection)) connection.conn.send_deferred(take_gather_run(*run).span());
   timers_.cancel(connection);
   if (connection.was_established) {
     log_info("local={} peer={} connection closed", connection.conn.local_port(), connection.conn.peer_port());

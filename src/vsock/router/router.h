@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -80,9 +81,10 @@ class Router {
   // stops; Wakeups::tx comes once the sibling made room.
   [[nodiscard]] bool route_guest_packet(std::span<const iovec> readable, size_t readable_bytes);
   void note_invalid_tx_chain();
-  // Consecutive RW packets of one connection in a TX pass are written to its
-  // host socket with one call: their payloads stay in guest memory until this
-  // runs, so the pump calls it before it returns the pass's chains.
+  // The RW packets of each connection in a TX pass are written to its host
+  // socket with one call (interleaved connections included): their payloads
+  // stay in guest memory until this runs, so the pump calls it before it
+  // returns the pass's chains.
   void flush_gathered();
 
   // ---- host -> guest (the RX pass) ----
@@ -179,8 +181,15 @@ class Router {
   // the connection's wait lasts.
   bool retry_connect_later(RoutedConnection& connection);
   // Routes an RW the connection would write at once by deferring its write
-  // into gather_; false (nothing done) when it cannot be deferred.
+  // into the connection's gather run; false (nothing done, and its run
+  // written first) when it cannot be deferred.
   bool gather_guest_data(RoutedConnection& connection, const PacketHeader& header, std::span<const iovec> payload);
+  struct GatherRun;
+  GatherRun* find_gather_run(const RoutedConnection& connection);
+  // Removes a run from the table (the runs in use stay first); returns its payloads.
+  base::IovecList take_gather_run(GatherRun& run);
+  // Writes one run's payloads and drops the run.
+  void flush_gather_run(GatherRun& run);
   void count_guest_verdict(const RoutedConnection& connection, const PacketHeader& header, ConnectionState before,
                            GuestPacketVerdict verdict);
   // The cold part of count_guest_verdict (every verdict but kOk): counts and logs.
@@ -225,9 +234,16 @@ class Router {
   bool tx_waits_for_rx_ = false;
 
   TxPacket tx_packet_;  // reused for every guest packet: the data path does not allocate
-  // The connection whose deferred RW payloads gather_ holds (see flush_gathered()).
-  RoutedConnection* gather_owner_ = nullptr;
-  base::IovecList gather_;
+  // Deferred RW payloads of this TX pass, one run per connection (see
+  // flush_gathered()). A few runs cover the usual interleaving of busy
+  // streams; a pass with more connections writes all runs and starts again.
+  struct GatherRun {
+    RoutedConnection* owner = nullptr;
+    base::IovecList payload;
+  };
+  static constexpr size_t kMaxGatherRuns = 8;
+  std::array<GatherRun, kMaxGatherRuns> gather_runs_;
+  size_t gather_run_count_ = 0;  // the first ones of gather_runs_ are in use
 
   // Sibling VMs (null self: none configured).
   SiblingHub::Member* sibling_self_ = nullptr;
