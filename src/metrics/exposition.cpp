@@ -119,8 +119,8 @@ void add_failures(Families& f, const std::string& cid, const vsock::MuxerStats& 
   f.counter("vhost_user_vsock_credit_stalls_total", "Times host data waited for guest credit (CREDIT_REQUEST sent)",
             with(cid), m.credit_stalls);
   f.counter("vhost_user_vsock_guest_writes_gathered_total",
-            "Guest data packets written to the host socket in one call with the packet before them", with(cid),
-            m.guest_writes_gathered);
+            "Guest data packets written to the host socket in one call with an earlier packet of their connection",
+            with(cid), m.guest_writes_gathered);
   const std::string dropped = "vhost_user_vsock_dropped_total";
   const char* dropped_help = "Guest packets dropped without a reply, by reason";
   f.counter(dropped, dropped_help, with(cid, "reason", "bad_address"), m.dropped_bad_address);

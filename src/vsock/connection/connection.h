@@ -134,7 +134,7 @@ class Connection {
   GuestPacketVerdict on_guest_packet(const PacketHeader& header, std::span<const iovec> payload);
 
   // ---- gathered writes (streams) ----
-  // A TX pass writes one connection's consecutive RW payloads with one call.
+  // A TX pass writes all of one connection's RW payloads with one call.
   // True if this RW would be accepted and written straight to the host, so
   // that holding its write back to the end of the run changes nothing else.
   [[nodiscard]] bool would_forward_at_once(const PacketHeader& header) const;

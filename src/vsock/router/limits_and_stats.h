@@ -62,7 +62,7 @@ struct MuxerStats {
   uint64_t resets_host_gone = 0;        // guest data for a host socket already closed
   uint64_t resets_driver_gone = 0;      // connections dropped with the guest's driver (device reset, disconnect)
   uint64_t credit_stalls = 0;           // CREDIT_REQUESTs sent: host data waited for the guest's credit
-  uint64_t guest_writes_gathered = 0;   // guest RW packets written to the host with the one before (one sendmsg)
+  uint64_t guest_writes_gathered = 0;   // guest RW packets sent in one sendmsg with an earlier one of their connection
   // Gauges, read when the stats are asked for: guest->host credit promised
   // now, and the VM's limit for it (--tx-memory-limit, see CreditBudget).
   uint64_t tx_memory_reserved = 0;
