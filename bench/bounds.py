@@ -18,6 +18,7 @@ EVENT_KEYS = [
     ("packets_to_guest_per_mib", "packets device→guest"),
     ("credit_updates_to_guest_per_mib", "CREDIT_UPDATE to guest"),
     ("credit_updates_from_guest_per_mib", "CREDIT_UPDATE from guest"),
+    ("credit_requests_to_guest_per_mib", "CREDIT_REQUEST to guest"),
     ("rx_interrupts_per_mib", "RX interrupts"),
     ("tx_kicks_per_mib", "TX kicks"),
 ]

@@ -151,6 +151,7 @@ struct Bench {
         .add("packets_from_guest_per_mib", static_cast<double>(st.packets_sent) / mib)
         .add("credit_updates_to_guest_per_mib", static_cast<double>(st.credit_updates_received) / mib)
         .add("credit_updates_from_guest_per_mib", static_cast<double>(st.credit_updates_sent) / mib)
+        .add("credit_requests_to_guest_per_mib", static_cast<double>(st.credit_requests_received) / mib)
         .add("rx_interrupts_per_mib", static_cast<double>(st.rx_interrupts) / mib)
         .add("tx_interrupts_per_mib", static_cast<double>(st.tx_interrupts) / mib)
         .add("rx_kicks_per_mib", static_cast<double>(st.rx_kicks) / mib)

@@ -478,6 +478,38 @@ TEST_F(MuxerTest, InvalidRxChainIsReturnedWithAnInterrupt) {
   EXPECT_EQ(h->rx_interrupts(), 1u);
 }
 
+// One guest packet and its answer are one batch: the TX pass publishes the
+// completion at once but calls the guest only with the RX pass that carries
+// the answer, so the guest is not woken (and does not preempt us) in between.
+TEST_F(MuxerTest, TxCompletionIsCalledWithTheRxPassThatAnswersIt) {
+  h->send(h->guest_header(Op::kRequest, kGuestPort, 4321));  // no listener: answered with an RST
+  EXPECT_TRUE(h->tx_ring().has_used());
+  EXPECT_EQ(h->tx_queue().stats().notifications_sent, 0u);
+  EXPECT_EQ(h->rx_interrupts(), 0u);
+  auto packets = drain();
+  ASSERT_EQ(packets.size(), 1u);
+  EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_EQ(h->tx_queue().stats().notifications_sent, 1u);
+  EXPECT_EQ(h->rx_interrupts(), 1u);
+}
+
+// The owed TX call is not lost when there is no RX pass to carry it.
+TEST_F(MuxerTest, TxCompletionIsCalledWithoutAnRxQueue) {
+  h->muxer().detach_queue(Muxer::kRxQueue);
+  h->send(h->guest_header(Op::kRequest, kGuestPort, 4321));
+  h->loop().run_once(std::chrono::milliseconds(0));
+  EXPECT_TRUE(h->tx_ring().has_used());
+  EXPECT_EQ(h->tx_queue().stats().notifications_sent, 1u);
+}
+
+// Nor when the TX queue is stopped before the RX pass runs.
+TEST_F(MuxerTest, TxCompletionIsCalledBeforeTheTxQueueIsDetached) {
+  h->send(h->guest_header(Op::kRequest, kGuestPort, 4321));
+  EXPECT_EQ(h->tx_queue().stats().notifications_sent, 0u);
+  h->muxer().detach_queue(Muxer::kTxQueue);
+  EXPECT_EQ(h->tx_queue().stats().notifications_sent, 1u);
+}
+
 // Review finding: filling RX chains with host data skipped chains it could not
 // use without any bound, so a guest that kept posting bad chains as fast as
 // the device returned them held the worker in one pass for as long as it liked.

@@ -35,6 +35,7 @@ void QueuePump::attach(uint16_t index, virtio::Queue& queue) {
 }
 
 void QueuePump::detach(uint16_t index) {
+  if (index == kTxQueue) call_tx_if_owed();  // its used entries are already published
   if (index < queues_.size()) queues_[index] = nullptr;
 }
 
@@ -69,7 +70,13 @@ void QueuePump::process_tx() {
     if (queue->broken() || !queue->has_available()) break;
     if (round + 1 == kMaxTxRounds) schedule_tx();  // the guest keeps adding: yield, come back
   }
-  if (used_any) queue->notify();
+  // Published now, called with the RX pass that follows (scheduled below), so
+  // that a guest woken by either interrupt finds both rings up to date and
+  // the guest we wake does not preempt us between two halves of one batch.
+  if (used_any) {
+    queue->flush_used();
+    tx_call_owed_ = true;
+  }
   note_pass(used_any);
   schedule_rx();
 }
@@ -114,7 +121,10 @@ QueuePump::TxRound QueuePump::route_tx_chains(virtio::Queue& queue, uint64_t wal
 
 void QueuePump::process_rx() {
   virtio::Queue* queue = queues_[kRxQueue];
-  if (queue == nullptr || !queue->configured() || queue->broken()) return;
+  if (queue == nullptr || !queue->configured() || queue->broken()) {
+    call_tx_if_owed();
+    return;
+  }
   ++stats_.rx_passes;
   rx_used_any_ = false;
   // Chains that do not fit a turn are given back and walked again later, so
@@ -161,8 +171,15 @@ bool QueuePump::take_control_chain(RxPass& pass) {
   return true;
 }
 
+void QueuePump::call_tx_if_owed() {
+  if (!tx_call_owed_) return;
+  tx_call_owed_ = false;
+  if (virtio::Queue* tx = running_queue(kTxQueue)) tx->notify();
+}
+
 void QueuePump::finish_rx_pass(RxPass& pass) {
   if (rx_used_any_) pass.queue.notify();
+  call_tx_if_owed();
   note_pass(rx_used_any_);
   rx_starved_ = pass.rx_empty;
   if (pass.rx_empty && !poll_.polling) {  // while polling, the busy poll watches the ring

@@ -62,6 +62,9 @@ class QueuePump {
   void process_tx();
   TxRound drain_tx_round(virtio::Queue& queue, uint64_t walk_limit, bool& used_any);
   TxRound route_tx_chains(virtio::Queue& queue, uint64_t walk_limit, bool& used_any);
+  // A TX pass publishes its used entries at once but calls the guest with the
+  // RX pass it schedules: one batch, both rings visible before either call.
+  void call_tx_if_owed();
 
   // ---- RX ----
   struct RxPass {
@@ -125,7 +128,8 @@ class QueuePump {
   Router& router_;
   MuxerStats& stats_;
   std::array<virtio::Queue*, 2> queues_{};
-  bool rx_used_any_ = false;  // this RX pass added used entries
+  bool rx_used_any_ = false;   // this RX pass added used entries
+  bool tx_call_owed_ = false;  // a TX pass published used entries it has not called the guest for
   base::DeferredTask rx_task_;
   base::DeferredTask tx_task_;
 
