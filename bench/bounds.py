@@ -128,7 +128,8 @@ def section(results: dict[str, Result], pins: list[str]) -> list[str]:
         f"4 KiB writes: {fmt(h2g4, 1, ' Gbit/s')} = {fmt(ratio(h2g4, ceil4))}×. The daemon spends "
         f"{fmt(cpu(f'sim.h2g.64k.1.{pin}', 'cpu_daemon_s'), 3)} s CPU per GiB",
         f"(64 KiB writes) and makes {fmt(ev(f'sim.h2g.64k.1.{pin}', 'daemon_read_calls_per_mib'), 1)} read-type "
-        "syscalls per MiB: each `readv` fills 16 of the guest's 4 KiB RX buffers",
+        "syscalls per MiB: each `readv` fills up to 64 KiB of the guest's RX buffers (3,776 bytes each, header",
+        "included, as Linux posts them)",
         f"({fmt(ev(f'sim.h2g.64k.1.{pin}', 'packets_to_guest_per_mib'), 0)} packets per MiB), and it wakes "
         f"{fmt(ev(f'sim.h2g.64k.1.{pin}', 'daemon_wakeups_per_mib'), 1)} times per MiB, about once per credit "
         "update from the guest.",

@@ -138,6 +138,10 @@ INSTANTIATE_TEST_SUITE_P(
                           LayoutCase{"no_event_idx", with([](GuestOptions& o) { o.event_idx = false; })},
                           LayoutCase{"split_memory_regions",
                                      with([](GuestOptions& o) { o.split_memory_regions = true; })},
+                          LayoutCase{"split_rx_4k", with([](GuestOptions& o) {
+                                       o.rx_layout = testing::BufferLayout::kSplit;
+                                       o.rx_buffer_size = 4096;
+                                     })},
                           LayoutCase{"small_rx_buffers", with([](GuestOptions& o) { o.rx_buffer_size = 512; })},
                           LayoutCase{"large_rx_buffers", with([](GuestOptions& o) { o.rx_buffer_size = 64 * 1024; })},
                           LayoutCase{"small_tx_packets", with([](GuestOptions& o) { o.tx_max_payload = 1000; })},
