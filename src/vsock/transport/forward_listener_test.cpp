@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "base/unix_socket_address.h"
+#include "testing/loop_wait.h"
 #include "vsock/transport/forward_test_support.h"
 
 namespace vhost_vsock::vsock {
@@ -64,7 +65,7 @@ TEST_F(ForwardListenerTest, AcceptedConnectionsBecomeEndpointsForThePort) {
   EXPECT_EQ(listener.port(), 9001u);
   auto first = connect_to(dir + "/l");
   auto second = connect_to(dir + "/l");
-  for (int i = 0; i < 50 && accepted.size() < 2; ++i) loop.run_once(10ms);
+  ASSERT_TRUE(testing::run_until(loop, [&] { return accepted.size() >= 2; }));
   ASSERT_EQ(accepted.size(), 2u);
   EXPECT_EQ(ports, (std::vector<uint32_t>{9001, 9001}));
   EXPECT_FALSE(accepted[0]->connecting());

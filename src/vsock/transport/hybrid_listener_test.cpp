@@ -1,6 +1,8 @@
 #include "vsock/transport/hybrid_listener.h"
 
 #include <gtest/gtest.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -9,10 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "testing/loop_wait.h"
+
 namespace vhost_vsock::vsock {
 namespace {
 
 using namespace std::chrono_literals;
+using Clock = base::EventLoop::Clock;
+using testing::kTimerSlack;
+
+constexpr auto kHandshakeTimeout = 300ms;
 
 base::UniqueFd connect_unix(const std::string& path, int type = SOCK_STREAM) {
   base::UniqueFd fd(::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -38,6 +46,12 @@ bool peer_closed(int fd) {
   char c;
   ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
   return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+// Bytes written on an AF_UNIX socket that its peer has not read yet.
+int unread_by_peer(int fd) {
+  int bytes = -1;
+  return ::ioctl(fd, SIOCOUTQ, &bytes) == 0 ? bytes : -1;
 }
 
 struct Connected {
@@ -67,11 +81,12 @@ struct HybridListenerTest : ::testing::Test {
             [this](const char* reason) { failures.emplace_back(reason); }};
   }
   void start(bool seqpacket = false) {
-    listener = std::make_unique<HybridListener>(loop, HybridListener::Options{path, 300ms, 64, seqpacket}, callbacks());
+    listener = std::make_unique<HybridListener>(loop, HybridListener::Options{path, kHandshakeTimeout, 64, seqpacket},
+                                                callbacks());
   }
-  void run_for(std::chrono::milliseconds duration) {
-    const auto end = base::EventLoop::Clock::now() + duration;
-    while (base::EventLoop::Clock::now() < end) loop.run_once(5ms);
+  template <typename Done>
+  bool run_until(Done&& done) {
+    return testing::run_until(loop, std::forward<Done>(done));
   }
 
   base::EventLoop loop;
@@ -87,8 +102,8 @@ TEST_F(HybridListenerTest, CompletedLineHandsOverAnEndpointThePortAndTheBytesAft
   start();
   auto host = connect_unix(path);
   ASSERT_EQ(::write(host.get(), "CONNECT 40000\nearly bytes", 25), 25);
-  run_for(20ms);
-  ASSERT_EQ(connected.size(), 1u);
+  ASSERT_TRUE(run_until([&] { return !connected.empty(); }));
+  EXPECT_EQ(connected.size(), 1u);
   EXPECT_EQ(connected[0].guest_port, 40000u);
   EXPECT_EQ(connected[0].early_bytes, "early bytes");
   EXPECT_EQ(listener->pending(), 0u);
@@ -102,11 +117,15 @@ TEST_F(HybridListenerTest, CompletedLineHandsOverAnEndpointThePortAndTheBytesAft
 TEST_F(HybridListenerTest, ConnectLineSplitAcrossWrites) {
   start();
   auto host = connect_unix(path);
-  for (const char* piece : {"con", "NECT 4", "0000", "\r", "\n"}) {
+  for (const char* piece : {"con", "NECT 4", "0000", "\r"}) {
     ASSERT_GT(::write(host.get(), piece, std::strlen(piece)), 0);
-    run_for(20ms);
+    // The listener reads each piece on its own before the next is written.
+    ASSERT_TRUE(run_until([&] { return unread_by_peer(host.get()) == 0; })) << piece;
+    EXPECT_TRUE(connected.empty()) << "handed over before the line ended";
   }
-  ASSERT_EQ(connected.size(), 1u);
+  ASSERT_EQ(::write(host.get(), "\n", 1), 1);
+  ASSERT_TRUE(run_until([&] { return !connected.empty(); }));
+  EXPECT_EQ(connected.size(), 1u);
   EXPECT_EQ(connected[0].guest_port, 40000u);
   EXPECT_EQ(connected[0].early_bytes, "");
 }
@@ -119,7 +138,7 @@ TEST_F(HybridListenerTest, MalformedOrOverlongConnectLineClosesThatPeerOnly) {
   ASSERT_EQ(::write(bad.get(), "HELLO 12\n", 9), 9);
   std::string overlong(100, '1');
   ASSERT_EQ(::write(long_one.get(), overlong.data(), overlong.size()), 100);
-  run_for(50ms);
+  ASSERT_TRUE(run_until([&] { return failures.size() >= 2; }));
   EXPECT_TRUE(peer_closed(bad.get()));
   EXPECT_TRUE(peer_closed(long_one.get()));
   EXPECT_FALSE(peer_closed(good.get()));
@@ -128,15 +147,20 @@ TEST_F(HybridListenerTest, MalformedOrOverlongConnectLineClosesThatPeerOnly) {
   EXPECT_TRUE(connected.empty());
 }
 
+// Closed when its timeout runs out: not before (the clock starts before the
+// connect, so no earlier than the timeout after it), and not much after.
 TEST_F(HybridListenerTest, SilentHostPeerTimesOut) {
   start();
+  const auto connected_by = Clock::now();
   auto silent = connect_unix(path);
   ASSERT_EQ(::write(silent.get(), "CONN", 4), 4);
-  run_for(150ms);
+  ASSERT_TRUE(run_until([&] { return unread_by_peer(silent.get()) == 0; }));
   EXPECT_FALSE(peer_closed(silent.get()));
   EXPECT_EQ(listener->pending(), 1u);
-  run_for(650ms);
-  EXPECT_TRUE(peer_closed(silent.get()));
+  ASSERT_TRUE(run_until([&] { return peer_closed(silent.get()); }));
+  const auto closed_after = Clock::now() - connected_by;
+  EXPECT_GE(closed_after, kHandshakeTimeout) << "closed before its handshake timeout";
+  EXPECT_LT(closed_after, kHandshakeTimeout + kTimerSlack) << "closed long after its handshake timeout";
   ASSERT_EQ(failures.size(), 1u);
   EXPECT_EQ(failures[0], "no CONNECT line before the handshake timeout");
   EXPECT_EQ(listener->pending(), 0u);
@@ -149,7 +173,7 @@ void expect_quiet_until_watched(HybridListenerTest& test, int type) {
   test.start(type == SOCK_SEQPACKET);
   auto host = connect_unix(test.path, type);
   ASSERT_EQ(::send(host.get(), "CONNECT 7\n", 10, 0), 10);
-  test.run_for(20ms);
+  ASSERT_TRUE(test.run_until([&] { return !test.connected.empty(); }));
   ASSERT_EQ(test.connected.size(), 1u);
   ASSERT_EQ(::send(host.get(), "data", 4, 0), 4);
   host.reset();
@@ -186,7 +210,7 @@ TEST_F(HybridListenerTest, AnEndpointDroppedUnwatchedClosesAndFreesItsFdNumber) 
   for (int round = 0; round < 3; ++round) {
     auto host = connect_unix(path);
     ASSERT_EQ(::write(host.get(), "CONNECT 9\n", 10), 10);
-    run_for(20ms);
+    ASSERT_TRUE(run_until([&] { return !connected.empty(); })) << "round " << round;
     ASSERT_EQ(connected.size(), 1u) << "round " << round;
     EXPECT_EQ(listener->pending(), 0u);
     connected.clear();
@@ -200,8 +224,7 @@ TEST_F(HybridListenerTest, PeerRefusedByAdmitIsClosedBeforeItsHandshake) {
   admit = false;
   auto refused = connect_unix(path);
   ASSERT_EQ(::write(refused.get(), "CONNECT 1\n", 10), 10);
-  run_for(20ms);
-  EXPECT_TRUE(peer_closed(refused.get()));
+  ASSERT_TRUE(run_until([&] { return peer_closed(refused.get()); }));
   EXPECT_EQ(listener->pending(), 0u);
   EXPECT_TRUE(connected.empty());
 }
@@ -209,8 +232,7 @@ TEST_F(HybridListenerTest, PeerRefusedByAdmitIsClosedBeforeItsHandshake) {
 TEST_F(HybridListenerTest, PeersStillInTheirHandshakeCloseWithTheListener) {
   start();
   auto waiting = connect_unix(path);
-  run_for(20ms);
-  EXPECT_EQ(listener->pending(), 1u);
+  ASSERT_TRUE(run_until([&] { return listener->pending() == 1; }));
   listener.reset();
   EXPECT_TRUE(peer_closed(waiting.get()));
 }

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "base/unix_socket_address.h"
+#include "testing/loop_wait.h"
 #include "vsock/transport/forward_test_support.h"
 
 namespace vhost_vsock::vsock {
@@ -25,13 +26,7 @@ using namespace forward_test;
 
 using namespace std::chrono_literals;
 
-// Runs the loop until `done` or 5 s.
-template <typename Done>
-bool run_until(base::EventLoop& loop, Done done) {
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (!done() && std::chrono::steady_clock::now() < deadline) loop.run_once(10ms);
-  return done();
-}
+using testing::run_until;
 
 TEST(VsockAddress, IsASockaddrVmForTheCidAndPort) {
   const ForwardAddress address = forward_to_cid(7)(1234).value();
