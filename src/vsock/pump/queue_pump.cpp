@@ -225,7 +225,8 @@ QueuePump::DataTurn QueuePump::serve_data(virtio::Queue& queue, Connection& conn
   if (conn.is_seqpacket()) return serve_message(queue, conn);
   const uint32_t credit = conn.sendable_to_guest();
   if (credit == 0) return DataTurn::kDone;  // not re-queued: see Connection::sendable_to_guest()
-  const RxBatch batch = reserve_rx_chains(queue, std::min<size_t>(credit, kDataQuantum));
+  // The quantum (fairness) may end past it, at a chain's end; credit may not.
+  const RxBatch batch = reserve_rx_chains(queue, credit, std::min<size_t>(credit, kDataQuantum));
   if (batch.popped == 0) return DataTurn::kRxEmpty;
   size_t got = 0;
   const Connection::ReadStatus status = conn.read_from_host(rx_iovecs_.span(), got);
@@ -235,15 +236,19 @@ QueuePump::DataTurn QueuePump::serve_data(virtio::Queue& queue, Connection& conn
   return status == Connection::ReadStatus::kData ? DataTurn::kMore : DataTurn::kDone;
 }
 
-// Pops RX chains for up to `budget` payload bytes and maps their payload
-// areas into rx_iovecs_ (one readv).
-QueuePump::RxBatch QueuePump::reserve_rx_chains(virtio::Queue& queue, size_t budget) {
+// Pops RX chains until they hold `target` payload bytes, never more than
+// `limit`, and maps their payload areas into rx_iovecs_ (one readv). With
+// `target` below `limit` the last chain is filled whole (up to `target`
+// bytes from any one chain): Linux posts RX buffers of 3,732 payload bytes,
+// and a quantum cut mid-buffer would cost the guest a short packet for every
+// quantum.
+QueuePump::RxBatch QueuePump::reserve_rx_chains(virtio::Queue& queue, size_t limit, size_t target) {
   RxBatch batch;
   rx_iovecs_.clear();
   // Chains skipped below are bounded too: a guest posting unusable chains as
   // fast as we return them must not keep us here.
   size_t examined = 0;
-  while (batch.capacity < budget && batch.popped < kMaxRxBatch && rx_iovecs_.size() < IOV_MAX &&
+  while (batch.capacity < target && batch.popped < kMaxRxBatch && rx_iovecs_.size() < IOV_MAX &&
          examined++ <= queue.size()) {
     virtio::DescriptorChain& chain = rx_chains_[batch.popped];
     const virtio::PopStatus status = queue.pop(chain);
@@ -270,7 +275,9 @@ QueuePump::RxBatch QueuePump::reserve_rx_chains(virtio::Queue& queue, size_t bud
       ++stats_.rx_chains_too_small;
       continue;
     }
-    const size_t chain_bytes = map_rx_payload(chain, std::min(chain_room, budget - batch.capacity), batch.capacity);
+    // At most `target` from one chain: a guest's huge buffer still gets a quantum.
+    const size_t chain_bytes =
+        map_rx_payload(chain, std::min({chain_room, limit - batch.capacity, target}), batch.capacity);
     if (chain_bytes == 0) {
       queue.unpop(1);
       break;

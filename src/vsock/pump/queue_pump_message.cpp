@@ -43,7 +43,7 @@ QueuePump::DataTurn QueuePump::serve_message(virtio::Queue& queue, Connection& c
 // RX chains for exactly `message_bytes` of payload; an empty message takes
 // one chain that can hold a header.
 QueuePump::RxBatch QueuePump::reserve_message_chains(virtio::Queue& queue, uint32_t message_bytes) {
-  if (message_bytes > 0) return reserve_rx_chains(queue, message_bytes);
+  if (message_bytes > 0) return reserve_rx_chains(queue, message_bytes, message_bytes);
   RxBatch batch;
   rx_iovecs_.clear();
   if (!acquire_rx_chain(queue, rx_chains_[0])) return batch;
