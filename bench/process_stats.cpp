@@ -43,16 +43,29 @@ std::pair<uint64_t, uint64_t> process_syscalls(pid_t pid) {
   return {reads, writes};
 }
 
-uint64_t process_voluntary_switches(pid_t pid) {
+namespace {
+
+// A "name: N" line of /proc/<pid>/task/*/status, summed over the threads.
+uint64_t sum_over_threads(pid_t pid, const std::string& key) {
   uint64_t total = 0;
   const std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
   std::error_code error;  // no such process: no tasks, 0
   for (const auto& task : std::filesystem::directory_iterator(task_dir, error)) {
     std::ifstream status(task.path() / "status");
     for (std::string line; std::getline(status, line);)
-      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::strtoull(line.c_str() + 24, nullptr, 10);
+      if (line.rfind(key, 0) == 0) total += std::strtoull(line.c_str() + key.size(), nullptr, 10);
   }
   return total;
+}
+
+}  // namespace
+
+uint64_t process_voluntary_switches(pid_t pid) {
+  return sum_over_threads(pid, "voluntary_ctxt_switches:");
+}
+
+uint64_t process_preemptions(pid_t pid) {
+  return sum_over_threads(pid, "nonvoluntary_ctxt_switches:");
 }
 
 uint64_t vm_rss_kib(pid_t pid) {

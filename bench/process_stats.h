@@ -21,6 +21,10 @@ std::pair<uint64_t, uint64_t> process_syscalls(pid_t pid);
 // sleep in epoll_wait (or a blocking call) followed by a wake-up.
 uint64_t process_voluntary_switches(pid_t pid);
 
+// Involuntary ones: the scheduler took the CPU away, typically for a thread
+// the process had just woken (an eventfd call, a socket write).
+uint64_t process_preemptions(pid_t pid);
+
 // VmRSS in KiB, from /proc/<pid>/status (0 if the process is gone).
 uint64_t vm_rss_kib(pid_t pid);
 

@@ -158,7 +158,8 @@ struct Bench {
         .add("tx_kicks_per_mib", static_cast<double>(st.tx_kicks) / mib)
         .add("daemon_read_calls_per_mib", static_cast<double>(cpu.daemon_read_calls) / mib)
         .add("daemon_write_calls_per_mib", static_cast<double>(cpu.daemon_write_calls) / mib)
-        .add("daemon_wakeups_per_mib", static_cast<double>(cpu.daemon_wakeups) / mib);
+        .add("daemon_wakeups_per_mib", static_cast<double>(cpu.daemon_wakeups) / mib)
+        .add("daemon_preemptions_per_mib", static_cast<double>(cpu.daemon_preemptions) / mib);
     return out;
   }
 

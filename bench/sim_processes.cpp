@@ -188,6 +188,7 @@ void CpuWindow::start(pid_t daemon_pid) {
   daemon_read_calls = reads;
   daemon_write_calls = writes;
   daemon_wakeups = process_voluntary_switches(daemon_pid);
+  daemon_preemptions = process_preemptions(daemon_pid);
 }
 
 void CpuWindow::stop(pid_t daemon_pid) {
@@ -197,6 +198,7 @@ void CpuWindow::stop(pid_t daemon_pid) {
   daemon_read_calls = reads - daemon_read_calls;
   daemon_write_calls = writes - daemon_write_calls;
   daemon_wakeups = process_voluntary_switches(daemon_pid) - daemon_wakeups;
+  daemon_preemptions = process_preemptions(daemon_pid) - daemon_preemptions;
 }
 
 }  // namespace vhost_vsock::bench

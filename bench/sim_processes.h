@@ -69,6 +69,7 @@ struct CpuWindow {
   uint64_t daemon_read_calls = 0;
   uint64_t daemon_write_calls = 0;
   uint64_t daemon_wakeups = 0;
+  uint64_t daemon_preemptions = 0;
   void start(pid_t daemon_pid);
   void stop(pid_t daemon_pid);
 };
