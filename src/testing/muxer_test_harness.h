@@ -17,12 +17,14 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/event_loop.h"
 #include "memory/guest_memory.h"
 #include "testing/driver_vring.h"
 #include "testing/guest_ram.h"
+#include "testing/loop_wait.h"
 #include "virtio/features.h"
 #include "virtio/split_queue.h"
 #include "vsock/muxer/muxer.h"
@@ -147,20 +149,26 @@ class MuxerHarness {
   }
 
   // Runs the loop until nothing happens for a moment (or `max` elapses).
+  // The first passes run whatever the clock says: a thread preempted past
+  // `max` before its first pass must still take what is ready.
   void pump(std::chrono::milliseconds max = std::chrono::milliseconds(200)) {
     const auto deadline = std::chrono::steady_clock::now() + max;
     int idle = 0;
-    while (idle < 3 && std::chrono::steady_clock::now() < deadline) {
+    for (int passes = 0; idle < 3 && (passes < 3 || std::chrono::steady_clock::now() < deadline); ++passes) {
       const uint16_t before = rx_ring_.device_used_idx();
       loop_.run_once(std::chrono::milliseconds(5));
       idle = rx_ring_.device_used_idx() == before ? idle + 1 : 0;
     }
   }
 
-  // Runs the loop for the whole of `duration` (for timers).
-  void run_for(std::chrono::milliseconds duration) {
-    const auto deadline = std::chrono::steady_clock::now() + duration;
-    while (std::chrono::steady_clock::now() < deadline) loop_.run_once(std::chrono::milliseconds(5));
+  // Runs the loop for the whole of `duration`, for checks that something
+  // does NOT happen (its last pass comes after the whole duration).
+  void run_for(std::chrono::milliseconds duration) { testing::run_for(loop_, duration); }
+
+  // Runs the loop until `done()` holds (up to `deadline`); returns done().
+  template <typename Done>
+  bool run_until(Done&& done, std::chrono::milliseconds deadline = testing::kEventDeadline) {
+    return testing::run_until(loop_, std::forward<Done>(done), deadline);
   }
 
   // Every RX packet the device published since the last call; reposts the buffers.

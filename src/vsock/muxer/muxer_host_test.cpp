@@ -1,11 +1,15 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
 
 #include "vsock/muxer/muxer_test_fixture.h"
 
 namespace vhost_vsock::vsock::test {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+using testing::kTimerSlack;
 
 TEST_F(MuxerTest, HostConnectHandshakeForwardsBytesAfterTheLine) {
   auto [host, request] = start_host_connection("CONNECT 40000\nearly bytes");
@@ -48,7 +52,8 @@ TEST_F(MuxerTest, MalformedOrOverlongConnectLineClosesThatPeerOnly) {
   ASSERT_EQ(::write(bad.get(), "HELLO 12\n", 9), 9);
   std::string overlong(100, '1');
   ASSERT_EQ(::write(long_one.get(), overlong.data(), overlong.size()), 100);
-  h->pump(50ms);
+  ASSERT_TRUE(h->run_until([&] { return h->stats().handshake_failures >= 2; }));
+  h->pump();  // anything else those two would bring
   EXPECT_TRUE(peer_closed(bad.get()));
   EXPECT_TRUE(peer_closed(long_one.get()));
   EXPECT_FALSE(peer_closed(good.get()));
@@ -56,34 +61,44 @@ TEST_F(MuxerTest, MalformedOrOverlongConnectLineClosesThatPeerOnly) {
   EXPECT_TRUE(h->received().empty());  // the guest saw nothing
 }
 
+// Closed when its timeout runs out: not before (the clock starts before the
+// connect, so no earlier than the timeout after it), and not much after.
 TEST_F(MuxerTest, SilentHostPeerTimesOut) {
+  const auto connected_by = Clock::now();
   auto silent = MuxerHarness::connect_unix(h->uds_path());
   ASSERT_EQ(::write(silent.get(), "CONN", 4), 4);
-  h->run_for(150ms);
-  EXPECT_FALSE(peer_closed(silent.get()));
-  h->run_for(650ms);
-  EXPECT_TRUE(peer_closed(silent.get()));
+  ASSERT_TRUE(h->run_until([&] { return peer_closed(silent.get()); }));
+  const auto closed_after = Clock::now() - connected_by;
+  EXPECT_GE(closed_after, limits().handshake_timeout) << "closed before its handshake timeout";
+  EXPECT_LT(closed_after, limits().handshake_timeout + kTimerSlack) << "closed long after its handshake timeout";
   EXPECT_EQ(h->stats().handshake_failures, 1u);
 }
 
 TEST_F(MuxerTest, GuestRefusesHostConnect) {
   auto [host, request] = start_host_connection("CONNECT 40000\n");
   h->send(h->guest_header(Op::kRst, kGuestPort, request.src_port));
-  h->pump(50ms);
-  EXPECT_TRUE(peer_closed(host.get()));
+  ASSERT_TRUE(h->run_until([&, fd = host.get()] { return peer_closed(fd); }));
+  h->pump();                                  // an answer to the RST would come now
   EXPECT_EQ(read_some(host.get(), 0ms), "");  // no OK line
   EXPECT_EQ(h->stats().handshake_failures, 1u);
   EXPECT_EQ(h->stats().connections_active, 0u);
   EXPECT_TRUE(h->received().empty());  // guest RST is never answered
 }
 
+// Reset when the request timeout runs out (the clock starts before the
+// REQUEST is sent), not before and not much after.
 TEST_F(MuxerTest, GuestSilentOnRequestTimesOut) {
+  const auto requested_by = Clock::now();
   auto [host, request] = start_host_connection("CONNECT 40000\n");
-  h->run_for(800ms);
-  auto packets = h->received();
+  auto packets = wait_for_packet();
+  const auto reset_after = Clock::now() - requested_by;
+  ASSERT_TRUE(h->run_until([&, fd = host.get()] { return peer_closed(fd); }));
+  h->pump();
+  for (auto& later : h->received()) packets.push_back(std::move(later));
   ASSERT_EQ(packets.size(), 1u);
   EXPECT_EQ(packets[0].header.operation(), Op::kRst);
-  EXPECT_TRUE(peer_closed(host.get()));
+  EXPECT_GE(reset_after, limits().request_timeout) << "reset before the request timeout";
+  EXPECT_LT(reset_after, limits().request_timeout + kTimerSlack) << "reset long after the request timeout";
   EXPECT_EQ(h->stats().connections_active, 0u);
 }
 

@@ -74,6 +74,19 @@ class MuxerTest : public ::testing::Test {
     return h->received();
   }
 
+  // Runs the loop until the guest receives a packet (up to `max`); returns
+  // the packets of the pass that brought it, or none.
+  std::vector<GuestPacket> wait_for_packet(std::chrono::milliseconds max = testing::kEventDeadline) {
+    std::vector<GuestPacket> packets;
+    h->run_until(
+        [&] {
+          packets = h->received();
+          return !packets.empty();
+        },
+        max);
+    return packets;
+  }
+
   // Guest connects to host port `port` whose listener exists; returns the accepted host fd.
   // An established connection whose guest grants `guest_window` bytes of
   // credit, after its host peer wrote `host_bytes`; returns the drained packets.

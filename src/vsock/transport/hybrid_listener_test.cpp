@@ -155,8 +155,10 @@ TEST_F(HybridListenerTest, SilentHostPeerTimesOut) {
   auto silent = connect_unix(path);
   ASSERT_EQ(::write(silent.get(), "CONN", 4), 4);
   ASSERT_TRUE(run_until([&] { return unread_by_peer(silent.get()) == 0; }));
-  EXPECT_FALSE(peer_closed(silent.get()));
-  EXPECT_EQ(listener->pending(), 1u);
+  // Still waiting for its line, unless a stalled test thread let the timeout pass.
+  if (Clock::now() - connected_by < kHandshakeTimeout) {
+    EXPECT_EQ(listener->pending(), 1u);
+  }
   ASSERT_TRUE(run_until([&] { return peer_closed(silent.get()); }));
   const auto closed_after = Clock::now() - connected_by;
   EXPECT_GE(closed_after, kHandshakeTimeout) << "closed before its handshake timeout";
