@@ -193,7 +193,10 @@ def section(results: dict[str, Result], pins: list[str]) -> list[str]:
         "`kvm_pvm`, see design notes) and a larger `--tx-buffer-size` for guest→host. The 1-byte round trip",
         "(target ≤ 0.7× of user networking) is also dominated by the TCG guest's wake-up path.",
         "",
-        "### Events per MiB moved (sim, median of the runs)", "",
+        "### Events per MiB moved (median of the runs)", "",
+        "Sim rows: the simulator's driver statistics and the daemon's /proc counters. VM rows: the",
+        "daemon's metrics endpoint (packets, calls, kicks, CREDIT_REQUESTs) and /proc counters, read",
+        "before and after each transfer; the rest is not counted there.", "",
     ]
     return lines
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tarfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -80,6 +81,55 @@ def process_cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The daemon's counters, read from its metrics endpoint around each vsock
+# transfer, as per-MiB figures under the simulator's names (the event table).
+DEVICE_COUNTERS = {
+    "packets_to_guest_per_mib": ('vhost_user_vsock_packets_total', 'direction="host_to_guest"'),
+    "packets_from_guest_per_mib": ('vhost_user_vsock_packets_total', 'direction="guest_to_host"'),
+    "credit_requests_to_guest_per_mib": ('vhost_user_vsock_credit_stalls_total', ''),
+    "rx_interrupts_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="rx",kind="call"'),
+    "tx_interrupts_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="tx",kind="call"'),
+    "rx_kicks_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="rx",kind="kick"'),
+    "tx_kicks_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="tx",kind="kick"'),
+}
+
+
+def read_device_counters(port: int) -> dict[str, float]:
+    """DEVICE_COUNTERS' totals from the daemon's Prometheus text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    totals = {key: 0.0 for key in DEVICE_COUNTERS}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        for key, (name, labels) in DEVICE_COUNTERS.items():
+            if series.split("{", 1)[0] == name and labels in series:
+                totals[key] += float(value)
+    return totals
+
+
+def read_daemon_process_counters(pid: int) -> dict[str, float]:
+    """The sim rows' syscall and context-switch counts, from /proc (0 if gone)."""
+    totals = {"daemon_read_calls_per_mib": 0.0, "daemon_write_calls_per_mib": 0.0,
+              "daemon_wakeups_per_mib": 0.0, "daemon_preemptions_per_mib": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscr:"):
+                totals["daemon_read_calls_per_mib"] = float(line.split()[1])
+            if line.startswith("syscw:"):
+                totals["daemon_write_calls_per_mib"] = float(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    totals["daemon_wakeups_per_mib"] += float(line.split()[1])
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    totals["daemon_preemptions_per_mib"] += float(line.split()[1])
+    except OSError:
+        pass
+    return totals
 
 
 def free_port() -> int:
@@ -183,8 +233,10 @@ class BenchVm:
                                "-chardev", f"socket,id=ser0,path={outer.serial_path},server=on,wait=off",
                                "-device", "virtserialport,chardev=ser0,name=bench"]
 
+        self.metrics_port = free_port()
         self.vm = vm_module.Vm(daemon_binary=str(daemon), image_dir=str(image_dir),
-                               daemon_args=["--log-level", "warn", *daemon_args])
+                               daemon_args=["--log-level", "warn", "--metrics", f"127.0.0.1:{self.metrics_port}",
+                                            *daemon_args])
         self.serial_path = os.path.join(self.vm.workdir, "serial.sock")
         self.vm.qemu = Qemu(str(image_dir), self.vm.workdir, self.vm.daemon.socket, memory_mib=512)
         self.port_device = ""
@@ -200,6 +252,11 @@ class BenchVm:
 
     def stop(self) -> None:
         self.vm.stop()
+
+    def device_counters(self) -> dict[str, float]:
+        """Running totals under the per-MiB names; run_one takes differences."""
+        return {**read_device_counters(self.metrics_port),
+                **read_daemon_process_counters(self.vm.daemon.proc.pid)}
 
     def cpu_seconds(self) -> dict[str, float]:
         """Host CPU of the daemon and of QEMU (TCG: the guest kernel and its
@@ -361,11 +418,15 @@ def run_one(ctx: Context, bvm: BenchVm, r: Result, mid: str, guest_cmd: str, hos
     started = time.monotonic()
     try:
         cpu_before = bvm.cpu_seconds()
+        vsock = mid.startswith(("vm.vsock.", "vm.vsock_packed."))
+        counters_before = bvm.device_counters() if vsock else {}
         obj = run_pair(bvm, str(ctx.binary(XFER_BINARY)), mid.replace(".", "_"), guest_cmd, host_argv,
                        host_first, guest_listens, timeout=60 if ctx.smoke else 300)
-        if "bytes" in obj and mid.startswith(("vm.vsock.", "vm.vsock_packed.")):
+        if "bytes" in obj and vsock:
             # Includes the job start-up over the serial shell: a small overestimate.
             obj.update({k: v - cpu_before[k] for k, v in bvm.cpu_seconds().items()})
+            mib = obj["bytes"] / 2**20
+            obj.update({k: (v - counters_before[k]) / mib for k, v in bvm.device_counters().items()})
         value = float(obj[r.measurement.key])
         r.values.append(value)
         r.extra.append(obj)
