@@ -49,8 +49,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--build-dir", default="build", help="CMake build directory (default build)")
     p.add_argument("--no-build", action="store_true", help="do not configure or build; use what is there")
     p.add_argument("--output", default="", help="markdown path (default docs/benchmarks.md; --smoke <build>/bench-smoke.md)")
-    p.add_argument("--chart", default="", help="PNG path (default docs/benchmarks.png; --smoke none)")
-    p.add_argument("--profile-output", default="docs/profile.md", help="callgrind summary path (profile group)")
+    p.add_argument("--chart", default="", help="PNG path (default: beside the markdown, benchmarks.png for "
+                   "docs/benchmarks.md, else the markdown's name with .png; --smoke none)")
+    p.add_argument("--profile-output", default="", help="callgrind summary path, profile group (default: "
+                   "profile.md beside the markdown, which links it)")
     p.add_argument("--peer", default="",
                    help="another backend's binary with vhost-device-vsock's CLI (e.g. vhost-device-vsock, or an "
                    "older build of ours): its sim figures are measured in the same rounds and reported as ratios")
@@ -339,7 +341,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if "profile" in blocked:
             mark_not_measured(profile_suite.measurements(ctx), results, blocked["profile"])
         else:
-            profile_suite.run(ctx, results, root_path(ctx, args.profile_output))
+            profile_suite.run(ctx, results, profile_path(ctx, args))
 
     goals = local_goals(ctx.pins) + vm_goals() + (peer_goals(ctx.pins, args.peer_name) if args.peer else [])
     # Goals whose figures belong to groups not selected are left out, not listed as missing.
@@ -347,9 +349,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                 if g.ours in results and (g.reference is None or g.reference in results)]
     report.print_tables(results, outcomes)
 
-    out_md = Path(args.output) if args.output else (
-        ctx.build_dir / "bench-smoke.md" if args.smoke else root_path(ctx, "docs/benchmarks.md"))
-    chart_path = Path(args.chart) if args.chart else (None if args.smoke else root_path(ctx, "docs/benchmarks.png"))
+    out_md = markdown_path(ctx, args)
+    # A report written elsewhere must not overwrite the committed chart.
+    chart_path = Path(args.chart) if args.chart else (None if args.smoke else out_md.with_suffix(".png"))
     notes = list(ctx.notes)
     chart_rel = None
     if chart_path:
@@ -380,6 +382,17 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 def root_path(ctx: Context, rel: str) -> Path:
     return ctx.root / rel
+
+
+def markdown_path(ctx: Context, args) -> Path:
+    if args.output:
+        return Path(args.output)
+    return ctx.build_dir / "bench-smoke.md" if args.smoke else root_path(ctx, "docs/benchmarks.md")
+
+
+def profile_path(ctx: Context, args) -> Path:
+    """Beside the report, whose text links it as profile.md."""
+    return Path(args.profile_output) if args.profile_output else markdown_path(ctx, args).parent / "profile.md"
 
 
 if __name__ == "__main__":
