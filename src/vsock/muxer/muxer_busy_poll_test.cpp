@@ -7,6 +7,8 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <thread>
 
 #include "testing/muxer_test_harness.h"
 
@@ -17,10 +19,11 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kWindow = 20ms;
-constexpr auto kLongWait = 300ms;  // a run_once that takes this long slept
+constexpr auto kLongWait = 300ms;  // a run_once that takes this long slept (or its thread was stalled)
 
 // Forwards to a SplitQueue; `before_enable` runs inside enable_notifications()
 // just before the real one: the simulated guest acting in the race window.
+// Records when the device last asked for kicks again (a window's end).
 class RaceQueue final : public virtio::Queue {
  public:
   explicit RaceQueue(virtio::SplitQueue& inner) : inner_(inner) {}
@@ -37,10 +40,12 @@ class RaceQueue final : public virtio::Queue {
   void disable_notifications() override { inner_.disable_notifications(); }
   void suppress_notifications() override { inner_.suppress_notifications(); }
   void enable_notifications() override {
+    last_enable = Clock::now();
     if (before_enable) std::exchange(before_enable, {})();
     inner_.enable_notifications();
   }
   std::function<void()> before_enable;
+  std::optional<Clock::time_point> last_enable;
 
  private:
   virtio::SplitQueue& inner_;
@@ -76,13 +81,16 @@ class BusyPollTest : public ::testing::TestWithParam<bool> {
     }
     return false;
   }
-  // Runs the loop until one run_once sleeps; returns how long it kept polling.
-  Clock::duration poll_until_sleep() {
+  // Runs the loop until it asks for kicks again and then sleeps; returns how
+  // long it kept polling (until it asked, as `tx` saw it: a stalled test
+  // thread cannot make that look shorter, nor a stall look like sleep).
+  Clock::duration poll_until_sleep(RaceQueue& tx) {
     const auto start = Clock::now();
+    tx.last_enable.reset();
     for (int i = 0; i < 1'000'000; ++i) {
       const auto before = Clock::now();
       h->loop().run_once(kLongWait);
-      if (Clock::now() - before >= kLongWait) return before - start;
+      if (Clock::now() - before >= kLongWait && tx.last_enable) return *tx.last_enable - start;
     }
     ADD_FAILURE() << "the loop never slept";
     return Clock::now() - start;
@@ -97,23 +105,33 @@ TEST_P(BusyPollTest, AnIdleLoopSleepsWithoutPolling) {
   EXPECT_EQ(h->stats().busy_poll_windows, 0u);
 }
 
+// The next request comes a quarter into the window, so the window it
+// restarts ends clearly later than the first one would have. The window is
+// long enough that a test thread stalled on a loaded machine for up to
+// 150 ms more still finds it open.
 TEST_P(BusyPollTest, WorkOpensABoundedWindowWithKicksSuppressedThenKicksComeBack) {
+  constexpr auto kLongWindow = 200ms;
+  make(kLongWindow);
+  RaceQueue tx(h->tx_queue());
+  h->muxer().attach_queue(Muxer::kTxQueue, tx);
   publish_request();
   h->kick_tx();  // the pass moves a chain: a window opens when the loop next idles
   run_until_window_opens();
+  std::this_thread::sleep_for(kLongWindow / 4);
   publish_request();
   EXPECT_FALSE(guest_would_kick()) << "kicks are suppressed while the device polls";
-  const auto polled = poll_until_sleep();
+  const auto polled = poll_until_sleep(tx);
   EXPECT_EQ(h->tx_ring().device_used_idx(), 2) << "the second request was taken by polling, with no kick";
   EXPECT_GE(h->stats().busy_poll_finds, 1u);
   // It found work once (restarting the window), then polled a whole window
-  // without any and went to sleep: bounded below by the window, and above by
-  // it plus scheduling slack on a loaded machine.
-  EXPECT_GE(polled, kWindow);
-  EXPECT_LT(polled, kWindow * 2 + 200ms);
+  // without any and asked for kicks again: bounded below by the window, and
+  // above by it plus scheduling slack on a loaded machine.
+  EXPECT_GE(polled, kLongWindow);
+  EXPECT_LT(polled, kLongWindow * 2 + 200ms);
   publish_request();
   EXPECT_TRUE(guest_would_kick()) << "asleep: the guest must kick again";
   EXPECT_EQ(h->stats().busy_poll_windows, 1u) << "work found while polling extends the window";
+  h->muxer().detach_queue(Muxer::kTxQueue);
 }
 
 TEST_P(BusyPollTest, ABufferPublishedAsTheDeviceGoesToSleepIsTaken) {
@@ -129,7 +147,7 @@ TEST_P(BusyPollTest, ABufferPublishedAsTheDeviceGoesToSleepIsTaken) {
     publish_request();
     kicked = guest_would_kick();
   };
-  poll_until_sleep();
+  poll_until_sleep(race);
   EXPECT_FALSE(race.before_enable) << "the device enabled kicks before sleeping";
   EXPECT_FALSE(kicked);
   EXPECT_EQ(h->tx_ring().device_used_idx(), 2) << "the buffer that came without a kick was processed";
