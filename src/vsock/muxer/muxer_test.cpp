@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -9,6 +10,9 @@
 
 namespace vhost_vsock::vsock::test {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+using testing::kTimerSlack;
 
 TEST_F(MuxerTest, GuestConnectWithoutListenerIsResetAtOnce) {
   h->send(h->guest_header(Op::kRequest, kGuestPort, 4321));
@@ -229,14 +233,21 @@ TEST_F(MuxerTest, HostCloseSendsFullShutdownThenForgetsOnGuestRst) {
   EXPECT_TRUE(drain().empty());
 }
 
+// The RST comes when shutdown_timeout runs out (the clock starts before the
+// host closes), not before and not much after.
 TEST_F(MuxerTest, HostCloseKillTimerSendsRstIfGuestStaysSilent) {
   auto host = establish_guest_connection();
+  const auto closed_by = Clock::now();
   host.reset();
   ASSERT_EQ(drain().size(), 1u);
-  h->run_for(800ms);
-  auto packets = h->received();
+  auto packets = wait_for_packet();
+  const auto reset_after = Clock::now() - closed_by;
+  h->pump();
+  for (auto& later : h->received()) packets.push_back(std::move(later));
   ASSERT_EQ(packets.size(), 1u);
   EXPECT_EQ(packets[0].header.operation(), Op::kRst);
+  EXPECT_GE(reset_after, limits().shutdown_timeout) << "reset before shutdown_timeout";
+  EXPECT_LT(reset_after, limits().shutdown_timeout + kTimerSlack) << "reset long after shutdown_timeout";
   EXPECT_EQ(h->stats().connections_active, 0u);
 }
 
@@ -286,6 +297,7 @@ TEST_F(MuxerTest, GuestWriteRacingHostCloseStillDeliversTheHostsReply) {
 TEST_F(MuxerTest, SlowButSteadyHostReaderGetsEverythingAfterGuestClose) {
   MuxerLimits big = limits();
   big.tx_buffer_size = 256 * 1024;  // takes several host reads to drain
+  big.shutdown_timeout = 600ms;     // a read may come 500 ms late (a stalled test thread) and still count
   h.reset();
   h = std::make_unique<MuxerHarness>(big);
   h->post_rx_buffers(64);
@@ -299,10 +311,10 @@ TEST_F(MuxerTest, SlowButSteadyHostReaderGetsEverythingAfterGuestClose) {
   ASSERT_FALSE(sent.empty());
   h->send(h->guest_header(Op::kShutdown, kGuestPort, kHostPort, 0, kShutdownRcv | kShutdownSend));
 
-  // One small read per 100 ms: each pause is shorter than shutdown_timeout
-  // (300 ms), all of them together much longer.
+  // One small read per 100 ms: each pause is shorter than shutdown_timeout,
+  // all of them together much longer.
   std::string received;
-  for (int i = 0; i < 12; ++i) {
+  for (int i = 0; i < 20; ++i) {
     char buf[4096];
     const ssize_t n = ::read(host.get(), buf, sizeof(buf));
     if (n > 0) received.append(buf, static_cast<size_t>(n));
@@ -447,9 +459,13 @@ TEST_F(MuxerTest, HostThatStopsReadingAfterGuestCloseIsCutOff) {
   auto host = establish_guest_connection();
   std::vector<uint8_t> sent = send_until_credit_runs_out(*h, 16 * 1024);
   ASSERT_FALSE(sent.empty());
+  const auto closed_by = Clock::now();
   h->send(h->guest_header(Op::kShutdown, kGuestPort, kHostPort, 0, kShutdownRcv | kShutdownSend));
-  h->run_for(700ms);  // more than shutdown_timeout (300 ms) with no host read
-  EXPECT_EQ(h->stats().connections_active, 0u);
+  ASSERT_TRUE(h->run_until([&] { return h->stats().connections_active == 0; }));  // no host read meanwhile
+  const auto cut_after = Clock::now() - closed_by;
+  EXPECT_GE(cut_after, limits().shutdown_timeout) << "cut off before shutdown_timeout";
+  EXPECT_LT(cut_after, limits().shutdown_timeout + kTimerSlack) << "cut off long after shutdown_timeout";
+  h->pump();
   bool rst = false;
   for (auto& p : h->received()) rst |= p.header.operation() == Op::kRst;
   EXPECT_TRUE(rst);
