@@ -51,8 +51,8 @@ void QueuePump::on_kick(uint16_t index) {
 // TX: guest -> router
 
 void QueuePump::process_tx() {
-  virtio::Queue* queue = queues_[kTxQueue];
-  if (queue == nullptr || !queue->configured() || queue->broken()) return;
+  virtio::Queue* queue = running_queue(kTxQueue);
+  if (queue == nullptr) return;
   ++stats_.tx_passes;
   bool used_any = false;
   const uint64_t walk_limit = queue->stats().descriptors_walked + walk_budget(*queue);
@@ -120,8 +120,8 @@ QueuePump::TxRound QueuePump::route_tx_chains(virtio::Queue& queue, uint64_t wal
 // RX: router -> guest
 
 void QueuePump::process_rx() {
-  virtio::Queue* queue = queues_[kRxQueue];
-  if (queue == nullptr || !queue->configured() || queue->broken()) {
+  virtio::Queue* queue = running_queue(kRxQueue);
+  if (queue == nullptr) {
     call_tx_if_owed();
     return;
   }
