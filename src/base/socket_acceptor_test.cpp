@@ -15,12 +15,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "testing/captured_log.h"
+#include "testing/loop_wait.h"
 
 namespace vhost_vsock::base {
 namespace {
@@ -190,11 +190,6 @@ enum PauseResult {
   kSetupFailed
 };
 
-void run_until(EventLoop& loop, const std::function<bool()>& done) {
-  auto deadline = EventLoop::Clock::now() + std::chrono::seconds(5);
-  while (!done() && EventLoop::Clock::now() < deadline) loop.run_once(milliseconds(20));
-}
-
 // Runs in a forked child: the fd limit is process-wide. Out of fds, the
 // acceptor pauses, resumes after Options::pause into the same EMFILE and
 // pauses again (one warning for both), then accepts once fds are back.
@@ -219,7 +214,7 @@ PauseResult pause_and_resume_on_emfile() {
   if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) return kLimitFailed;
   loop.run_once(milliseconds(1000));
   const bool paused = acceptor.paused() && !loop.watching(acceptor.fd()) && acceptor.stats().pauses == 1;
-  run_until(loop, [&] { return acceptor.stats().pauses >= 2; });
+  vhost_vsock::testing::run_until(loop, [&] { return acceptor.stats().pauses >= 2; });
   const bool paused_again = acceptor.paused() && acceptor.stats().pauses == 2;
   if (::setrlimit(RLIMIT_NOFILE, &saved) != 0) return kLimitFailed;
   if (!paused || !accepted.empty()) return kNotPaused;
@@ -228,7 +223,7 @@ PauseResult pause_and_resume_on_emfile() {
       log.lines_containing("pausing the listener for 50 ms") != 1) {
     return kNotRateLimited;
   }
-  run_until(loop, [&] { return !accepted.empty(); });
+  vhost_vsock::testing::run_until(loop, [&] { return !accepted.empty(); });
   return accepted.size() == 1 && !acceptor.paused() && loop.watching(acceptor.fd()) ? kResumed : kNotResumed;
 }
 
