@@ -192,6 +192,15 @@ TEST(GuestMemory, TranslateToIovecsSpansAdjacentRegions) {
   EXPECT_FALSE(memory->translate_to_iovecs(0x2000, 2 * kPage + 1, past_end));
   EXPECT_TRUE(past_end.empty());
 
+  // Inside one region, up to its last byte: one piece, and none allowed is a failure.
+  base::IovecList single;
+  EXPECT_FALSE(memory->translate_to_iovecs(0x3000, kPage, single, 0));
+  EXPECT_TRUE(single.empty());
+  ASSERT_TRUE(memory->translate_to_iovecs(0x3000, kPage, single, 1));
+  ASSERT_EQ(single.size(), 1u);
+  EXPECT_EQ(single[0].iov_len, kPage);
+  EXPECT_EQ(*static_cast<uint8_t*>(single[0].iov_base), pattern_at(0, 3));
+
   // Empty range: succeeds with nothing.
   base::IovecList empty;
   EXPECT_TRUE(memory->translate_to_iovecs(0x1000, 0, empty));

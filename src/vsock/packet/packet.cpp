@@ -46,6 +46,10 @@ void rx_payload_area(std::span<const iovec> writable, size_t max_bytes, base::Io
 }
 
 bool write_rx_header(std::span<const iovec> writable, const PacketHeader& header) {
+  if (!writable.empty() && writable[0].iov_len >= kHeaderSize) {  // every Linux RX buffer
+    encode_header(header, std::span<uint8_t, kHeaderSize>(static_cast<uint8_t*>(writable[0].iov_base), kHeaderSize));
+    return true;
+  }
   const HeaderBytes bytes = encode_header(header);
   // Measure first so a too-small chain is left untouched.
   size_t available = 0;

@@ -120,6 +120,37 @@ TEST(TxParse, MaximumPayloadAccepted) {
   EXPECT_EQ(out.payload.total_bytes(), kMaxPacketPayload);
 }
 
+// virtio 1.2 §5.10.6: every field little-endian at a fixed offset.
+TEST(Header, WireLayoutIsLittleEndianAtTheSpecOffsets) {
+  PacketHeader h;
+  h.src_cid = 0x0102030405060708;
+  h.dst_cid = 0x1112131415161718;
+  h.src_port = 0x21222324;
+  h.dst_port = 0x31323334;
+  h.len = 0x41424344;
+  h.type = 0x5152;
+  h.op = 0x6162;
+  h.flags = 0x71727374;
+  h.buf_alloc = 0x81828384;
+  h.fwd_cnt = 0x91929394;
+  const HeaderBytes expected{0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12,
+                             0x11, 0x24, 0x23, 0x22, 0x21, 0x34, 0x33, 0x32, 0x31, 0x44, 0x43, 0x42, 0x41, 0x52, 0x51,
+                             0x62, 0x61, 0x74, 0x73, 0x72, 0x71, 0x84, 0x83, 0x82, 0x81, 0x94, 0x93, 0x92, 0x91};
+  EXPECT_EQ(encode_header(h), expected);
+  EXPECT_EQ(decode_header(expected), h);
+}
+
+TEST(RxWrite, HeaderInOneBufferLeavesThePayloadAlone) {
+  std::vector<uint8_t> buffer(kHeaderSize + 8, 0xEE);
+  std::vector<iovec> iovs{{buffer.data(), buffer.size()}};
+  const auto h = sample_header(8);
+  ASSERT_TRUE(write_rx_header(iovs, h));
+  HeaderBytes hb{};
+  std::copy_n(buffer.begin(), kHeaderSize, hb.begin());
+  EXPECT_EQ(decode_header(hb), h);
+  EXPECT_EQ(std::vector<uint8_t>(buffer.begin() + kHeaderSize, buffer.end()), std::vector<uint8_t>(8, 0xEE));
+}
+
 TEST(RxWrite, HeaderSplitAcrossBuffers) {
   std::vector<uint8_t> a(10, 0xEE), b(40, 0xEE), c(100, 0xEE);
   std::vector<iovec> iovs{{a.data(), a.size()}, {b.data(), b.size()}, {c.data(), c.size()}};

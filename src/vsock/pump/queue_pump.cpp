@@ -276,8 +276,7 @@ QueuePump::RxBatch QueuePump::reserve_rx_chains(virtio::Queue& queue, size_t lim
       continue;
     }
     // At most `target` from one chain: a guest's huge buffer still gets a quantum.
-    const size_t chain_bytes =
-        map_rx_payload(chain, std::min({chain_room, limit - batch.capacity, target}), batch.capacity);
+    const size_t chain_bytes = map_rx_payload(chain, std::min({chain_room, limit - batch.capacity, target}));
     if (chain_bytes == 0) {
       queue.unpop(1);
       break;
@@ -290,7 +289,7 @@ QueuePump::RxBatch QueuePump::reserve_rx_chains(virtio::Queue& queue, size_t lim
 
 // Appends the chain's payload area (at most `limit` bytes) to rx_iovecs_;
 // returns the bytes it added, 0 if none fit.
-size_t QueuePump::map_rx_payload(const virtio::DescriptorChain& chain, size_t limit, size_t bytes_before) {
+size_t QueuePump::map_rx_payload(const virtio::DescriptorChain& chain, size_t limit) {
   const size_t iovecs_before = rx_iovecs_.size();
   rx_payload_area(chain.writable(), limit, rx_iovecs_);
   if (rx_iovecs_.size() > IOV_MAX) {
@@ -299,8 +298,10 @@ size_t QueuePump::map_rx_payload(const virtio::DescriptorChain& chain, size_t li
     for (size_t i = 0; i < IOV_MAX; ++i) keep += rx_iovecs_[i].iov_len;
     rx_iovecs_.clip(keep);
   }
-  if (rx_iovecs_.size() == iovecs_before) return 0;
-  return rx_iovecs_.total_bytes() - bytes_before;
+  // Only the new entries: summing the whole list would make a batch quadratic.
+  size_t added = 0;
+  for (size_t i = iovecs_before; i < rx_iovecs_.size(); ++i) added += rx_iovecs_[i].iov_len;
+  return added;
 }
 
 // Splits `got` bytes read into the reserved chains, in order; returns how many it used.

@@ -97,7 +97,7 @@ class QueuePump {
   RxBatch reserve_message_chains(virtio::Queue& queue, uint32_t message_bytes);
   void refuse_message(Connection& conn, uint32_t message_bytes, const char* why);
   RxBatch reserve_rx_chains(virtio::Queue& queue, size_t limit, size_t target);
-  size_t map_rx_payload(const virtio::DescriptorChain& chain, size_t limit, size_t bytes_before);
+  size_t map_rx_payload(const virtio::DescriptorChain& chain, size_t limit);
   // `message`: the bytes are one whole message (at least one packet, EOM|EOR on the last).
   size_t complete_rx_chains(virtio::Queue& queue, Connection& conn, size_t got, size_t popped, bool message = false);
   void return_unused_rx_chains(virtio::Queue& queue, const RxBatch& batch, size_t used_chains);
