@@ -1,6 +1,7 @@
 #include "vsock/packet/packet.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace vhost_vsock::vsock {
 
@@ -23,7 +24,11 @@ TxParseStatus parse_tx_packet(std::span<const iovec> readable, TxPacket& out) {
   out.header = PacketHeader{};
   // One copy out of guest memory; every decision below uses this copy only.
   HeaderBytes bytes{};
-  if (base::copy_from_iovecs(readable, 0, bytes) != kHeaderSize) return TxParseStatus::kShortHeader;
+  if (!readable.empty() && readable[0].iov_len >= kHeaderSize) {  // the usual layout: no iovec walk
+    std::memcpy(bytes.data(), readable[0].iov_base, kHeaderSize);
+  } else if (base::copy_from_iovecs(readable, 0, bytes) != kHeaderSize) {
+    return TxParseStatus::kShortHeader;
+  }
   out.header = decode_header(bytes);
   const uint32_t len = out.header.len;
   if (len > kMaxPacketPayload) return TxParseStatus::kPayloadTooLarge;
