@@ -131,6 +131,7 @@ TEST_F(SocketAcceptorTest, ServesAnAbstractUnixSeqpacketSocket) {
 TEST_F(SocketAcceptorTest, AcceptsAtMostAcceptsPerEventPerWakeUp) {
   SocketAcceptor acceptor(loop_, std::move(socket_), collect(), SocketAcceptor::Options{.accepts_per_event = 2});
   std::vector<UniqueFd> clients;
+  clients.reserve(5);
   for (int i = 0; i < 5; ++i) clients.push_back(connect_tcp(port_));
   for (const auto& client : clients) ASSERT_TRUE(client);
   loop_.run_once(milliseconds(1000));
