@@ -64,9 +64,10 @@ TEST_P(CreditTest, SlowHostReaderStallsGuestWriterWithoutLoss) {
 
   // The host does not read: the guest must run out of the device's credit
   // (tx buffer + socket buffer), not have data dropped.
-  std::this_thread::sleep_for(Millis(800));
+  EXPECT_TRUE(wait_credit_exhausted(guest(), c.guest, Millis(5000)))
+      << "device credit should be exhausted while the host is stalled\n"
+      << guest().debug_state();
   EXPECT_FALSE(send_done.load()) << "guest sent 4 MiB into a host socket nobody reads";
-  EXPECT_EQ(c.guest.peer_free_credit(), 0u) << "device credit should be exhausted while the host is stalled";
 
   std::vector<uint8_t> received;
   received.reserve(kTransfer);

@@ -1,6 +1,9 @@
 #include "fixture.h"
 
+#include <chrono>
 #include <iostream>
+#include <thread>
+#include <utility>
 
 namespace vhost_vsock::integration {
 
@@ -12,6 +15,29 @@ size_t receive_fully(Stream& stream, std::span<uint8_t> out, Millis wait_per_rea
     got += n;
   }
   return got;
+}
+
+bool wait_credit_exhausted(GuestVsockDriver& guest, const Stream& stream, Millis timeout, Millis quiet) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout;
+  auto traffic = [&] {
+    const testing::DriverStats s = guest.stats();
+    return std::pair(s.packets_received, s.packets_sent);
+  };
+  auto last = traffic();
+  auto still_since = Clock::now();
+  for (;;) {
+    const auto now_traffic = traffic();
+    const auto now = Clock::now();
+    if (stream.peer_free_credit() != 0 || now_traffic != last) {
+      last = now_traffic;
+      still_since = now;
+    } else if (now - still_since >= quiet) {
+      return true;
+    }
+    if (now >= deadline) return false;
+    std::this_thread::sleep_for(Millis(10));
+  }
 }
 
 std::string ring_layout_name(const ::testing::TestParamInfo<RingLayout>& info) {

@@ -33,6 +33,13 @@ std::string ring_layout_name(const ::testing::TestParamInfo<RingLayout>& info);
 // `wait_per_read` (or EOF / reset). The number of bytes read.
 size_t receive_fully(Stream& stream, std::span<uint8_t> out, Millis wait_per_read);
 
+// Waits up to `timeout` until `stream` (the only one of `guest`) is held back
+// by credit for good: none left, and no packet came or went for `quiet`. Free
+// credit touches zero whenever the guest outruns the device for a moment, and
+// comes back with the next CREDIT_UPDATE; only a zero that stays says the
+// host side stopped taking data. False if it never settled at zero.
+bool wait_credit_exhausted(GuestVsockDriver& guest, const Stream& stream, Millis timeout, Millis quiet = Millis(300));
+
 class DaemonTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { raise_fd_limit(); }
