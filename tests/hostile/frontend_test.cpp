@@ -250,8 +250,8 @@ TEST_F(FrontendTest, DescriptorsAndMappingsDoNotLeak) {
       fe->receive_reply(Millis(200));
       if (fe->backend_closed()) break;
     }
-    std::this_thread::sleep_for(Millis(100));
-    EXPECT_LE(daemon().open_fds(), fds_connected + 1) << "fds attached to GET_FEATURES were kept";
+    EXPECT_LE(daemon().open_fds_settled(fds_connected + 1), fds_connected + 1)
+        << "fds attached to GET_FEATURES were kept";
   }
   {
     testing::GuestRam ram(4 << 20);
@@ -268,8 +268,7 @@ TEST_F(FrontendTest, DescriptorsAndMappingsDoNotLeak) {
     }
     EXPECT_LE(daemon().open_fds(), fds_idle + 8 + 2) << "replaced memory tables left descriptors open";
   }
-  std::this_thread::sleep_for(Millis(100));
-  EXPECT_LE(daemon().open_fds(), fds_idle + 1) << "descriptors leaked after the front-end left";
+  EXPECT_LE(daemon().open_fds_settled(fds_idle + 1), fds_idle + 1) << "descriptors leaked after the front-end left";
   expect_memory_growth_bounded(before, "200 memory tables, 400 stray fds");
   expect_next_frontend_works(8005);
 }

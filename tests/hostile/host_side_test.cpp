@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "base/unix_socket_address.h"
+#include "fixture.h"
 #include "hostile_support.h"
 
 namespace vhost_vsock::hostile {
@@ -124,8 +125,7 @@ TEST_F(HostSideTest, SlowAndGarbageHandshakesAreClosedOthersUnaffected) {
   EXPECT_EQ(accepted->recv_exactly(10, Millis(3000)), "still here");
   good.reset();
   accepted->close();
-  std::this_thread::sleep_for(Millis(200));
-  EXPECT_LE(daemon().open_fds(), fds_before + 1) << "descriptors leaked";
+  EXPECT_LE(daemon().open_fds_settled(fds_before + 1), fds_before + 1) << "descriptors leaked";
   expect_memory_growth_bounded(before, "slow and garbage handshakes");
 }
 
@@ -163,9 +163,7 @@ TEST_F(HostSideTest, TenThousandConnectsInABurst) {
   good.reset();
   accepted->close();
   // Every descriptor of the burst is released again.
-  const auto deadline = Clock::now() + Millis(5000);
-  while (daemon().open_fds() > fds_before + 1 && Clock::now() < deadline) std::this_thread::sleep_for(Millis(50));
-  EXPECT_LE(daemon().open_fds(), fds_before + 1) << "descriptors leaked after the burst";
+  EXPECT_LE(daemon().open_fds_settled(fds_before + 1), fds_before + 1) << "descriptors leaked after the burst";
   expect_memory_growth_bounded(before, "10,000 connects");
 }
 
@@ -184,9 +182,9 @@ TEST_F(HostSideTest, HostPeerThatNeverReadsThrottlesTheGuest) {
   integration::fill_pattern(data, 5, 0);
   std::atomic<bool> sent{false};
   std::thread sender([&] { sent = s.send(data, Millis(30000)); });
-  std::this_thread::sleep_for(Millis(1000));
+  const bool throttled = integration::wait_credit_exhausted(guest(), s, Millis(5000));
+  EXPECT_TRUE(throttled) << "the guest was not throttled by credit\n" << guest().debug_state();
   EXPECT_FALSE(sent.load()) << "16 MiB went somewhere although the host reads nothing";
-  EXPECT_EQ(s.peer_free_credit(), 0u) << "the guest was not throttled by credit";
   expect_memory_growth_bounded(before, "host peer never reads");
   std::string got = integration::read_exactly(host.get(), kTotal, Millis(30000));
   sender.join();

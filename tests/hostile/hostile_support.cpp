@@ -173,6 +173,16 @@ size_t HostileDaemon::open_fds() const {
   return count;
 }
 
+size_t HostileDaemon::open_fds_settled(size_t limit, Millis timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  size_t count = open_fds();
+  while (count > limit && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(Millis(20));
+    count = open_fds();
+  }
+  return count;
+}
+
 double HostileDaemon::cpu_seconds() const {
   std::ifstream in("/proc/" + std::to_string(pid()) + "/stat");
   std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -92,6 +92,10 @@ class HostileDaemon {
   bool wait_log(const std::string& needle, Millis timeout) const;
   [[nodiscard]] MemoryUse memory() const;
   [[nodiscard]] size_t open_fds() const;
+  // open_fds() once it is down to `limit`, or at `timeout`: the daemon closes
+  // a peer's descriptors when it sees the hang-up, which a loaded machine
+  // delays, while a leaked one never goes.
+  [[nodiscard]] size_t open_fds_settled(size_t limit, Millis timeout = Millis(5000)) const;
   [[nodiscard]] double cpu_seconds() const;  // user + system
   [[nodiscard]] const std::vector<std::string>& args() const { return process_->args(); }
 
