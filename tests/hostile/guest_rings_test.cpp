@@ -206,7 +206,7 @@ TEST_F(GuestRingsTest, BadRxBuffersAreNeverWrittenAndTheDeviceRecovers) {
   std::this_thread::sleep_for(Millis(500));
   for (const auto& [h, what] : heads) {
     SCOPED_TRACE(what);
-    const auto used = raw.wait_used(RawGuest::kRx, h, Millis(1000));
+    const auto used = raw.wait_used(RawGuest::kRx, h, Millis(5000));
     ASSERT_TRUE(used.has_value()) << "unusable RX buffer was not handed back";
     EXPECT_EQ(*used, 0u) << "the device claims to have written into it";
   }
