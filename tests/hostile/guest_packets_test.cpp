@@ -234,6 +234,7 @@ TEST_F(GuestPacketsTest, RequestFloodAboveTheConnectionCap) {
   HostListener listener(daemon().uds_port_path(0, 6200));
   const MemoryUse before = daemon().memory();
   std::vector<Stream> flood;
+  flood.reserve(200);
   for (int i = 0; i < 200; ++i) flood.push_back(guest().connect_async(6200));
   int established = 0;
   int refused = 0;
@@ -296,9 +297,10 @@ TEST_F(GuestPacketsTest, RxNeverRefilledWhileHostPeersKeepWriting) {
   // Each peer writes 16 MiB (far more than any bound) as far as the socket takes it.
   std::vector<uint64_t> written(kPeers, 0);
   std::vector<std::thread> writers;
+  writers.reserve(kPeers);
   for (int i = 0; i < kPeers; ++i) {
     writers.emplace_back([&, i] {
-      std::vector<uint8_t> chunk(64 * 1024);
+      std::vector<uint8_t> chunk(size_t{64} * 1024);
       const auto until = std::chrono::steady_clock::now() + Millis(1000);
       while (written[i] < (16u << 20) && std::chrono::steady_clock::now() < until) {
         integration::fill_pattern(chunk, i, written[i]);
@@ -312,7 +314,7 @@ TEST_F(GuestPacketsTest, RxNeverRefilledWhileHostPeersKeepWriting) {
     });
   }
   // TX is independent of RX: guest -> host data still flows meanwhile.
-  const std::string up(32 * 1024, 'u');
+  const std::string up(size_t{32} * 1024, 'u');
   EXPECT_TRUE(tx_stream.send(up, Millis(3000)));
   EXPECT_EQ(integration::read_exactly(tx_host.get(), up.size(), Millis(3000)).size(), up.size());
   for (auto& w : writers) w.join();

@@ -113,7 +113,7 @@ TEST_P(CreditTest, PausedRxQueueDelaysButLosesNothing) {
   auto c = host_connects(3003);
   ASSERT_TRUE(c.host.valid() && c.guest.valid());
   guest().set_rx_paused(true);  // the guest stops taking RX buffers entirely
-  const auto data = pattern(512 * 1024, 4);
+  const auto data = pattern(size_t{512} * 1024, 4);
   std::jthread writer([&] { write_all(c.host.get(), data, Millis(30000)); });
   std::this_thread::sleep_for(Millis(500));
   guest().set_rx_paused(false);
@@ -145,7 +145,7 @@ TEST_P(CreditTest, DeviceNoticesRxRefillAfterRingRanDry) {
     auto c = host_connects(3004);
     ASSERT_TRUE(c.host.valid() && c.guest.valid());
     guest().set_rx_paused(true);
-    const auto data = pattern(200 * 1024, 5);
+    const auto data = pattern(size_t{200} * 1024, 5);
     ASSERT_TRUE(write_all(c.host.get(), data));  // fits in the socket buffer
     std::this_thread::sleep_for(Millis(300));    // the device fills every RX buffer and stops
     guest().set_rx_paused(false);
