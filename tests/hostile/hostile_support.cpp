@@ -59,6 +59,7 @@ std::string MemoryUse::describe() const {
 std::string describe_status(int status) {
   if (status == -1) return "not exited (or killed by the test)";
   if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): only the test's main thread describes exit statuses
   if (WIFSIGNALED(status)) return std::string("killed by ") + ::strsignal(WTERMSIG(status));
   return "wait status " + std::to_string(status);
 }
@@ -108,6 +109,7 @@ HostileDaemon::HostileDaemon(DaemonSpec spec) : spec_(std::move(spec)) {
 HostileDaemon::~HostileDaemon() {
   if (process_ && running()) record_peak(memory().hwm_kib);
   process_.reset();  // SIGKILLs it before its directory goes
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): test-process code; nothing in the hostile tests calls setenv
   if (std::getenv("VUV_KEEP_TEMP") == nullptr) {
     std::error_code ignored;
     std::filesystem::permissions(dir_, std::filesystem::perms::owner_all, std::filesystem::perm_options::add, ignored);
@@ -166,6 +168,7 @@ size_t HostileDaemon::open_fds() const {
   size_t count = 0;
   DIR* dir = ::opendir(("/proc/" + std::to_string(pid()) + "/fd").c_str());
   if (dir == nullptr) return 0;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): glibc's readdir is safe on a DIR* no other thread sees
   while (const dirent* entry = ::readdir(dir)) {
     if (entry->d_name[0] != '.') ++count;
   }
