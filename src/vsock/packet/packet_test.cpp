@@ -122,17 +122,16 @@ TEST(TxParse, MaximumPayloadAccepted) {
 
 // virtio 1.2 §5.10.6: every field little-endian at a fixed offset.
 TEST(Header, WireLayoutIsLittleEndianAtTheSpecOffsets) {
-  PacketHeader h;
-  h.src_cid = 0x0102030405060708;
-  h.dst_cid = 0x1112131415161718;
-  h.src_port = 0x21222324;
-  h.dst_port = 0x31323334;
-  h.len = 0x41424344;
-  h.type = 0x5152;
-  h.op = 0x6162;
-  h.flags = 0x71727374;
-  h.buf_alloc = 0x81828384;
-  h.fwd_cnt = 0x91929394;
+  const PacketHeader h{.src_cid = 0x0102030405060708,
+                       .dst_cid = 0x1112131415161718,
+                       .src_port = 0x21222324,
+                       .dst_port = 0x31323334,
+                       .len = 0x41424344,
+                       .type = 0x5152,
+                       .op = 0x6162,
+                       .flags = 0x71727374,
+                       .buf_alloc = 0x81828384,
+                       .fwd_cnt = 0x91929394};
   const HeaderBytes expected{0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12,
                              0x11, 0x24, 0x23, 0x22, 0x21, 0x34, 0x33, 0x32, 0x31, 0x44, 0x43, 0x42, 0x41, 0x52, 0x51,
                              0x62, 0x61, 0x74, 0x73, 0x72, 0x71, 0x84, 0x83, 0x82, 0x81, 0x94, 0x93, 0x92, 0x91};
