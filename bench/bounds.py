@@ -168,7 +168,7 @@ def section(results: dict[str, Result], pins: list[str]) -> list[str]:
         "would cut the per-packet work on both sides. On the daemon's side only the copy remains, and",
         "it is the one copy the design allows.",
         "",
-        "### sim host-initiated connects (20,000/s target): bound by wake-ups in the kernel", "",
+        "### sim connects (20,000/s target): one at a time, bound by wake-ups in the kernel", "",
         f"Measured {fmt(g('sim.connect.host.p16.free'), 0, '/s')} with 16 connects in flight (guest-initiated: "
         f"{fmt(g('sim.connect.guest.p16.free'), 0, '/s')}); one at a time "
         f"{fmt(g('sim.connect.host.free'), 0, '/s')} (guest-initiated: "
