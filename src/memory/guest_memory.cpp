@@ -139,13 +139,10 @@ bool GuestMemory::translate_to_iovecs(uint64_t gpa, uint64_t len, base::IovecLis
   if (!range_end(gpa, len)) return false;
   if (len == 0) return true;
   // The common case, one region holds it all: a single lookup.
-  if (const Region* region = find_region(gpa); region != nullptr) {
-    const uint64_t offset = gpa - region->guest_phys_addr;
-    if (len <= region->size - offset) {
-      if (max_iovecs == 0) return false;
-      out.push_back(region->host + offset, static_cast<size_t>(len));
-      return true;
-    }
+  if (uint8_t* host = translate(gpa, len); host != nullptr) {
+    if (max_iovecs == 0) return false;
+    out.push_back(host, static_cast<size_t>(len));
+    return true;
   }
   // Across regions. The first pass validates and counts, so a failure leaves
   // `out` untouched.

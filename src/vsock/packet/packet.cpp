@@ -5,6 +5,18 @@
 
 namespace vhost_vsock::vsock {
 
+namespace {
+
+// Where the header lies when the first buffer holds all of it, as it does in
+// every chain a Linux guest posts: a fixed-size copy instead of an iovec
+// walk. Null otherwise.
+uint8_t* header_in_first_buffer(std::span<const iovec> iovs) {
+  if (iovs.empty() || iovs[0].iov_len < kHeaderSize) return nullptr;
+  return static_cast<uint8_t*>(iovs[0].iov_base);
+}
+
+}  // namespace
+
 const char* to_string(TxParseStatus status) {
   switch (status) {
     case TxParseStatus::kOk:
@@ -24,8 +36,8 @@ TxParseStatus parse_tx_packet(std::span<const iovec> readable, TxPacket& out) {
   out.header = PacketHeader{};
   // One copy out of guest memory; every decision below uses this copy only.
   HeaderBytes bytes{};
-  if (!readable.empty() && readable[0].iov_len >= kHeaderSize) {  // the usual layout: no iovec walk
-    std::memcpy(bytes.data(), readable[0].iov_base, kHeaderSize);
+  if (const uint8_t* whole = header_in_first_buffer(readable)) {
+    std::memcpy(bytes.data(), whole, kHeaderSize);
   } else if (base::copy_from_iovecs(readable, 0, bytes) != kHeaderSize) {
     return TxParseStatus::kShortHeader;
   }
@@ -51,8 +63,8 @@ void rx_payload_area(std::span<const iovec> writable, size_t max_bytes, base::Io
 }
 
 bool write_rx_header(std::span<const iovec> writable, const PacketHeader& header) {
-  if (!writable.empty() && writable[0].iov_len >= kHeaderSize) {  // every Linux RX buffer
-    encode_header(header, std::span<uint8_t, kHeaderSize>(static_cast<uint8_t*>(writable[0].iov_base), kHeaderSize));
+  if (uint8_t* whole = header_in_first_buffer(writable)) {
+    encode_header(header, std::span<uint8_t, kHeaderSize>(whole, kHeaderSize));
     return true;
   }
   const HeaderBytes bytes = encode_header(header);
