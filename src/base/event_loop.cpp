@@ -203,8 +203,12 @@ int EventLoop::next_timeout_ms(std::chrono::milliseconds max_wait) const {
   if (!deferred_.empty() || !scheduled_tasks_.empty() || posted_.ready()) return 0;
   int wait = max_wait.count() < 0 ? -1 : static_cast<int>(max_wait.count());
   if (!timers_.empty()) {
-    auto until = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.front().due - Clock::now()).count();
-    int timer_wait = until <= 0 ? 0 : static_cast<int>(until + 1);
+    // Rounded up: a timer due in under a millisecond must not make the wait 0,
+    // or the loop would spin until it is due.
+    const auto left = timers_.front().due - Clock::now();
+    const int timer_wait = left <= Clock::duration::zero()
+                               ? 0
+                               : static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
     if (wait < 0 || timer_wait < wait) wait = timer_wait;
   }
   return wait;

@@ -92,6 +92,24 @@ TEST(EventLoop, TimersFireInOrderAndCancelledOnesDoNot) {
   EXPECT_EQ(fired, (std::vector<int>{1, 2}));
 }
 
+// The wait before a timer is rounded up to whole milliseconds: rounding a
+// timer due in under one down to 0 made the loop spin until it was due.
+TEST(EventLoop, WaitsForATimerDueInUnderAMillisecondWithoutSpinning) {
+  EventLoop loop;
+  bool fired = false;
+  const auto armed = EventLoop::Clock::now();
+  loop.add_timer(std::chrono::milliseconds(1), [&] { fired = true; });
+  int rounds = 0;
+  auto deadline = armed + std::chrono::seconds(2);
+  while (!fired && EventLoop::Clock::now() < deadline) {
+    loop.run_once(std::chrono::milliseconds(1000));
+    ++rounds;
+  }
+  EXPECT_TRUE(fired);
+  EXPECT_GE(EventLoop::Clock::now() - armed, std::chrono::milliseconds(1));
+  EXPECT_LE(rounds, 3) << "the loop polled instead of sleeping until the timer was due";
+}
+
 TEST(EventLoop, CancelledTimersDoNotPileUpUnderChurn) {
   EventLoop loop;
   std::vector<int> fired;
