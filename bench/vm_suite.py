@@ -88,7 +88,7 @@ def process_cpu_seconds(pid: int) -> float:
 DEVICE_COUNTERS = {
     "packets_to_guest_per_mib": ('vhost_user_vsock_packets_total', 'direction="host_to_guest"'),
     "packets_from_guest_per_mib": ('vhost_user_vsock_packets_total', 'direction="guest_to_host"'),
-    "credit_requests_to_guest_per_mib": ('vhost_user_vsock_credit_stalls_total', ''),
+    "credit_requests_to_guest_per_mib": ('vhost_user_vsock_credit_requests_total', ''),
     "rx_interrupts_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="rx",kind="call"'),
     "tx_interrupts_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="tx",kind="call"'),
     "rx_kicks_per_mib": ('vhost_user_vsock_queue_notifications_total', 'queue="rx",kind="kick"'),

@@ -116,8 +116,11 @@ void add_failures(Families& f, const std::string& cid, const vsock::MuxerStats& 
   f.counter("vhost_user_vsock_handshake_failures_total",
             "Connection attempts that never established (bad CONNECT line, guest refusal, timeout, cap)", with(cid),
             m.handshake_failures);
-  f.counter("vhost_user_vsock_credit_stalls_total", "Times host data waited for guest credit (CREDIT_REQUEST sent)",
-            with(cid), m.credit_stalls);
+  f.counter("vhost_user_vsock_credit_stalls_total", "Times host data began to wait for the guest's credit", with(cid),
+            m.credit_stalls);
+  f.counter("vhost_user_vsock_credit_requests_total",
+            "CREDIT_REQUEST packets sent to the guest (seqpacket stalls, and stream stalls the guest left unanswered)",
+            with(cid), m.credit_requests);
   f.counter("vhost_user_vsock_guest_writes_gathered_total",
             "Guest data packets written to the host socket in one call with an earlier packet of their connection",
             with(cid), m.guest_writes_gathered);

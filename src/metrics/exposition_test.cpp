@@ -21,6 +21,7 @@ VmSnapshot busy_vm(uint64_t cid) {
   vm.muxer.host_connects_refused = 3;
   vm.muxer.resets_timeout = 4;
   vm.muxer.credit_stalls = 6;
+  vm.muxer.credit_requests = 4;
   vm.muxer.dropped_bad_address = 8;
   vm.muxer.guest_writes_gathered = 15;
   vm.muxer.busy_poll_windows = 16;
@@ -48,6 +49,7 @@ TEST(ExpositionTest, EveryNamedSeriesIsThereWithItsCidAndValue) {
   EXPECT_EQ(parsed.value("vhost_user_vsock_resets_total", {{"cid", "3"}, {"reason", "timeout"}}), 4);
   EXPECT_EQ(parsed.value("vhost_user_vsock_resets_total", {{"cid", "3"}, {"reason", "credit_violation"}}), 0);
   EXPECT_EQ(parsed.value("vhost_user_vsock_credit_stalls_total", cid), 6);
+  EXPECT_EQ(parsed.value("vhost_user_vsock_credit_requests_total", cid), 4);
   EXPECT_EQ(parsed.value("vhost_user_vsock_dropped_total", {{"cid", "3"}, {"reason", "bad_address"}}), 8);
   EXPECT_EQ(parsed.value("vhost_user_vsock_guest_writes_gathered_total", cid), 15);
   EXPECT_EQ(parsed.value("vhost_user_vsock_busy_poll_windows_total", cid), 16);

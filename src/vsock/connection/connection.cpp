@@ -129,7 +129,10 @@ void Connection::update_peer_credit(uint32_t peer_buf_alloc, uint32_t peer_fwd_c
   peer_fwd_cnt_ = peer_fwd_cnt;
   // kSeqpacket: credit that still cannot carry the waiting message is no
   // answer to our CREDIT_REQUEST (asking again would ping-pong with the guest).
-  if (peer_credit() >= credit_needed()) credit_request_sent_ = false;
+  if (peer_credit() >= credit_needed()) {
+    credit_request_sent_ = false;
+    credit_stalled_ = false;
+  }
 }
 
 uint32_t Connection::credit_needed() const {
@@ -150,6 +153,15 @@ uint32_t Connection::sendable_to_guest() {
 }
 
 void Connection::note_credit_starved() {
+  if (state_ != ConnectionState::kEstablished) return;
+  if (!credit_stalled_) {
+    credit_stalled_ = true;
+    ++credit_stalls_;
+  }
+  if (is_seqpacket()) request_credit();
+}
+
+void Connection::request_credit() {
   if (credit_request_sent_ || state_ != ConnectionState::kEstablished) return;
   credit_request_sent_ = true;
   pending_control_ |= control::kCreditRequest;

@@ -167,8 +167,8 @@ class Connection {
   [[nodiscard]] bool wants_to_send_data() const;
   // The RX credit contract, in one place: how many host bytes may go to the
   // guest now. Zero when there is nothing to send, or when the guest left us
-  // no credit; then a CREDIT_REQUEST is owed (once, see note_credit_starved)
-  // and the connection must not be scheduled again until the guest's next
+  // no credit; then a credit stall begins (see note_credit_starved) and the
+  // connection must not be scheduled again until the guest's next
   // credit update, or the RX pass would spin. RX buffers are the pump's to check.
   uint32_t sendable_to_guest();
   // Whether a data packet could go out now (no side effect).
@@ -188,9 +188,18 @@ class Connection {
   ReadStatus read_from_host(std::span<const iovec> into, size_t& bytes);
   void record_sent_to_guest(uint32_t bytes) { tx_cnt_ += bytes; }
 
-  // Data is waiting on the host side but the guest gave us no credit: ask it
-  // once (CREDIT_REQUEST), not again until its credit moves.
+  // Data is waiting on the host side but the guest gave us no credit: a
+  // stall begins (counted once, until its credit moves). A kSeqpacket message
+  // may need more credit than a guest returns unasked, so it asks at once. A
+  // stream does not: Linux never sends CREDIT_REQUEST and its receiver returns
+  // credit unasked once its reader frees the window, so every guest that
+  // works with Linux hosts does; asking at once only adds a round trip. The
+  // router asks (request_credit) if a stall outlasts kCreditRequestDelay.
   void note_credit_starved();
+  [[nodiscard]] bool credit_stalled() const { return credit_stalled_; }
+  [[nodiscard]] uint64_t credit_stalls() const { return credit_stalls_; }
+  // Owes one CREDIT_REQUEST, not another until the guest's credit moves.
+  void request_credit();
 
   // ---- control packets towards the guest ----
   [[nodiscard]] uint8_t pending_control() const { return pending_control_; }
@@ -292,6 +301,8 @@ class Connection {
   bool host_write_closed_ = false;
   bool host_write_shut_ = false;  // we shut the host endpoint's send side
   bool credit_request_sent_ = false;
+  bool credit_stalled_ = false;
+  uint64_t credit_stalls_ = 0;
 
   bool defer_host_writes_ = false;
   uint32_t deferred_bytes_ = 0;

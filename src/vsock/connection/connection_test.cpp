@@ -254,17 +254,27 @@ TEST_F(Fixture, CreditUpdateThresholdFollowsTheSmallerOfBothWindows) {
   EXPECT_EQ(conn->take_control_packet()->fwd_cnt, threshold);
 }
 
-TEST_F(Fixture, CreditRequestIsSentOnceUntilCreditMoves) {
+// A stream's stall asks nothing by itself (a guest returns credit unasked);
+// the router's fallback asks once, and not again until the credit moves.
+TEST_F(Fixture, StreamCreditStallIsCountedOnceAndAsksOnlyWhenTold) {
   auto conn = make(ConnectionState::kEstablished);
   conn->update_peer_credit(0, 0);
   conn->note_credit_starved();
-  EXPECT_TRUE(conn->pending_control() & control::kCreditRequest);
-  ASSERT_EQ(conn->take_control_packet()->operation(), Op::kCreditRequest);
+  EXPECT_TRUE(conn->credit_stalled());
+  EXPECT_EQ(conn->credit_stalls(), 1u);
+  EXPECT_EQ(conn->pending_control(), 0);
   conn->note_credit_starved();
+  EXPECT_EQ(conn->credit_stalls(), 1u);  // the same stall
+  conn->request_credit();
+  ASSERT_EQ(conn->take_control_packet()->operation(), Op::kCreditRequest);
+  conn->request_credit();
   EXPECT_EQ(conn->pending_control(), 0);  // not again
   conn->update_peer_credit(4096, 0);
+  EXPECT_FALSE(conn->credit_stalled());
   conn->update_peer_credit(0, 0);
   conn->note_credit_starved();
+  EXPECT_EQ(conn->credit_stalls(), 2u);
+  conn->request_credit();
   EXPECT_TRUE(conn->pending_control() & control::kCreditRequest);
 }
 
@@ -285,7 +295,7 @@ TEST_F(Fixture, HostBytesAreReadStraightIntoGuestBuffers) {
   EXPECT_FALSE(conn->wants_to_send_data());  // edge-triggered: cleared only by EAGAIN
 }
 
-TEST_F(Fixture, SendableToGuestIsTheCreditOrZeroWithOneCreditRequest) {
+TEST_F(Fixture, SendableToGuestIsTheCreditOrZeroWithOneStall) {
   auto conn = make(ConnectionState::kEstablished);
   EXPECT_EQ(conn->sendable_to_guest(), 0u);  // nothing to send: no request either
   EXPECT_EQ(conn->pending_control(), 0);
@@ -295,12 +305,14 @@ TEST_F(Fixture, SendableToGuestIsTheCreditOrZeroWithOneCreditRequest) {
   conn->update_peer_credit(0, 0);
   EXPECT_FALSE(conn->can_send_to_guest());
   EXPECT_EQ(conn->sendable_to_guest(), 0u);
-  ASSERT_EQ(conn->take_control_packet()->operation(), Op::kCreditRequest);
+  EXPECT_TRUE(conn->credit_stalled());
   EXPECT_EQ(conn->sendable_to_guest(), 0u);
-  EXPECT_EQ(conn->pending_control(), 0);  // asked once, not again
+  EXPECT_EQ(conn->credit_stalls(), 1u);
+  EXPECT_EQ(conn->pending_control(), 0);  // a stream does not ask at once
   conn->update_peer_credit(4096, conn->tx_cnt());
   EXPECT_TRUE(conn->can_send_to_guest());
   EXPECT_EQ(conn->sendable_to_guest(), 4096u);
+  EXPECT_FALSE(conn->credit_stalled());
   EXPECT_EQ(conn->pending_control(), 0);
 }
 

@@ -4,6 +4,7 @@
 // chains with EOM|EOR last, whole-message credit waits, and the
 // <uds-path>_seqpacket listener.
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 #include <random>
 
@@ -18,6 +19,12 @@ constexpr uint32_t kBufAlloc = 16 * 1024;  // MuxerTest's tx_buffer_size
 
 class SeqpacketTest : public MuxerTest {
  protected:
+  // A stream's late CREDIT_REQUEST never comes here: any request seen is a message's, sent at once.
+  MuxerLimits limits() override {
+    MuxerLimits l = MuxerTest::limits();
+    l.credit_request_delay = std::chrono::hours(1);
+    return l;
+  }
   void SetUp() override {
     MuxerTest::SetUp();
     h->muxer().set_negotiated_features(kFeatureStream | kFeatureSeqpacket);

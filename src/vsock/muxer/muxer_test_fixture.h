@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -47,6 +48,19 @@ inline std::string read_some(int fd, std::chrono::milliseconds wait = 200ms) {
   return out;
 }
 
+inline size_t count_op(const std::vector<GuestPacket>& packets, Op op) {
+  return static_cast<size_t>(
+      std::count_if(packets.begin(), packets.end(), [op](const GuestPacket& p) { return p.header.operation() == op; }));
+}
+
+inline size_t rw_payload_bytes(const std::vector<GuestPacket>& packets) {
+  size_t bytes = 0;
+  for (const auto& p : packets) {
+    if (p.header.operation() == Op::kRw) bytes += p.payload.size();
+  }
+  return bytes;
+}
+
 // Returns true once the peer is closed (read returns 0 or ECONNRESET).
 inline bool peer_closed(int fd) {
   char c;
@@ -56,7 +70,7 @@ inline bool peer_closed(int fd) {
 
 class MuxerTest : public ::testing::Test {
  protected:
-  MuxerLimits limits() {
+  virtual MuxerLimits limits() {
     MuxerLimits l;
     l.tx_buffer_size = 16 * 1024;
     l.handshake_timeout = 300ms;

@@ -218,7 +218,7 @@ void QueuePump::put_control(virtio::Queue& queue, const PacketHeader& header) {
   rx_used_any_ = true;
   ++stats_.packets_to_guest;
   if (header.operation() == Op::kRst) ++stats_.resets_sent;
-  if (header.operation() == Op::kCreditRequest) ++stats_.credit_stalls;
+  if (header.operation() == Op::kCreditRequest) ++stats_.credit_requests;
 }
 
 QueuePump::DataTurn QueuePump::serve_data(virtio::Queue& queue, Connection& conn) {

@@ -21,6 +21,9 @@ struct MuxerLimits {
   std::chrono::milliseconds handshake_timeout{5000};  // host peer must finish "CONNECT <port>\n"
   std::chrono::milliseconds request_timeout{2000};    // guest must answer our REQUEST
   std::chrono::milliseconds shutdown_timeout{2000};   // guest must RST after our full SHUTDOWN
+  // A stream stalled for the guest's credit this long without the update a
+  // Linux guest sends unasked gets a CREDIT_REQUEST (Connection::note_credit_starved).
+  std::chrono::milliseconds credit_request_delay{10};
   // Connect-wait: a host CONNECT the guest refuses (RST: nothing listens yet)
   // is retried with backoff for this long before the host program is closed.
   // 0: off, the first RST closes it.
@@ -61,7 +64,8 @@ struct MuxerStats {
   uint64_t resets_cap = 0;              // guest connects refused at the connection cap
   uint64_t resets_host_gone = 0;        // guest data for a host socket already closed
   uint64_t resets_driver_gone = 0;      // connections dropped with the guest's driver (device reset, disconnect)
-  uint64_t credit_stalls = 0;           // CREDIT_REQUESTs sent: host data waited for the guest's credit
+  uint64_t credit_stalls = 0;           // host data began to wait for the guest's credit
+  uint64_t credit_requests = 0;         // CREDIT_REQUESTs sent (at once for seqpacket, late stalls for streams)
   uint64_t guest_writes_gathered = 0;   // guest RW packets sent in one sendmsg with an earlier one of their connection
   // Gauges, read when the stats are asked for: guest->host credit promised
   // now, and the VM's limit for it (--tx-memory-limit, see CreditBudget).

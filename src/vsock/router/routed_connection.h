@@ -42,6 +42,10 @@ struct RoutedConnection {
   std::chrono::steady_clock::time_point connect_wait_until{};
   uint32_t connect_retries = 0;
   bool retry_armed = false;
+  // Credit stalls (Connection::credit_stalls()) already counted, and the one
+  // the CREDIT_REQUEST timer was armed for.
+  uint64_t credit_stalls_seen = 0;
+  uint64_t credit_stall_timed = 0;
   ListHook<RoutedConnection> control_hook;  // owes the guest a control packet
   ListHook<RoutedConnection> data_hook;     // may have host bytes for the guest
 };

@@ -441,12 +441,13 @@ bool Router::settle(RoutedConnection& connection, ConnectionState before) {
     }
     timers_.arm_for_state(connection);
   }
-  // Without credit it is not queued (sendable_to_guest() owes the CREDIT_REQUEST):
-  // the guest's next credit update settles it again.
+  // Without credit it is not queued (sendable_to_guest() begins a credit
+  // stall): the guest's next credit update settles it again.
   if (conn.sendable_to_guest() > 0) {
     data_list_.push_back(connection.data_hook);
     wakeups_.rx();
   }
+  if (conn.credit_stalls() != connection.credit_stalls_seen) note_credit_stall(connection);
   if (conn.pending_control() != 0) {
     control_list_.push_back(connection.control_hook);
     wakeups_.rx();
@@ -454,10 +455,36 @@ bool Router::settle(RoutedConnection& connection, ConnectionState before) {
   return true;
 }
 
+void Router::note_credit_stall(RoutedConnection& connection) {
+  const Connection& conn = connection.conn;
+  stats_.credit_stalls += conn.credit_stalls() - connection.credit_stalls_seen;
+  connection.credit_stalls_seen = conn.credit_stalls();
+  // Established connections have no other timer; a seqpacket stall has asked already.
+  if (connection.timer != 0 || conn.is_seqpacket()) return;
+  connection.credit_stall_timed = conn.credit_stalls();
+  timers_.arm_after(connection, options_.limits.credit_request_delay);
+}
+
+// The credit timer of an established stream: ask only if the stall it was
+// armed for still lasts; a later stall gets its own full delay.
+void Router::ask_for_credit_if_still_stalled(RoutedConnection& connection) {
+  const Connection& conn = connection.conn;
+  if (!conn.credit_stalled()) return;
+  if (conn.credit_stalls() != connection.credit_stall_timed) {
+    connection.credit_stall_timed = conn.credit_stalls();
+    timers_.arm_after(connection, options_.limits.credit_request_delay);
+    return;
+  }
+  mutate(connection, [](Connection& stalled) { stalled.request_credit(); });
+}
+
 void Router::on_timer_expired(RoutedConnection& connection) {
   const Connection& conn = connection.conn;
   const ConnectionTimers::Durations& durations = timers_.durations();
   switch (conn.state()) {
+    case ConnectionState::kEstablished:
+      ask_for_credit_if_still_stalled(connection);
+      return;
     case ConnectionState::kAwaitingResponse:
       if (connection.retry_armed) {  // connect-wait: the backoff after a guest RST is over
         connection.retry_armed = false;

@@ -196,6 +196,10 @@ class Router {
   void count_refused_guest_packet(const RoutedConnection& connection, const PacketHeader& header,
                                   ConnectionState before, GuestPacketVerdict verdict);
   void on_timer_expired(RoutedConnection& connection);
+  // A stream began waiting for the guest's credit: counted, and the
+  // CREDIT_REQUEST fallback armed (Connection::note_credit_starved).
+  void note_credit_stall(RoutedConnection& connection);
+  void ask_for_credit_if_still_stalled(RoutedConnection& connection);
   void on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events);
   void watch(RoutedConnection& connection);
   // Host peers still handshaking, plus sibling connections: both count against the cap.
