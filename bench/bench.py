@@ -246,7 +246,9 @@ METHOD = [
     "Sections under a `" + report.HAND_WRITTEN_MARK.split(":")[0] + "` line are written by hand",
     "(separate experiments); `bench/run` keeps them after the results until they are deleted.",
     "`--peer PATH` adds the same sim figures for another backend with vhost-device-vsock's command line",
-    "(`--guest-cid`, `--socket`, `--uds-path` only), measured in the same rounds, and reports ours ÷ peer.",
+    "(`--guest-cid`, `--socket`, `--uds-path` only), each run right beside ours in every round (first in one",
+    "round, second in the next), and reports ours ÷ peer. Ours also gets `--log-level warn` and",
+    "`--max-connections`; the peer runs with its own defaults.",
     "",
     "- **ceiling** (`bench/unix_ceiling.cpp`): a `socketpair(AF_UNIX, SOCK_STREAM)` between two processes",
     "  (fork). The child writes a deterministic pattern in 4 KiB or 64 KiB writes; the parent reads with",
@@ -307,6 +309,23 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def beside_peer(measurements: list, round_index: int) -> list:
+    """Each --peer figure runs right beside ours (sim.X and peer.X), first in
+    one round and second in the next: the machine's speed drifts during a
+    round, and a peer run at the round's end would compare different moments."""
+    peers = {m.id: m for m in measurements if m.id.startswith("peer.")}
+    ordered = []
+    for m in measurements:
+        if m.id.startswith("peer."):
+            continue
+        partner = peers.pop("peer." + m.id.removeprefix("sim."), None) if m.id.startswith("sim.") else None
+        if partner is None:
+            ordered.append(m)
+        else:
+            ordered += [partner, m] if round_index % 2 else [m, partner]
+    return ordered + list(peers.values())
+
+
 def run(ctx: Context, args: argparse.Namespace) -> int:
     blocked = {} if args.no_build else build(ctx, args.groups)
     results: dict[str, Result] = {}
@@ -326,7 +345,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     runnable = [m for m in local if m.id not in results]
     for round_index in range(ctx.runs if runnable else 0):
         ctx.log(f"round {round_index + 1}/{ctx.runs}")
-        run_round(runnable, results, ctx)
+        run_round(beside_peer(runnable, round_index), results, ctx)
 
     if "vm" in args.groups:
         if "vm" in blocked:
