@@ -47,6 +47,7 @@ ForwardListener::ForwardListener(base::EventLoop& loop, uint32_t port, const For
 }
 
 void ForwardListener::on_connection(base::UniqueFd connection) {
+  size_host_send_buffer(connection.get());
   on_accepted_(std::make_unique<UnixStreamEndpoint>(loop_, std::move(connection)), port_);
 }
 

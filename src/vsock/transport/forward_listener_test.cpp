@@ -16,6 +16,7 @@
 #include "base/unix_socket_address.h"
 #include "testing/loop_wait.h"
 #include "vsock/transport/forward_test_support.h"
+#include "vsock/transport/send_buffer_test_support.h"
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -70,6 +71,7 @@ TEST_F(ForwardListenerTest, AcceptedConnectionsBecomeEndpointsForThePort) {
   EXPECT_EQ(ports, (std::vector<uint32_t>{9001, 9001}));
   EXPECT_FALSE(accepted[0]->connecting());
   EXPECT_EQ(accepted[0]->socket_type(), SocketType::kStream);
+  EXPECT_EQ(send_buffer_test::send_buffer_of(*accepted[0]), send_buffer_test::expected_host_send_buffer());
   // The endpoint carries the accepted socket: bytes from the host program arrive.
   ASSERT_EQ(::write(first.get(), "ab", 2), 2);
   char got[2] = {};

@@ -8,6 +8,7 @@
 #include "base/errno_text.h"
 #include "vsock/transport/hybrid_peer_endpoint.h"
 #include "vsock/transport/unix_seqpacket_endpoint.h"
+#include "vsock/transport/unix_stream_endpoint.h"
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -161,6 +162,7 @@ void HybridListener::finish_handshake(int fd) {
   if (options_.seqpacket) {
     endpoint = std::make_unique<HybridSeqpacketPeerEndpoint>(loop_, std::move(peer->fd));
   } else {
+    size_host_send_buffer(peer->fd.get());
     endpoint = std::make_unique<HybridPeerEndpoint>(loop_, std::move(peer->fd));
   }
   callbacks_.on_connect(std::move(endpoint), peer->reader.port(), peer->reader.leftover());

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "testing/loop_wait.h"
+#include "vsock/transport/send_buffer_test_support.h"
 
 namespace vhost_vsock::vsock {
 namespace {
@@ -107,6 +108,7 @@ TEST_F(HybridListenerTest, CompletedLineHandsOverAnEndpointThePortAndTheBytesAft
   EXPECT_EQ(connected[0].guest_port, 40000u);
   EXPECT_EQ(connected[0].early_bytes, "early bytes");
   EXPECT_EQ(listener->pending(), 0u);
+  EXPECT_EQ(send_buffer_test::send_buffer_of(*connected[0].endpoint), send_buffer_test::expected_host_send_buffer());
   // The endpoint greets the host peer once the guest accepts.
   std::array<uint8_t, kMaxGreetingBytes> greeting{};
   const size_t n = connected[0].endpoint->accept_greeting(1073741824, greeting);

@@ -33,6 +33,7 @@ UnixStreamDialer::Result UnixStreamDialer::dial(uint32_t port, SocketType type) 
     return refused(path, errno);
   }
   if (seqpacket) return {std::make_unique<UnixSeqpacketEndpoint>(loop_, std::move(fd)), 0, {}};
+  size_host_send_buffer(fd.get());
   return {std::make_unique<UnixStreamEndpoint>(loop_, std::move(fd)), 0, {}};
 }
 

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <string>
 
+#include "vsock/transport/send_buffer_test_support.h"
+
 namespace vhost_vsock::vsock {
 namespace {
 
@@ -46,6 +48,7 @@ TEST_F(UnixStreamDialerTest, ConnectsToTheListenerAtPathUnderscorePort) {
   EXPECT_EQ(dialed.error, 0);
   EXPECT_TRUE(dialed.endpoint->is_open());
   EXPECT_EQ(dialed.endpoint->socket_type(), SocketType::kStream);
+  EXPECT_EQ(send_buffer_test::send_buffer_of(*dialed.endpoint), send_buffer_test::expected_host_send_buffer());
   base::UniqueFd accepted(::accept(listener.get(), nullptr, nullptr));
   ASSERT_TRUE(accepted.valid());
   iovec iov{const_cast<char*>("hi"), 2};

@@ -28,6 +28,11 @@ HostEvents host_events_from_epoll(uint32_t epoll_events) {
   return events;
 }
 
+void size_host_send_buffer(int fd) {
+  const int bytes = kHostSendBuffer;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+}
+
 UnixStreamEndpoint::UnixStreamEndpoint(base::EventLoop& loop, base::UniqueFd fd) : loop_(loop), fd_(std::move(fd)) {}
 
 UnixStreamEndpoint::~UnixStreamEndpoint() {
