@@ -158,11 +158,11 @@ void HybridListener::finish_handshake(int fd) {
   // takes the registration over with one EPOLL_CTL_MOD when it watches, or
   // forgets it when it closes unwatched.
   loop_.hand_over(fd);
+  size_host_send_buffer(peer->fd.get());
   std::unique_ptr<HostEndpoint> endpoint;
   if (options_.seqpacket) {
     endpoint = std::make_unique<HybridSeqpacketPeerEndpoint>(loop_, std::move(peer->fd));
   } else {
-    size_host_send_buffer(peer->fd.get());
     endpoint = std::make_unique<HybridPeerEndpoint>(loop_, std::move(peer->fd));
   }
   callbacks_.on_connect(std::move(endpoint), peer->reader.port(), peer->reader.leftover());

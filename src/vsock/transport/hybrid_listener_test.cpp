@@ -179,6 +179,8 @@ void expect_quiet_until_watched(HybridListenerTest& test, int type) {
   ASSERT_EQ(::send(host.get(), "CONNECT 7\n", 10, 0), 10);
   ASSERT_TRUE(test.run_until([&] { return !test.connected.empty(); }));
   ASSERT_EQ(test.connected.size(), 1u);
+  EXPECT_EQ(send_buffer_test::send_buffer_of(*test.connected[0].endpoint),
+            send_buffer_test::expected_host_send_buffer());
   ASSERT_EQ(::send(host.get(), "data", 4, 0), 4);
   host.reset();
   test.loop.run_once(20ms);  // takes whatever those edges queued

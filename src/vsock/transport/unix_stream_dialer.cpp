@@ -32,8 +32,8 @@ UnixStreamDialer::Result UnixStreamDialer::dial(uint32_t port, SocketType type) 
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     return refused(path, errno);
   }
-  if (seqpacket) return {std::make_unique<UnixSeqpacketEndpoint>(loop_, std::move(fd)), 0, {}};
   size_host_send_buffer(fd.get());
+  if (seqpacket) return {std::make_unique<UnixSeqpacketEndpoint>(loop_, std::move(fd)), 0, {}};
   return {std::make_unique<UnixStreamEndpoint>(loop_, std::move(fd)), 0, {}};
 }
 

@@ -24,8 +24,8 @@ struct UnixStreamDialerTest : ::testing::Test {
     ::rmdir(dir.c_str());
   }
 
-  base::UniqueFd listen_on(const std::string& path) {
-    base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  base::UniqueFd listen_on(const std::string& path, int type = SOCK_STREAM) {
+    base::UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
@@ -55,6 +55,15 @@ TEST_F(UnixStreamDialerTest, ConnectsToTheListenerAtPathUnderscorePort) {
   EXPECT_EQ(dialed.endpoint->send(std::span(&iov, 1)).bytes, 2u);
   char buf[4];
   EXPECT_EQ(::read(accepted.get(), buf, sizeof(buf)), 2);
+}
+
+TEST_F(UnixStreamDialerTest, ASeqpacketDialGetsTheSameSendBuffer) {
+  auto listener = listen_on(dir + "/v_1234", SOCK_SEQPACKET);
+  UnixStreamDialer dialer(loop, dir + "/v");
+  auto dialed = dialer.dial(1234, SocketType::kSeqpacket);
+  ASSERT_TRUE(dialed.endpoint) << dialed.failure;
+  EXPECT_EQ(dialed.endpoint->socket_type(), SocketType::kSeqpacket);
+  EXPECT_EQ(send_buffer_test::send_buffer_of(*dialed.endpoint), send_buffer_test::expected_host_send_buffer());
 }
 
 TEST_F(UnixStreamDialerTest, NobodyListeningIsRefusedWithThePathAndCause) {

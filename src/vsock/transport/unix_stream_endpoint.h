@@ -13,11 +13,12 @@ namespace vhost_vsock::vsock {
 // Maps epoll readiness onto HostEvents; shared by the fd-based endpoints.
 HostEvents host_events_from_epoll(uint32_t epoll_events);
 
-// SO_SNDBUF for the host stream sockets the daemon makes (dialed or
-// accepted): a guest's whole default window (256 KiB, which Linux doubles
-// for its bookkeeping; net.core.wmem_max caps it). With the kernel's default
-// of 208 KiB, a guest's full window often did not fit, and what the socket
-// refused went through the connection's TX buffer: a second copy.
+// SO_SNDBUF for the host sockets the daemon makes (dialed or accepted,
+// stream and seqpacket): a guest's whole default window (256 KiB, which Linux
+// doubles for its bookkeeping; net.core.wmem_max caps it). With the kernel's
+// default of 208 KiB, a guest's full window often did not fit: what a stream
+// socket refused went through the connection's TX buffer (a second copy), and
+// a seqpacket connection waited for the host to read.
 inline constexpr int kHostSendBuffer = 256 * 1024;
 // Best effort: a socket keeps its default if the kernel refuses.
 void size_host_send_buffer(int fd);
