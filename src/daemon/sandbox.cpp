@@ -207,7 +207,7 @@ void add_rules(scmp_filter_ctx ctx, bool metrics_server, bool config_reload, boo
   // With forward-cid, guest connects dial AF_VSOCK (connect and getsockopt
   // are on the list already); never without it.
   if (vsock_forwarding) allow(ctx, "socket", {SCMP_A0(SCMP_CMP_EQ, AF_VSOCK)});
-  // Host stream sockets get a window-sized send buffer (size_host_send_buffer); no other option.
+  // Host sockets get a window-sized send buffer (size_host_send_buffer); no other option.
   allow(ctx, "setsockopt", {SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET), SCMP_A2(SCMP_CMP_EQ, SO_SNDBUF)});
   // No executable memory: guest memory maps, malloc and thread stacks are data.
   allow(ctx, "mmap", {SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)});

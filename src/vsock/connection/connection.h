@@ -194,7 +194,7 @@ class Connection {
   // stream does not: Linux never sends CREDIT_REQUEST and its receiver returns
   // credit unasked once its reader frees the window, so every guest that
   // works with Linux hosts does; asking at once only adds a round trip. The
-  // router asks (request_credit) if a stall outlasts kCreditRequestDelay.
+  // router asks (request_credit) if a stall outlasts MuxerLimits::credit_request_delay.
   void note_credit_starved();
   [[nodiscard]] bool credit_stalled() const { return credit_stalled_; }
   [[nodiscard]] uint64_t credit_stalls() const { return credit_stalls_; }

@@ -460,7 +460,7 @@ void Router::note_credit_stall(RoutedConnection& connection) {
   stats_.credit_stalls += conn.credit_stalls() - connection.credit_stalls_seen;
   connection.credit_stalls_seen = conn.credit_stalls();
   // Established connections have no other timer; a seqpacket stall has asked already.
-  if (connection.timer != 0 || conn.is_seqpacket()) return;
+  if (conn.state() != ConnectionState::kEstablished || connection.timer != 0 || conn.is_seqpacket()) return;
   connection.credit_stall_timed = conn.credit_stalls();
   timers_.arm_after(connection, options_.limits.credit_request_delay);
 }
