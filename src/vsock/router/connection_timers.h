@@ -1,6 +1,9 @@
 // The one timer a connection may have, chosen by its state: the guest must
 // answer our REQUEST (request timeout), a closing connection's TX buffer must
 // drain and the guest must RST after our full SHUTDOWN (shutdown timeout).
+// An established stream stalled for the guest's credit may have the router's
+// CREDIT_REQUEST fallback (arm_after; arm_for_state cancels it on any change
+// of state).
 // A timer that fires for a connection that is gone, or for an older
 // connection under the same key, is ignored; so is one that fires after this
 // object is destroyed.

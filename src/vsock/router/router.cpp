@@ -461,7 +461,11 @@ void Router::note_credit_stall(RoutedConnection& connection) {
   connection.credit_stalls_seen = conn.credit_stalls();
   // Established connections have no other timer; a seqpacket stall has asked already.
   if (conn.state() != ConnectionState::kEstablished || connection.timer != 0 || conn.is_seqpacket()) return;
-  connection.credit_stall_timed = conn.credit_stalls();
+  arm_credit_timer(connection);
+}
+
+void Router::arm_credit_timer(RoutedConnection& connection) {
+  connection.credit_stall_timed = connection.conn.credit_stalls();
   timers_.arm_after(connection, options_.limits.credit_request_delay);
 }
 
@@ -471,8 +475,7 @@ void Router::ask_for_credit_if_still_stalled(RoutedConnection& connection) {
   const Connection& conn = connection.conn;
   if (!conn.credit_stalled()) return;
   if (conn.credit_stalls() != connection.credit_stall_timed) {
-    connection.credit_stall_timed = conn.credit_stalls();
-    timers_.arm_after(connection, options_.limits.credit_request_delay);
+    arm_credit_timer(connection);
     return;
   }
   mutate(connection, [](Connection& stalled) { stalled.request_credit(); });

@@ -199,6 +199,8 @@ class Router {
   // A stream began waiting for the guest's credit: counted, and the
   // CREDIT_REQUEST fallback armed (Connection::note_credit_starved).
   void note_credit_stall(RoutedConnection& connection);
+  // For the connection's current stall (RoutedConnection::credit_stall_timed).
+  void arm_credit_timer(RoutedConnection& connection);
   void ask_for_credit_if_still_stalled(RoutedConnection& connection);
   void on_host_event(const ConnectionKey& key, uint64_t id, HostEvents events);
   void watch(RoutedConnection& connection);
